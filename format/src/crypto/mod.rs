@@ -1,0 +1,1 @@
+//! Cryptographic layers (SPEC.md MAC-*, V3-*, V4-*).

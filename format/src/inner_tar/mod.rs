@@ -1,0 +1,1 @@
+//! Inner tar (SPEC.md TAR-*).

@@ -1,0 +1,90 @@
+//! Every limit of the format in one place (SPEC.md LIM-1 … ; the SPEC.md limits table
+//! lists the same names and values). Each bounds a length, count or cost that untrusted
+//! bytes could otherwise choose.
+
+/// LIM-1: largest `backup-header` accepted. Upstream caps the v4 header at 4096 − 128
+/// bytes because its scrypt-encrypted copy must fit `HMAC_MAX_SIZE`; v2/v3 headers are
+/// far smaller than this too.
+pub const MAX_HEADER_LEN: u64 = 4096;
+
+/// LIM-2: largest `.hmac` member (v2/v3 text MACs and the v4 `backup-header.hmac`
+/// container); upstream's `HMAC_MAX_SIZE`.
+pub const MAX_HMAC_LEN: u64 = 4096;
+
+/// LIM-3: largest stored `qubes.xml.000[.enc]` chunk; upstream's 1 MiB retrieval limit.
+pub const MAX_QUBES_XML_CHUNK_LEN: u64 = 1 << 20;
+
+/// LIM-4: largest decompressed `qubes.xml`. A compressed chunk of 1 MiB may inflate a
+/// lot; real files are tens of KiB, so 16 MiB leaves room while refusing XML bombs.
+pub const MAX_QUBES_XML_LEN: u64 = 16 << 20;
+
+/// LIM-5: largest outer member (one chunk). Writers split at 100 MiB (plus 128 bytes of
+/// scrypt container, or an expanded v2 volume); a reader must hold a whole chunk before
+/// its MAC lets anything parse it, so this also bounds memory per chunk in flight.
+pub const MAX_CHUNK_LEN: u64 = 128 << 20;
+
+/// LIM-6: largest chunk index. Upstream numbers chunks `%03d` without an upper bound;
+/// 10^6 chunks of 100 MiB is 95 TiB, more than any disk image.
+pub const MAX_CHUNK_INDEX: u32 = 999_999;
+
+/// LIM-7: most outer members in one archive (bounds per-archive bookkeeping).
+pub const MAX_MEMBERS: u64 = 4_000_000;
+
+/// LIM-8: longest member or inner entry path, in bytes (Linux PATH_MAX).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// LIM-9: most path components in a name.
+pub const MAX_PATH_DEPTH: usize = 256;
+
+/// LIM-10: largest pax extended header or GNU long-name/long-link record.
+pub const MAX_TAR_EXTENSION_LEN: u64 = 1 << 20;
+
+/// LIM-11: most sparse map entries for one file (GNU old sparse or PAX 1.0). A 2 TiB
+/// image with a data run every other 4 KiB block would need 2^28; real images need far
+/// fewer. Each entry costs 16 bytes of memory while the map is read.
+pub const MAX_SPARSE_ENTRIES: usize = 1 << 22;
+
+/// LIM-12: largest logical size of one inner file (a volume image), 16 TiB.
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
+
+/// LIM-13: most inner tar entries in one backed-up file (a v3 template directory or a
+/// dom0 home holds many files; volume images hold one).
+pub const MAX_INNER_ENTRIES: u64 = 1_000_000;
+
+/// LIM-14: most VMs in qubes.xml.
+pub const MAX_VMS: usize = 10_000;
+
+/// LIM-15: deepest XML element nesting in qubes.xml.
+pub const MAX_XML_DEPTH: usize = 32;
+
+/// LIM-16: longest XML attribute or text value in qubes.xml.
+pub const MAX_XML_VALUE_LEN: usize = 64 << 10;
+
+/// LIM-17: scrypt r·p must stay below 2^30 (the scrypt paper's bound, which the
+/// Tarsnap tool enforces too).
+pub const MAX_SCRYPT_R_TIMES_P: u64 = (1 << 30) - 1;
+
+/// LIM-18: largest log2(N) accepted at all (N = 2^logN ≤ 2^40 as in `scrypt --logN`).
+pub const MAX_SCRYPT_LOG_N: u8 = 40;
+
+/// LIM-19: default cap on the memory one scrypt KDF may demand (128·r·N bytes) when the
+/// caller does not pass the machine's own figure: 4 GiB. The binaries use half of the
+/// machine's RAM, like `scrypt dec`, and allow an explicit override.
+pub const DEFAULT_SCRYPT_MAX_MEMORY: u64 = 4 << 30;
+
+/// LIM-20: cap on scrypt work, in units of 128·r·N·p bytes of salsa20/8 mixing; with the
+/// memory cap this bounds the time one container can cost. Default: 2^21·8·16 (logN 21,
+/// r 8, p 16), 32 × what a default `scrypt enc` picks on a 24 GiB machine.
+pub const DEFAULT_SCRYPT_MAX_WORK: u64 = (1 << 21) * 8 * 16;
+
+/// LIM-21: longest passphrase, in bytes (scrypt's `readpass` reads at most 2047).
+pub const MAX_PASSPHRASE_LEN: usize = 2047;
+
+/// LIM-22: longest backup-id (header value); upstream's is about 22 bytes.
+pub const MAX_BACKUP_ID_LEN: usize = 128;
+
+/// LIM-23: largest decompression ratio tolerated for one backed-up file, beyond the
+/// logical size qubes.xml and the tar headers justify: bytes out of the decompressor may
+/// not exceed stored bytes × this plus [`MAX_FILE_SIZE`]-bounded tar logic. Kept for
+/// the inner tar: decompressed bytes must be accounted to entries or to bounded padding.
+pub const MAX_TAR_TRAILING_ZERO_BYTES: u64 = 1 << 20;

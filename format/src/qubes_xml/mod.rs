@@ -1,0 +1,1 @@
+//! qubes.xml (SPEC.md XML-*).
