@@ -1,1 +1,420 @@
-//! See lib.rs.
+//! The outer container (SPEC.md OUT-1 … OUT-5): a concatenation of POSIX tar archives,
+//! one per member, with zero blocks between them.
+//!
+//! Only regular members (`0`, `\0`) are surfaced; pax `x`/`g` headers are consumed (`x`
+//! may override `path` and `size`, OUT-3). Header checksums are verified. The outer
+//! container is never authenticated, so everything here is bounded and nothing here is
+//! trusted beyond "a name and a length": member bytes are handed on unparsed.
+
+use std::io::Read;
+
+use crate::error::{Error, Result};
+use crate::limits::{MAX_MEMBERS, MAX_PATH_LEN, MAX_TAR_EXTENSION_LEN};
+use crate::paths::escape;
+
+/// Size of a tar block.
+pub const BLOCK: usize = 512;
+
+/// One outer member: its untrusted name and size. Its data follows in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub untrusted_name: Vec<u8>,
+    pub size: u64,
+}
+
+/// Streaming reader of outer members.
+pub struct OuterReader<R> {
+    inner: R,
+    /// Data bytes of the current member not yet read.
+    remaining: u64,
+    /// Padding bytes after the current member's data.
+    padding: u64,
+    members: u64,
+    /// Bytes consumed from `inner` so far.
+    position: u64,
+}
+
+impl<R: Read> OuterReader<R> {
+    pub fn new(inner: R) -> Self {
+        OuterReader {
+            inner,
+            remaining: 0,
+            padding: 0,
+            members: 0,
+            position: 0,
+        }
+    }
+
+    /// Bytes consumed from the underlying reader.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The next regular member, skipping zero blocks and pax headers (OUT-1, OUT-2).
+    /// `Ok(None)` at a clean end of input (OUT-4). Unread data of the previous member is
+    /// skipped.
+    pub fn next_member(&mut self) -> Result<Option<Member>> {
+        self.skip_rest()?;
+        let mut pax_path: Option<Vec<u8>> = None;
+        let mut pax_size: Option<u64> = None;
+        loop {
+            let mut block = [0u8; BLOCK];
+            if !self.read_block_or_eof(&mut block)? {
+                if pax_path.is_some() || pax_size.is_some() {
+                    return Err(Error::truncated("archive ends after a pax header"));
+                }
+                return Ok(None);
+            }
+            if block.iter().all(|&b| b == 0) {
+                continue;
+            }
+            verify_checksum(&block)?;
+            if &block[257..262] != b"ustar" {
+                return Err(Error::malformed(format!(
+                    "outer tar header at offset {} has no ustar magic",
+                    self.position - BLOCK as u64
+                )));
+            }
+            let size = parse_number(&block[124..136])
+                .ok_or_else(|| Error::malformed("outer tar header has a bad size field"))?;
+            match block[156] {
+                b'x' | b'g' => {
+                    if size > MAX_TAR_EXTENSION_LEN {
+                        return Err(Error::limit(format!(
+                            "outer pax header of {size} bytes exceeds LIM-10"
+                        )));
+                    }
+                    let mut data = vec![0u8; size as usize];
+                    self.read_exact(&mut data)?;
+                    self.skip(pad(size))?;
+                    if block[156] == b'x' {
+                        for (key, value) in parse_pax_records(&data)? {
+                            match key {
+                                b"path" => pax_path = Some(value.to_vec()),
+                                b"size" => {
+                                    pax_size = Some(parse_decimal(value).ok_or_else(|| {
+                                        Error::malformed("outer pax header has a bad size")
+                                    })?)
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                b'0' | 0 => {
+                    self.members += 1;
+                    if self.members > MAX_MEMBERS {
+                        return Err(Error::limit(format!(
+                            "more than LIM-7 ({MAX_MEMBERS}) members"
+                        )));
+                    }
+                    let name = match pax_path.take() {
+                        Some(p) => p,
+                        None => ustar_name(&block),
+                    };
+                    if name.len() > MAX_PATH_LEN {
+                        return Err(Error::limit("outer member name exceeds LIM-8"));
+                    }
+                    let size = pax_size.take().unwrap_or(size);
+                    self.remaining = size;
+                    self.padding = pad(size);
+                    return Ok(Some(Member {
+                        untrusted_name: name,
+                        size,
+                    }));
+                }
+                other => {
+                    return Err(Error::malformed(format!(
+                        "outer member {} has type {:?}; only regular files are allowed (OUT-2)",
+                        escape(&ustar_name(&block)),
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Read the whole current member into `buf` (cleared first), refusing members larger
+    /// than `max` before reading any of their data.
+    pub fn read_member(&mut self, buf: &mut Vec<u8>, max: u64, what: &str) -> Result<()> {
+        if self.remaining > max {
+            return Err(Error::limit(format!(
+                "{what}: member of {} bytes exceeds the limit of {max}",
+                self.remaining
+            )));
+        }
+        buf.clear();
+        // `remaining <= max`, which callers take from limits that fit in memory.
+        buf.resize(self.remaining as usize, 0);
+        self.read_exact(buf)?;
+        self.remaining = 0;
+        Ok(())
+    }
+
+    fn skip_rest(&mut self) -> Result<()> {
+        let n = self.remaining + self.padding;
+        self.remaining = 0;
+        self.padding = 0;
+        self.skip(n)
+    }
+
+    fn skip(&mut self, n: u64) -> Result<()> {
+        let copied = std::io::copy(&mut (&mut self.inner).take(n), &mut std::io::sink())
+            .map_err(|e| Error::from_read(e, "reading archive"))?;
+        self.position += copied;
+        if copied != n {
+            return Err(Error::truncated("archive ends inside a member"));
+        }
+        Ok(())
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.inner.read(&mut buf[filled..]) {
+                Ok(0) => return Err(Error::truncated("archive ends inside a member")),
+                Ok(n) => {
+                    filled += n;
+                    self.position += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::from_read(e, "reading archive")),
+            }
+        }
+        Ok(())
+    }
+
+    /// `false` on EOF exactly at a block boundary; EOF inside a block is truncation.
+    fn read_block_or_eof(&mut self, block: &mut [u8; BLOCK]) -> Result<bool> {
+        let mut filled = 0;
+        while filled < BLOCK {
+            match self.inner.read(&mut block[filled..]) {
+                Ok(0) if filled == 0 => return Ok(false),
+                Ok(0) => return Err(Error::truncated("archive ends inside a tar block")),
+                Ok(n) => {
+                    filled += n;
+                    self.position += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::from_read(e, "reading archive")),
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn pad(size: u64) -> u64 {
+    (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
+}
+
+fn cstr(field: &[u8]) -> &[u8] {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    &field[..end]
+}
+
+/// The ustar name: `prefix/name` when the prefix field is set.
+fn ustar_name(block: &[u8; BLOCK]) -> Vec<u8> {
+    let name = cstr(&block[0..100]);
+    let prefix = cstr(&block[345..500]);
+    if prefix.is_empty() || &block[257..263] != b"ustar\0" {
+        return name.to_vec();
+    }
+    let mut full = prefix.to_vec();
+    full.push(b'/');
+    full.extend_from_slice(name);
+    full
+}
+
+/// OUT-5: the unsigned header checksum (GNU tar also accepts the signed sum).
+fn verify_checksum(block: &[u8; BLOCK]) -> Result<()> {
+    let stored = parse_number(&block[148..156])
+        .ok_or_else(|| Error::malformed("outer tar header has a bad checksum field"))?;
+    let (mut unsigned, mut signed) = (0u64, 0i64);
+    for (i, &b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { b };
+        unsigned += u64::from(b);
+        signed += i64::from(b as i8);
+    }
+    if stored != unsigned && i64::try_from(stored).ok() != Some(signed) {
+        return Err(Error::malformed("outer tar header checksum mismatch"));
+    }
+    Ok(())
+}
+
+/// A numeric header field: octal (NUL/space terminated, leading spaces allowed) or
+/// base-256 (high bit set).
+pub(crate) fn parse_number(field: &[u8]) -> Option<u64> {
+    if let Some((&first, rest)) = field.split_first() {
+        if first & 0x80 != 0 {
+            if first & 0x40 != 0 {
+                return None; // negative
+            }
+            let mut v: u64 = u64::from(first & 0x3f);
+            for &b in rest {
+                v = v.checked_mul(256)?.checked_add(u64::from(b))?;
+            }
+            return Some(v);
+        }
+    }
+    let text = field
+        .iter()
+        .skip_while(|&&b| b == b' ')
+        .take_while(|&&b| b != 0 && b != b' ');
+    let mut v: u64 = 0;
+    let mut digits = 0;
+    for &b in text {
+        if !(b'0'..=b'7').contains(&b) {
+            return None;
+        }
+        v = v.checked_mul(8)?.checked_add(u64::from(b - b'0'))?;
+        digits += 1;
+    }
+    (digits > 0).then_some(v)
+}
+
+fn parse_decimal(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// Pax records `LEN key=value\n` (OUT-3); every length is checked exactly.
+pub(crate) fn parse_pax_records(mut data: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
+    let bad = || Error::malformed("malformed pax record");
+    let mut records = Vec::new();
+    // GNU tar pads nothing inside the data, but tolerate trailing NULs.
+    while !data.is_empty() && data.iter().any(|&b| b != 0) {
+        let space = data.iter().position(|&b| b == b' ').ok_or_else(bad)?;
+        let len = parse_decimal(&data[..space]).ok_or_else(bad)?;
+        let len = usize::try_from(len).map_err(|_| bad())?;
+        if len <= space + 1 || len > data.len() {
+            return Err(bad());
+        }
+        let record = &data[space + 1..len];
+        let record = record.strip_suffix(b"\n").ok_or_else(bad)?;
+        let eq = record.iter().position(|&b| b == b'=').ok_or_else(bad)?;
+        records.push((&record[..eq], &record[eq + 1..]));
+        data = &data[len..];
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorClass;
+
+    /// A minimal ustar header for tests (the interop tests use GNU tar itself).
+    pub(crate) fn header(name: &str, size: u64, typeflag: u8) -> [u8; BLOCK] {
+        let mut b = [0u8; BLOCK];
+        b[..name.len()].copy_from_slice(name.as_bytes());
+        b[100..107].copy_from_slice(b"0000644");
+        b[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        b[156] = typeflag;
+        b[257..263].copy_from_slice(b"ustar\0");
+        b[263..265].copy_from_slice(b"00");
+        b[148..156].fill(b' ');
+        let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
+        b[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        b
+    }
+
+    fn member(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut v = header(name, data.len() as u64, b'0').to_vec();
+        v.extend_from_slice(data);
+        v.resize(v.len() + pad(data.len() as u64) as usize, 0);
+        v.extend_from_slice(&[0u8; 1024]);
+        v
+    }
+
+    #[test]
+    fn reads_concatenated_members_across_zero_blocks() {
+        let mut archive = member("backup-header", b"version=4\n");
+        archive.extend(member("vm3/private.img.000.enc", &[7u8; 700]));
+        let mut r = OuterReader::new(&archive[..]);
+        let m = r.next_member().unwrap().unwrap();
+        assert_eq!(m.untrusted_name, b"backup-header");
+        let mut buf = Vec::new();
+        r.read_member(&mut buf, 100, "x").unwrap();
+        assert_eq!(buf, b"version=4\n");
+        let m = r.next_member().unwrap().unwrap();
+        assert_eq!(
+            (m.untrusted_name.as_slice(), m.size),
+            (&b"vm3/private.img.000.enc"[..], 700)
+        );
+        assert!(r.next_member().unwrap().is_none());
+    }
+
+    #[test]
+    fn pax_path_and_size_override() {
+        let records = b"32 path=vm3/private.img.000.enc\n";
+        let mut archive = header("PaxHeaders/x", records.len() as u64, b'x').to_vec();
+        archive.extend_from_slice(records);
+        archive.resize(1024, 0);
+        archive.extend(member("short", b"abc"));
+        let mut r = OuterReader::new(&archive[..]);
+        let m = r.next_member().unwrap().unwrap();
+        assert_eq!(m.untrusted_name, b"vm3/private.img.000.enc");
+    }
+
+    #[test]
+    fn refuses_other_types_bad_checksums_and_truncation() {
+        let mut dir = member("vm3/", b"");
+        dir[156] = b'5';
+        // fix checksum after changing the type
+        let fixed = header("vm3/", 0, b'5');
+        dir[..BLOCK].copy_from_slice(&fixed);
+        let mut r = OuterReader::new(&dir[..]);
+        assert_eq!(r.next_member().unwrap_err().class(), ErrorClass::Malformed);
+
+        let mut bad = member("a.000", b"x");
+        bad[0] = b'b';
+        assert_eq!(
+            OuterReader::new(&bad[..])
+                .next_member()
+                .unwrap_err()
+                .class(),
+            ErrorClass::Malformed
+        );
+
+        let good = member("a.000", &[1u8; 600]);
+        for cut in [100, 512, 700, 1024] {
+            let mut r = OuterReader::new(&good[..cut]);
+            let res = r.next_member().and_then(|_| {
+                let mut buf = Vec::new();
+                r.read_member(&mut buf, 1 << 20, "x")
+            });
+            assert_eq!(
+                res.unwrap_err().class(),
+                ErrorClass::Truncated,
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_oversized_members_before_reading_them() {
+        let archive = member("a.000", &[1u8; 600]);
+        let mut r = OuterReader::new(&archive[..]);
+        r.next_member().unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            r.read_member(&mut buf, 599, "x").unwrap_err().class(),
+            ErrorClass::LimitExceeded
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn numbers_octal_and_base256() {
+        assert_eq!(parse_number(b"00000001750\0"), Some(1000));
+        assert_eq!(parse_number(b"   17 \0"), Some(15));
+        assert_eq!(
+            parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]),
+            Some(1 << 33)
+        );
+        assert_eq!(parse_number(b"12x"), None);
+        assert_eq!(parse_number(&[0xff; 12]), None);
+    }
+}

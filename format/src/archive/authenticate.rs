@@ -1,0 +1,1 @@
+//! Authentication of members (MAC-*, V4-*).
