@@ -1,1 +1,146 @@
-fn main() {}
+//! `qbackup-verify`: the unprivileged reader of Qubes OS backups. Thin: parse arguments,
+//! run, map the outcome to an exit code (SPEC.md ERR-3; README "Exit codes").
+
+mod cli;
+mod driver;
+mod extract;
+mod output;
+mod passphrase;
+mod report;
+
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+use clap::Parser;
+use qbackup_format::archive::authenticate::Credentials;
+use qbackup_format::crypto::scrypt_container::KdfLimit;
+use qbackup_format::{Error, ErrorClass};
+
+use cli::{Cli, Command, Common};
+use output::{Output, VerifyOnly};
+use report::Report;
+
+/// Exit code when everything verified.
+const EXIT_OK: i32 = 0;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("qbackup-verify: {e}");
+            e.class().exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages > 0 && page > 0 {
+        (pages as u64).saturating_mul(page as u64)
+    } else {
+        qbackup_format::limits::DEFAULT_SCRYPT_MAX_MEMORY * 2
+    }
+}
+
+fn run(cli: Cli) -> Result<i32, Error> {
+    let (name, common, extract_to, vms) = match cli.command {
+        Command::Verify { common } => ("verify", common, None, Vec::new()),
+        Command::List { common } => ("list", common, None, Vec::new()),
+        Command::Extract { common, to, vms } => ("extract", common, Some(to), vms),
+    };
+    let on_stdin = common.archive == Path::new("-");
+    let (input, total): (Box<dyn Read + Send>, Option<u64>) = if on_stdin {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f = File::open(&common.archive).map_err(|e| {
+            Error::new(ErrorClass::Io, format!("opening {}: {e}", common.archive.display()))
+        })?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    let pass = passphrase::obtain(common.passphrase_file.as_deref(), on_stdin)?;
+    let settings = settings(&common, pass.to_vec(), name == "list", vms, total);
+    let mut report = match extract_to {
+        Some(dir) => {
+            let mut out = extract::Extractor::open(&dir)?;
+            let mut r = driver::run(input, settings, &mut out);
+            r.notes.extend(out.take_notes());
+            r.extracted_to = Some(dir.display().to_string());
+            r
+        }
+        None => driver::run(input, settings, &mut VerifyOnly),
+    };
+    finish_progress();
+    emit(&mut report, name, common.json)?;
+    Ok(report.first_class().map_or(EXIT_OK, ErrorClass::exit_code))
+}
+
+static PROGRESS: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+fn finish_progress() {
+    if let Some(bar) = PROGRESS.get() {
+        bar.finish_and_clear();
+    }
+}
+
+fn settings(common: &Common, pass: Vec<u8>, list_only: bool, vms: Vec<String>, total: Option<u64>) -> driver::Settings {
+    let ram = physical_memory();
+    let budget = common
+        .max_kdf_memory
+        .map_or(ram / 2, |mib| mib.saturating_mul(1 << 20));
+    let limit = KdfLimit {
+        max_memory: budget,
+        ..KdfLimit::default()
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let progress: Option<Box<dyn Fn(u64) + Send + Sync>> =
+        if !common.no_progress && std::io::stderr().is_terminal() {
+            let bar = match total {
+                Some(t) => indicatif::ProgressBar::new(t),
+                None => indicatif::ProgressBar::no_length(),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let bar = PROGRESS.get_or_init(|| bar);
+            Some(Box::new(move |n| bar.set_position(n)))
+        } else {
+            None
+        };
+    driver::Settings {
+        credentials: Credentials::new(pass, limit),
+        jobs: common.jobs.unwrap_or(cpus),
+        kdf_budget: budget,
+        list_only,
+        select: (!vms.is_empty()).then_some(vms),
+        progress,
+    }
+}
+
+fn emit(report: &mut Report, command: &str, json: bool) -> Result<(), Error> {
+    let text = if json {
+        let mut s = serde_json::to_string_pretty(&report.to_json(command))
+            .map_err(|e| Error::new(ErrorClass::Io, e.to_string()))?;
+        s.push('\n');
+        s
+    } else {
+        report.human(command, command == "list")
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        // A consumer that closed the pipe early is not an error of ours.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::new(ErrorClass::Io, format!("writing report: {e}"))),
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_output_object_safe(_: &dyn Output) {}

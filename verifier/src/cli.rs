@@ -1,0 +1,64 @@
+//! Command line, as typed (clap) and as validated.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Verify, list and extract Qubes OS backups (formats 2, 3 and 4) without Qubes.
+///
+/// Every byte is authenticated before anything parses it. Exit codes: 0 verified,
+/// 2 usage, 10–20 by error class (see README "Exit codes").
+#[derive(Debug, Parser)]
+#[command(name = "qbackup-verify", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Authenticate, decrypt, decompress and parse every member; check every VM's data is complete.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show the header, KDF parameters and the VMs of the verified qubes.xml.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Restore files to DIR/<vm>/… and DIR/dom0-home/<user>/… (emergency restore).
+    Extract {
+        #[command(flatten)]
+        common: Common,
+        /// Destination directory (created if missing). Nothing is written outside it.
+        #[arg(long = "to", value_name = "DIR")]
+        to: PathBuf,
+        /// Only these VMs (default: all). Use `dom0` for dom0's home.
+        #[arg(value_name = "VM", trailing_var_arg = true)]
+        vms: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Read the passphrase from this file (`-` for stdin); else $QBACKUP_PASSPHRASE, else a prompt.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of the human report.
+    #[arg(long)]
+    pub json: bool,
+    /// Refuse scrypt containers demanding more KDF memory than this many MiB
+    /// (default: half of this machine's RAM).
+    #[arg(long, value_name = "MIB")]
+    pub max_kdf_memory: Option<u64>,
+    /// KDF worker threads (default: number of CPUs, within the KDF memory budget).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// The archive file, or `-` for stdin.
+    #[arg(value_name = "ARCHIVE")]
+    pub archive: PathBuf,
+}

@@ -1,0 +1,744 @@
+//! Drives the format crate over an archive stream: one pass, bounded memory, KDFs in
+//! parallel (SPEC.md RES-1).
+//!
+//! ```text
+//! main thread:  outer tar → sequencer → plan ──jobs──▶ workers (KDF + MAC + decrypt, N threads)
+//!                               │                          │ results, one slot per chunk
+//!                               └──── file messages ───────┴──▶ inner thread: decompress →
+//!                                     (in archive order)          inner tar → Output
+//! ```
+//! At most `jobs + 3` chunk buffers exist at once (the file queue holds `jobs + 1`), and
+//! KDF memory in flight is held under a budget, so memory does not grow with the archive.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use qbackup_format::archive::authenticate::{
+    authenticate_header, chunk_digest, open_v4_chunk, verify_chunk_hmac, Credentials,
+};
+use qbackup_format::archive::decode::{decode_v2_volume, file_stream, ChunkReader};
+use qbackup_format::archive::plan::{BackupPlan, FileSpec};
+use qbackup_format::archive::sequencer::{Sequencer, Step};
+use qbackup_format::crypto::hmac_file::Digest;
+use qbackup_format::crypto::scrypt_container;
+use qbackup_format::header::{Header, Version};
+use qbackup_format::inner_tar::{DataSink, Entry, MultiVolumeReader, TarReader};
+use qbackup_format::limits::{MAX_CHUNK_LEN, MAX_HEADER_LEN, MAX_HMAC_LEN, MAX_INNER_ENTRIES, MAX_QUBES_XML_CHUNK_LEN, MAX_QUBES_XML_LEN};
+use qbackup_format::member_name::{chunk_name, MemberName, QUBES_XML};
+use qbackup_format::outer_tar::OuterReader;
+use qbackup_format::qubes_xml::{self, Flavor, NetVm, QubesXml};
+use qbackup_format::{Error, ErrorClass, Result};
+
+use crate::output::Output;
+use crate::report::{ArchiveInfo, FileReport, Report, VmInfo};
+
+/// How a run is set up.
+pub struct Settings {
+    pub credentials: Credentials,
+    /// Worker threads for KDF/MAC/decrypt.
+    pub jobs: usize,
+    /// Total scrypt memory that may be in use at once.
+    pub kdf_budget: u64,
+    /// Stop after qubes.xml (`list`).
+    pub list_only: bool,
+    /// VM names to process (None: all). `dom0` selects dom0's home.
+    pub select: Option<Vec<String>>,
+    /// Called with the count of archive bytes consumed so far.
+    pub progress: Option<Box<dyn Fn(u64) + Send + Sync>>,
+}
+
+/// Reader wrapper that reports progress.
+struct Counting<R> {
+    inner: R,
+    count: u64,
+    progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        if let Some(p) = &self.progress {
+            p(self.count);
+        }
+        Ok(n)
+    }
+}
+
+/// Run over `input`, feeding every selected file's entries to `output`.
+pub fn run(input: impl Read, settings: Settings, output: &mut dyn Output) -> Report {
+    let mut report = Report::default();
+    let progress: Option<Arc<dyn Fn(u64) + Send + Sync>> = settings.progress.map(Arc::from);
+    let mut outer = OuterReader::new(BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: input,
+            count: 0,
+            progress,
+        },
+    ));
+    let credentials = Arc::new(settings.credentials);
+    let result = Run {
+        outer: &mut outer,
+        credentials,
+        jobs: settings.jobs.max(1),
+        kdf_budget: settings.kdf_budget,
+        list_only: settings.list_only,
+        select: settings.select,
+        report: &mut report,
+    }
+    .go(output);
+    if let Err(e) = result {
+        report.fail(e, None, None);
+    }
+    report.bytes_read = outer.position();
+    report
+}
+
+struct Run<'a, R: Read> {
+    outer: &'a mut OuterReader<R>,
+    credentials: Arc<Credentials>,
+    jobs: usize,
+    kdf_budget: u64,
+    list_only: bool,
+    select: Option<Vec<String>>,
+    report: &'a mut Report,
+}
+
+/// A chunk's payload once authenticated (or why not).
+type Slot = Receiver<Result<Vec<u8>>>;
+
+enum FileMsg {
+    Begin(Box<FileSpec>, Option<String>),
+    Chunk(Slot, u64),
+    End,
+}
+
+enum Job {
+    V4 {
+        name: String,
+        data: Vec<u8>,
+        done: Sender<Result<Vec<u8>>>,
+    },
+    Mac {
+        digest: Digest,
+        name: String,
+        data: Vec<u8>,
+        mac: Vec<u8>,
+        v2_volume: bool,
+        done: Sender<Result<Vec<u8>>>,
+    },
+}
+
+impl<R: Read> Run<'_, R> {
+    fn next(&mut self) -> Result<Option<(Vec<u8>, u64)>> {
+        Ok(self.outer.next_member()?.map(|m| (m.untrusted_name, m.size)))
+    }
+
+    fn read(&mut self, max: u64, what: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.outer.read_member(&mut buf, max, what)?;
+        Ok(buf)
+    }
+
+    fn go(mut self, output: &mut dyn Output) -> Result<()> {
+        // ORD-1: backup-header, backup-header.hmac; or ORD-8: header-less v2.
+        let Some((first, _)) = self.next()? else {
+            return Err(Error::truncated("the archive is empty"));
+        };
+        let mut pending_name = None;
+        let header = match MemberName::parse(&first) {
+            Ok(MemberName::Header) => {
+                let header_bytes = self.read(MAX_HEADER_LEN, "backup-header")?;
+                let Some((second, _)) = self.next()? else {
+                    return Err(Error::truncated("archive ends after backup-header"));
+                };
+                if second != b"backup-header.hmac" {
+                    return Err(Error::new(
+                        ErrorClass::HeaderFailure,
+                        format!(
+                            "expected backup-header.hmac after backup-header, got {}",
+                            qbackup_format::paths::escape(&second)
+                        ),
+                    ));
+                }
+                let mac = self.read(MAX_HMAC_LEN, "backup-header.hmac")?;
+                let auth = authenticate_header(&header_bytes, &mac, &self.credentials)?;
+                let kdf = scrypt_container::parse_header(&mac)
+                    .ok()
+                    .map(|h| (h.params.log_n, h.params.r, h.params.p));
+                self.report.archive = Some(archive_info(&auth.header, kdf));
+                auth.header
+            }
+            Ok(MemberName::Chunk { ref path, index: 0, .. }) if path == QUBES_XML => {
+                pending_name = Some(first);
+                let h = Header::headerless_v2();
+                self.report.archive = Some(archive_info(&h, None));
+                h
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorClass::HeaderFailure,
+                    format!(
+                        "archive does not start with backup-header (first member: {})",
+                        qbackup_format::paths::escape(&first)
+                    ),
+                ))
+            }
+        };
+        let header = Arc::new(header);
+        let mut sequencer = Sequencer::new(header.version);
+
+        // ORD-2: qubes.xml, one chunk, authenticated and decoded before anything else.
+        let name = match pending_name {
+            Some(n) => n,
+            None => match self.next()? {
+                Some((n, _)) => n,
+                None => return Err(Error::truncated("archive ends before qubes.xml")),
+            },
+        };
+        sequencer.on_member(&name)?;
+        let mut xml_chunk = self.read(MAX_QUBES_XML_CHUNK_LEN, "qubes.xml")?;
+        let xml_name = chunk_name(QUBES_XML, 0);
+        match header.version {
+            Version::V4 => {
+                let id = header.backup_id.as_deref().unwrap_or_default();
+                open_v4_chunk(id, &xml_name, &self.credentials, &mut xml_chunk)?;
+            }
+            _ => {
+                let Some((mac_name, _)) = self.next()? else {
+                    return Err(Error::truncated("archive ends before qubes.xml.000.hmac"));
+                };
+                sequencer.on_member(&mac_name)?;
+                let mac = self.read(MAX_HMAC_LEN, "qubes.xml.000.hmac")?;
+                verify_chunk_hmac(chunk_digest(&header)?, &self.credentials, &xml_name, &xml_chunk, &mac)?;
+            }
+        }
+        let xml_bytes = decode_qubes_xml(&header, &self.credentials, xml_chunk)?;
+        let xml = qubes_xml::parse(&xml_bytes).map_err(|e| e.context("qubes.xml"))?;
+        if let Some(a) = self.report.archive.as_mut() {
+            a.qubes_xml_flavor = Some(match xml.flavor {
+                Flavor::Core2 => "R2/R3 (core2)".into(),
+                Flavor::Core3 => "R4 (core3)".into(),
+            });
+        }
+        self.report.vms = vm_infos(&xml);
+        let mut plan = BackupPlan::from_qubes_xml(&xml, header.version)?;
+        if let Some(select) = &self.select {
+            for name in select {
+                if !plan.vms.iter().any(|v| &v.name == name) && name != "dom0" {
+                    return Err(Error::new(
+                        ErrorClass::MissingData,
+                        format!("VM {name:?} is not in this backup"),
+                    ));
+                }
+            }
+        }
+        if self.list_only {
+            return Ok(());
+        }
+        self.data_members(&header, &mut sequencer, &mut plan, output)
+    }
+
+    /// ORD-3 … ORD-7 and VER-1 … VER-5: every member after qubes.xml.
+    fn data_members(
+        &mut self,
+        header: &Arc<Header>,
+        sequencer: &mut Sequencer,
+        plan: &mut BackupPlan,
+        output: &mut dyn Output,
+    ) -> Result<()> {
+        let (job_tx, job_rx) = bounded::<Job>(self.jobs);
+        let (file_tx, file_rx) = bounded::<FileMsg>(self.jobs + 1);
+        let budget = Arc::new(KdfBudget::new(self.kdf_budget));
+        let digest = match header.version {
+            Version::V4 => None,
+            _ => Some(chunk_digest(header)?),
+        };
+        let declared: HashMap<String, u64> =
+            plan.vms.iter().map(|v| (v.name.clone(), v.declared_size)).collect();
+
+        let outcome = std::thread::scope(|scope| {
+            for _ in 0..self.jobs {
+                let rx = job_rx.clone();
+                let creds = Arc::clone(&self.credentials);
+                let header = Arc::clone(header);
+                let budget = Arc::clone(&budget);
+                scope.spawn(move || worker(rx, &creds, &header, &budget));
+            }
+            drop(job_rx);
+            let header_for_inner = Arc::clone(header);
+            let creds = Arc::clone(&self.credentials);
+            let inner = scope.spawn(move || inner_thread(file_rx, &header_for_inner, &creds, declared, output));
+
+            let main = self.feed(header, digest, sequencer, plan, &job_tx, &file_tx);
+            drop(job_tx);
+            drop(file_tx);
+            let files = inner.join().unwrap_or_else(|_| Vec::new());
+            (main, files)
+        });
+        let (main, files) = outcome;
+        for f in &files {
+            if let Some(e) = &f.error {
+                self.report.fail(e.clone(), f.vm.as_deref(), Some(&f.path));
+            }
+        }
+        self.report.files = files;
+        main?;
+        self.check_completeness(plan);
+        Ok(())
+    }
+
+    /// VER-2 and VER-3: every file qubes.xml implies is present and decoded.
+    fn check_completeness(&mut self, plan: &BackupPlan) {
+        for vm in &plan.vms {
+            if !self.selected(&vm.name) {
+                continue;
+            }
+            let present: Vec<&FileReport> = self
+                .report
+                .files
+                .iter()
+                .filter(|f| f.vm.as_deref() == Some(&vm.name))
+                .collect();
+            if present.is_empty() {
+                self.report.fail(
+                    Error::new(
+                        ErrorClass::MissingData,
+                        format!("qubes.xml marks VM {} as backed up, but the archive holds none of its files", vm.name),
+                    ),
+                    Some(&vm.name),
+                    None,
+                );
+                continue;
+            }
+            for want in &vm.expected_files {
+                if !present.iter().any(|f| &f.path == want) {
+                    self.report.fail(
+                        Error::new(
+                            ErrorClass::MissingData,
+                            format!("VM {}: {want} is missing from the archive (VER-2)", vm.name),
+                        ),
+                        Some(&vm.name),
+                        Some(want),
+                    );
+                }
+            }
+        }
+    }
+
+    fn selected(&self, vm: &str) -> bool {
+        match &self.select {
+            None => true,
+            Some(list) => list.iter().any(|s| s == vm || (s == "dom0" && vm == "dom0")),
+        }
+    }
+
+    fn feed(
+        &mut self,
+        header: &Header,
+        digest: Option<Digest>,
+        sequencer: &mut Sequencer,
+        plan: &mut BackupPlan,
+        jobs: &Sender<Job>,
+        files: &Sender<FileMsg>,
+    ) -> Result<()> {
+        let closed = || Error::new(ErrorClass::Io, "internal: pipeline stopped");
+        let mut skipping = false;
+        let mut in_file = false;
+        let mut pending: Option<(String, Vec<u8>)> = None;
+        let mut skipped_files: Vec<FileReport> = Vec::new();
+        while let Some((name, size)) = self.next()? {
+            match sequencer.on_member(&name)? {
+                Step::Chunk { path, index } => {
+                    if index == 0 {
+                        if in_file {
+                            files.send(FileMsg::End).map_err(|_| closed())?;
+                            in_file = false;
+                        }
+                        let spec = plan.locate(&path)?;
+                        let vm = spec.vm.map(|i| plan.vms[i].name.clone());
+                        skipping = !vm.as_deref().is_some_and(|v| self.selected(v));
+                        if skipping {
+                            skipped_files.push(FileReport {
+                                path: path.clone(),
+                                vm,
+                                skipped: true,
+                                ..FileReport::default()
+                            });
+                        } else {
+                            files
+                                .send(FileMsg::Begin(Box::new(spec), vm))
+                                .map_err(|_| closed())?;
+                            in_file = true;
+                        }
+                    }
+                    let chunk = chunk_name(&path, index);
+                    if skipping {
+                        if let Some(f) = skipped_files.last_mut() {
+                            f.chunks += 1;
+                            f.stored_bytes += size;
+                        }
+                        continue;
+                    }
+                    let data = self.read(MAX_CHUNK_LEN, &chunk)?;
+                    if header.version == Version::V4 {
+                        let (done, slot) = bounded(1);
+                        jobs.send(Job::V4 { name: chunk, data, done }).map_err(|_| closed())?;
+                        files.send(FileMsg::Chunk(slot, size)).map_err(|_| closed())?;
+                    } else {
+                        pending = Some((chunk, data));
+                    }
+                }
+                Step::ChunkMac { .. } => {
+                    if skipping {
+                        continue;
+                    }
+                    let Some((chunk, data)) = pending.take() else {
+                        return Err(Error::order("MAC member without its data chunk"));
+                    };
+                    let mac = self.read(MAX_HMAC_LEN, &format!("{chunk}.hmac"))?;
+                    let (done, slot) = bounded(1);
+                    let size = data.len() as u64 + mac.len() as u64;
+                    jobs.send(Job::Mac {
+                        digest: digest.ok_or_else(closed)?,
+                        name: chunk,
+                        data,
+                        mac,
+                        v2_volume: header.version == Version::V2,
+                        done,
+                    })
+                    .map_err(|_| closed())?;
+                    files.send(FileMsg::Chunk(slot, size)).map_err(|_| closed())?;
+                }
+            }
+        }
+        sequencer.finish()?;
+        if in_file {
+            files.send(FileMsg::End).map_err(|_| closed())?;
+        }
+        self.report.files.extend(skipped_files);
+        Ok(())
+    }
+}
+
+/// Memory budget for KDFs in flight (RES-1).
+struct KdfBudget {
+    free: Mutex<u64>,
+    total: u64,
+    freed: Condvar,
+}
+
+impl KdfBudget {
+    fn new(total: u64) -> Self {
+        KdfBudget {
+            free: Mutex::new(total),
+            total,
+            freed: Condvar::new(),
+        }
+    }
+    /// Wait until `amount` (capped at the total, which a single KDF may use) is free.
+    fn acquire(&self, amount: u64) -> u64 {
+        let amount = amount.min(self.total);
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free < amount {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= amount;
+        amount
+    }
+    fn release(&self, amount: u64) {
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += amount;
+        self.freed.notify_all();
+    }
+}
+
+fn worker(jobs: Receiver<Job>, credentials: &Credentials, header: &Header, budget: &KdfBudget) {
+    for job in jobs {
+        match job {
+            Job::V4 { name, mut data, done } => {
+                let cost = scrypt_container::parse_header(&data).map_or(0, |h| h.params.memory_bytes());
+                let held = budget.acquire(cost);
+                let id = header.backup_id.as_deref().unwrap_or_default();
+                let result = open_v4_chunk(id, &name, credentials, &mut data).map(|()| data);
+                budget.release(held);
+                let _ = done.send(result);
+            }
+            Job::Mac {
+                digest,
+                name,
+                data,
+                mac,
+                v2_volume,
+                done,
+            } => {
+                let result = verify_chunk_hmac(digest, credentials, &name, &data, &mac).and_then(|()| {
+                    if v2_volume {
+                        decode_v2_volume(header, credentials, data).map_err(|e| e.context(&name))
+                    } else {
+                        Ok(data)
+                    }
+                });
+                let _ = done.send(result);
+            }
+        }
+    }
+}
+
+/// The chunks of one file, as the inner thread pulls them.
+struct FileChunks<'a> {
+    rx: &'a Receiver<FileMsg>,
+    ended: bool,
+    chunks: u32,
+    stored: u64,
+}
+
+impl FileChunks<'_> {
+    fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        if self.ended {
+            return None;
+        }
+        match self.rx.recv() {
+            Ok(FileMsg::Chunk(slot, size)) => {
+                self.chunks += 1;
+                self.stored += size;
+                Some(slot.recv().unwrap_or_else(|_| Err(Error::new(ErrorClass::Io, "internal: worker stopped"))))
+            }
+            Ok(FileMsg::End) => {
+                self.ended = true;
+                None
+            }
+            Ok(FileMsg::Begin(..)) => {
+                self.ended = true;
+                Some(Err(Error::new(ErrorClass::Io, "internal: file message out of order")))
+            }
+            Err(_) => {
+                // The reader stopped (it reports why); this file is incomplete.
+                self.ended = true;
+                Some(Err(Error::truncated("archive reading stopped inside this file")))
+            }
+        }
+    }
+
+    /// Consume what is left of this file (after an error), so the next file starts clean.
+    fn drain(&mut self) {
+        while self.next().is_some() {}
+    }
+}
+
+fn inner_thread(
+    rx: Receiver<FileMsg>,
+    header: &Header,
+    credentials: &Credentials,
+    declared: HashMap<String, u64>,
+    output: &mut dyn Output,
+) -> Vec<FileReport> {
+    let mut reports = Vec::new();
+    let mut data_per_vm: HashMap<String, u64> = HashMap::new();
+    while let Ok(msg) = rx.recv() {
+        let FileMsg::Begin(spec, vm) = msg else { continue };
+        let mut chunks = FileChunks {
+            rx: &rx,
+            ended: false,
+            chunks: 0,
+            stored: 0,
+        };
+        let mut report = FileReport {
+            path: spec.path.clone(),
+            vm: vm.clone(),
+            ..FileReport::default()
+        };
+        let vm_name = vm.clone().unwrap_or_default();
+        let limit = declared.get(&vm_name).copied().unwrap_or(0);
+        let used = data_per_vm.entry(vm_name.clone()).or_insert(0);
+        let mut ctx = FileCtx {
+            spec: &spec,
+            report: &mut report,
+            vm_data: used,
+            vm_limit: limit,
+            vm_name: &vm_name,
+        };
+        let result = output
+            .begin_file(&spec)
+            .and_then(|()| decode_file(header, credentials, &mut chunks, &mut ctx, output));
+        let result = result.map_err(|e| e.context(&spec.path));
+        chunks.drain();
+        report.chunks = chunks.chunks;
+        report.stored_bytes = chunks.stored;
+        let committed = output.end_file(&spec, result.is_ok());
+        report.error = result.and(committed).err();
+        reports.push(report);
+    }
+    reports
+}
+
+struct FileCtx<'a> {
+    spec: &'a FileSpec,
+    report: &'a mut FileReport,
+    vm_data: &'a mut u64,
+    vm_limit: u64,
+    vm_name: &'a str,
+}
+
+fn decode_file(
+    header: &Header,
+    credentials: &Credentials,
+    chunks: &mut FileChunks<'_>,
+    ctx: &mut FileCtx<'_>,
+    output: &mut dyn Output,
+) -> Result<()> {
+    if header.version == Version::V2 {
+        let volumes = std::iter::from_fn(|| {
+            chunks.next().map(|r| -> Box<dyn Read + Send> {
+                match r {
+                    Ok(v) => Box::new(std::io::Cursor::new(v)),
+                    Err(e) => Box::new(FailingReader(Some(e))),
+                }
+            })
+        });
+        let mut tar = MultiVolumeReader::new(volumes)?;
+        let mut ordinal = 0;
+        while let Some(entry) = tar.next_entry()? {
+            handle_entry(ctx, &entry, ordinal, output, &mut |sink| tar.read_data(sink))?;
+            ordinal += 1;
+        }
+        tar.finish()?;
+        return finish_file(ctx, ordinal);
+    }
+    let payload = ChunkReader::new(|| chunks.next());
+    let stream = file_stream(header, credentials, payload)?;
+    let mut tar = TarReader::new(stream);
+    let mut ordinal = 0;
+    while let Some(entry) = tar.next_entry()? {
+        handle_entry(ctx, &entry, ordinal, output, &mut |sink| tar.read_data(sink))?;
+        ordinal += 1;
+    }
+    finish_file(ctx, ordinal)
+}
+
+fn finish_file(ctx: &FileCtx<'_>, entries: u64) -> Result<()> {
+    if entries == 0 {
+        return Err(Error::new(ErrorClass::MissingData, "inner tar holds no entry"));
+    }
+    Ok(())
+}
+
+/// A Read that fails with a classified error (to carry a chunk error into the tar reader).
+struct FailingReader(Option<Error>);
+
+impl Read for FailingReader {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(self
+            .0
+            .take()
+            .unwrap_or_else(|| Error::new(ErrorClass::Io, "chunk failed"))
+            .into_io())
+    }
+}
+
+fn handle_entry(
+    ctx: &mut FileCtx<'_>,
+    entry: &Entry,
+    ordinal: u64,
+    output: &mut dyn Output,
+    read_data: &mut dyn FnMut(&mut dyn DataSink) -> Result<()>,
+) -> Result<()> {
+    if ordinal >= MAX_INNER_ENTRIES {
+        return Err(Error::limit(format!("more than LIM-13 ({MAX_INNER_ENTRIES}) inner entries")));
+    }
+    let placement = ctx.spec.place(entry, ordinal)?;
+    ctx.report.entries += 1;
+    ctx.report.size = ctx.report.size.saturating_add(entry.size);
+    // VER-4: refuse data beyond the VM's declared backup-size while decoding, so a
+    // decompression bomb stops at the declared size.
+    let stored = entry.stored;
+    *ctx.vm_data = ctx.vm_data.saturating_add(stored);
+    ctx.report.data_bytes = ctx.report.data_bytes.saturating_add(stored);
+    if ctx.vm_limit > 0 && *ctx.vm_data > ctx.vm_limit {
+        return Err(Error::limit(format!(
+            "VM {} holds {} bytes of data, more than its declared backup-size {} (VER-4)",
+            ctx.vm_name, ctx.vm_data, ctx.vm_limit
+        )));
+    }
+    output.entry(&placement, entry, read_data)
+}
+
+fn decode_qubes_xml(header: &Header, credentials: &Credentials, chunk: Vec<u8>) -> Result<Vec<u8>> {
+    let read_entry = |next: &mut dyn FnMut() -> Result<Option<Entry>>,
+                      data: &mut dyn FnMut(&mut dyn DataSink) -> Result<()>|
+     -> Result<Vec<u8>> {
+        let entry = next()?.ok_or_else(|| Error::new(ErrorClass::MissingData, "qubes.xml chunk holds no file"))?;
+        if entry.path != QUBES_XML.as_bytes() {
+            return Err(Error::malformed(format!(
+                "qubes.xml chunk holds {} instead (TAR-11)",
+                qbackup_format::paths::escape(&entry.path)
+            )));
+        }
+        if entry.size > MAX_QUBES_XML_LEN {
+            return Err(Error::limit("qubes.xml exceeds LIM-4"));
+        }
+        let mut bytes = Vec::new();
+        data(&mut |offset: u64, b: &[u8]| {
+            let end = usize::try_from(offset).map_err(|_| Error::limit("qubes.xml offset"))?;
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes.extend_from_slice(b);
+            Ok(())
+        })?;
+        bytes.resize(entry.size as usize, 0);
+        if next()?.is_some() {
+            return Err(Error::malformed("qubes.xml chunk holds more than one file"));
+        }
+        Ok(bytes)
+    };
+    if header.version == Version::V2 {
+        let volume = decode_v2_volume(header, credentials, chunk)?;
+        let mut tar = MultiVolumeReader::new(std::iter::once(std::io::Cursor::new(volume)))?;
+        let tar = std::cell::RefCell::new(&mut tar);
+        let bytes = read_entry(&mut || tar.borrow_mut().next_entry(), &mut |s| tar.borrow_mut().read_data(s))?;
+        return Ok(bytes);
+    }
+    let mut once = Some(Ok(chunk));
+    let stream = file_stream(header, credentials, ChunkReader::new(|| once.take()))?;
+    let tar = std::cell::RefCell::new(TarReader::new(stream));
+    read_entry(&mut || tar.borrow_mut().next_entry(), &mut |s| tar.borrow_mut().read_data(s))
+        .map_err(|e| e.context("qubes.xml"))
+}
+
+fn archive_info(h: &Header, kdf: Option<(u8, u32, u32)>) -> ArchiveInfo {
+    ArchiveInfo {
+        version: h.version.number(),
+        header_present: h.present,
+        encrypted: h.encrypted,
+        compressed: h.compressed,
+        compression_filter: h.compression_filter.clone(),
+        crypto_algorithm: h.crypto_algorithm.clone(),
+        hmac_algorithm: h.hmac_algorithm.clone(),
+        backup_id: h.backup_id.clone(),
+        kdf,
+        qubes_xml_flavor: None,
+    }
+}
+
+fn vm_infos(xml: &QubesXml) -> Vec<VmInfo> {
+    xml.vms
+        .iter()
+        .map(|vm| VmInfo {
+            name: vm.name.clone(),
+            class: vm.class.clone(),
+            label: vm.label.clone(),
+            template: vm.template.clone(),
+            netvm: match &vm.netvm {
+                NetVm::Default => "(default)".into(),
+                NetVm::None => "-".into(),
+                NetVm::Named(n) => n.clone(),
+            },
+            backup_path: vm.backup.as_ref().map(|b| b.path.clone()),
+            backup_size: vm.backup.as_ref().map_or(0, |b| b.size),
+            included: vm.backup.is_some(),
+        })
+        .collect()
+}
