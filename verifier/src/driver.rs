@@ -297,11 +297,12 @@ impl<R: Read> Run<'_, R> {
             if !self.selected(&vm.name) {
                 continue;
             }
-            let present: Vec<&FileReport> = self
+            let present: Vec<String> = self
                 .report
                 .files
                 .iter()
                 .filter(|f| f.vm.as_deref() == Some(&vm.name))
+                .map(|f| f.path.clone())
                 .collect();
             if present.is_empty() {
                 self.report.fail(
@@ -315,7 +316,7 @@ impl<R: Read> Run<'_, R> {
                 continue;
             }
             for want in &vm.expected_files {
-                if !present.iter().any(|f| &f.path == want) {
+                if !present.contains(want) {
                     self.report.fail(
                         Error::new(
                             ErrorClass::MissingData,
@@ -605,7 +606,7 @@ fn decode_file(
             ordinal += 1;
         }
         tar.finish()?;
-        return finish_file(ctx, ordinal);
+        return finish_file(ordinal);
     }
     let payload = ChunkReader::new(|| chunks.next());
     let stream = file_stream(header, credentials, payload)?;
@@ -615,10 +616,10 @@ fn decode_file(
         handle_entry(ctx, &entry, ordinal, output, &mut |sink| tar.read_data(sink))?;
         ordinal += 1;
     }
-    finish_file(ctx, ordinal)
+    finish_file(ordinal)
 }
 
-fn finish_file(ctx: &FileCtx<'_>, entries: u64) -> Result<()> {
+fn finish_file(entries: u64) -> Result<()> {
     if entries == 0 {
         return Err(Error::new(ErrorClass::MissingData, "inner tar holds no entry"));
     }

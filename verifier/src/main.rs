@@ -54,7 +54,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
     };
     let on_stdin = common.archive == Path::new("-");
     let (input, total): (Box<dyn Read + Send>, Option<u64>) = if on_stdin {
-        (Box::new(std::io::stdin().lock()), None)
+        (Box::new(std::io::stdin()), None)
     } else {
         let f = File::open(&common.archive).map_err(|e| {
             Error::new(ErrorClass::Io, format!("opening {}: {e}", common.archive.display()))

@@ -243,8 +243,3 @@ fn file_json(f: &FileReport) -> Value {
         "error": f.error.as_ref().map(|e| json!({"class": e.class().as_str(), "message": e.message()})),
     })
 }
-
-/// The error class for an error outside the archive (I/O on our side).
-pub fn io_error(message: impl Into<String>) -> Error {
-    Error::new(ErrorClass::Io, message)
-}
