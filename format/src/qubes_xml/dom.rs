@@ -115,6 +115,9 @@ fn element(start: &BytesStart<'_>, decoder: Decoder, keep: bool) -> Result<Optio
         let attr = attr.map_err(xml_err)?;
         let key = std::str::from_utf8(attr.key.as_ref()).map_err(xml_err)?;
         check_value_len(attr.value.len())?;
+        if attr.value.contains(&b'<') {
+            bail!(Malformed, "qubes.xml: '<' in an attribute value");
+        }
         // Only the five predefined entities and character references resolve.
         let value = attr
             .decode_and_unescape_value_with(decoder, quick_xml::escape::resolve_xml_entity)

@@ -626,3 +626,16 @@ proptest! {
         let _ = parse(&data[..n]);
     }
 }
+
+#[test]
+fn hostile_attribute_references_refused() {
+    for bad in ["&nbsp;", "&#0;", "&#1;", "&#x1b;", "&lol;", "&amp", "<"] {
+        let xml =
+            format!("<qubes><labels><label id=\"{bad}\">red</label></labels><properties/></qubes>");
+        assert_eq!(
+            class_of(parse(xml.as_bytes())),
+            ErrorClass::Malformed,
+            "{bad}"
+        );
+    }
+}
