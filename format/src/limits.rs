@@ -88,3 +88,12 @@ pub const MAX_BACKUP_ID_LEN: usize = 128;
 /// not exceed stored bytes × this plus [`MAX_FILE_SIZE`]-bounded tar logic. Kept for
 /// the inner tar: decompressed bytes must be accounted to entries or to bounded padding.
 pub const MAX_TAR_TRAILING_ZERO_BYTES: u64 = 1 << 20;
+
+/// LIM-24: most XML elements in qubes.xml. A domain has a few dozen (properties,
+/// features, tags, devices, volumes), so this covers [`MAX_VMS`] VMs while bounding the
+/// element tree the parser builds.
+pub const MAX_XML_ELEMENTS: usize = 1 << 20;
+
+/// LIM-25: most attributes on one qubes.xml element (upstream writes at most about 30,
+/// on R2/R3 VM elements); also bounds the parser's quadratic duplicate-attribute check.
+pub const MAX_XML_ATTRIBUTES: usize = 256;

@@ -1,1 +1,243 @@
-//! qubes.xml (SPEC.md XML-*).
+//! qubes.xml: the VM metadata stored in every backup (SPEC.md XML-1 … XML-4).
+//!
+//! [`parse`] reads both flavours into one model: R2/R3 `QubesVmCollection` (core2,
+//! XML-1) and R4 `<qubes>` (core3, XML-2), with the backup keys of XML-3 (which VMs carry
+//! data, under which path, and how large upstream said they are). [`write_r4`] writes the
+//! R4 flavour for the packer.
+//!
+//! The input is untrusted even after its MAC verified (a backup made by a compromised
+//! dom0, or a hostile archive): parsing is bounded (XML-4, LIM-4/14/15/16/24), refuses
+//! DTDs and entity declarations, and validates names and cross-references.
+//!
+//! Deviations from upstream (SPEC.md DEV-*), all stricter:
+//! - R4 `backup-content` counts as false for the texts `""`, `"0"`, `"False"`, `"false"`
+//!   (upstream tests Python truthiness of the text, so `"False"` would count as true);
+//! - numbers (`qid`, `backup-size`, …) are plain ASCII decimal, no sign, spaces or `_`;
+//! - a VM included in the backup with an empty backup path is Malformed (upstream would
+//!   treat `""` as a prefix of every member name);
+//! - duplicate VM names or qids, duplicate `<property>`/`<feature>` names in one domain,
+//!   and unresolvable R2/R3 `template_qid`/`netvm_qid` are Malformed (upstream keeps the
+//!   last value or logs and carries on).
+
+mod core2;
+mod core3;
+mod dom;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+pub use write::write_r4;
+
+use crate::bail;
+use crate::error::Result;
+
+/// Which qubes.xml dialect a file is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// R2/R3 `QubesVmCollection` (core2), XML-1.
+    Core2,
+    /// R4 `<qubes>` (core3), XML-2.
+    Core3,
+}
+
+/// A parsed qubes.xml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QubesXml {
+    pub flavor: Flavor,
+    /// VMs in document order (R2: a synthesised `dom0` first, as upstream does).
+    pub vms: Vec<Vm>,
+    /// R4 label table, id → colour name (`("label-1", "red")`); empty for R2/R3.
+    pub labels: Vec<(String, String)>,
+}
+
+impl QubesXml {
+    /// The VM named `name`.
+    pub fn vm(&self, name: &str) -> Option<&Vm> {
+        self.vms.iter().find(|v| v.name == name)
+    }
+
+    /// VMs whose data is in the backup (XML-3).
+    pub fn backed_up(&self) -> impl Iterator<Item = (&Vm, &BackupInfo)> {
+        self.vms
+            .iter()
+            .filter_map(|v| v.backup.as_ref().map(|b| (v, b)))
+    }
+}
+
+/// A VM's network VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetVm {
+    /// Follows the global `default_netvm`.
+    Default,
+    /// Explicitly no network.
+    None,
+    /// The VM with this name.
+    Named(String),
+}
+
+/// One VM as described by qubes.xml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vm {
+    /// R2/R3 `qid`; R4 `qid` property, else the number in `id="domain-N"`.
+    pub qid: Option<u32>,
+    /// Validated by [`validate_vm_name`]; `dom0` exactly for the AdminVM.
+    pub name: String,
+    /// R4 class (`AppVM`, `TemplateVM`, `StandaloneVM`, `AdminVM`, `DispVM`, …); R2/R3
+    /// element names mapped as in XML-1.
+    pub class: String,
+    /// Colour name (R4 label ids resolved through the label table).
+    pub label: Option<String>,
+    /// Template name (R2/R3: resolved from `template_qid`).
+    pub template: Option<String>,
+    pub netvm: NetVm,
+    /// `Some` when the VM's data is in the backup (XML-3).
+    pub backup: Option<BackupInfo>,
+    /// R4: names of the `<volume-config>` volumes with `save_on_stop="True"`; `None` when
+    /// the domain has no `<volume-config>` (always `None` for R2/R3).
+    pub volumes_saved: Option<Vec<String>>,
+    /// R2/R3: `hvm` for `*HVm` elements, `pv` otherwise; R4: the `virt_mode` property.
+    pub virt_mode: Option<String>,
+    /// R2/R3: NetVM/ProxyVM; R4: the `provides_network` property.
+    pub provides_network: bool,
+}
+
+/// Where a backed-up VM's files are in the archive and how large upstream said they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// As written: `vm3/` (R4), `vm5` or `appvms/NAME` (R3), `dom0-home/user`.
+    /// Never empty; not otherwise checked here (member names are checked on their own).
+    pub path: String,
+    /// Upstream's disk-usage figure in bytes (0 when absent); not a bound on the data.
+    pub size: u64,
+}
+
+/// Parse qubes.xml of either flavour, chosen by the root element (XML-1, XML-2).
+pub fn parse(untrusted: &[u8]) -> Result<QubesXml> {
+    let root = dom::parse(untrusted)?;
+    let parsed = match root.name.as_str() {
+        "QubesVmCollection" => core2::parse(&root)?,
+        "qubes" => core3::parse(&root)?,
+        other => bail!(
+            Malformed,
+            "qubes.xml: unknown root element <{}>",
+            truncate(other)
+        ),
+    };
+    check_unique(&parsed.vms)?;
+    Ok(parsed)
+}
+
+/// Qubes VM name rules (`dom0` allowed): 1–31 bytes, an ASCII letter first, then
+/// letters, digits, `_`, `.`, `-`; not `none` or `default`.
+pub fn validate_vm_name(name: &str) -> Result<()> {
+    let ok = (1..=31).contains(&name.len())
+        && name.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !matches!(name, "none" | "default");
+    if !ok {
+        bail!(Malformed, "qubes.xml: invalid VM name {:?}", truncate(name));
+    }
+    Ok(())
+}
+
+/// Volume names end up in member names (`<path><volume>.img`): keep them to a safe
+/// alphabet, 1–64 bytes of `[A-Za-z0-9_-]`.
+pub(crate) fn validate_volume_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if !ok {
+        bail!(
+            Malformed,
+            "qubes.xml: invalid volume name {:?}",
+            truncate(name)
+        );
+    }
+    Ok(())
+}
+
+/// R4 class names: an ASCII identifier of at most 64 bytes.
+pub(crate) fn validate_class(class: &str) -> Result<()> {
+    let ok = (1..=64).contains(&class.len())
+        && class
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphabetic)
+        && class.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !ok {
+        bail!(
+            Malformed,
+            "qubes.xml: invalid VM class {:?}",
+            truncate(class)
+        );
+    }
+    Ok(())
+}
+
+/// Plain ASCII decimal, at most 20 digits, no sign or spaces.
+pub(crate) fn parse_u64(what: &str, s: &str) -> Result<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        bail!(
+            Malformed,
+            "qubes.xml: {what} is not a decimal number: {:?}",
+            truncate(s)
+        );
+    }
+    match s.parse::<u64>() {
+        Ok(n) => Ok(n),
+        Err(_) => bail!(Malformed, "qubes.xml: {what} out of range: {s:?}"),
+    }
+}
+
+pub(crate) fn parse_u32(what: &str, s: &str) -> Result<u32> {
+    match u32::try_from(parse_u64(what, s)?) {
+        Ok(n) => Ok(n),
+        Err(_) => bail!(Malformed, "qubes.xml: {what} out of range: {s:?}"),
+    }
+}
+
+/// Shorten untrusted text quoted in an error message.
+pub(crate) fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => s.get(..i).unwrap_or(s),
+        None => s,
+    }
+}
+
+/// The AdminVM is `dom0` and only it; names and qids are unique.
+fn check_unique(vms: &[Vm]) -> Result<()> {
+    let mut names = std::collections::HashSet::new();
+    let mut qids = std::collections::HashSet::new();
+    for vm in vms {
+        if (vm.class == "AdminVM") != (vm.name == "dom0") {
+            bail!(
+                Malformed,
+                "qubes.xml: VM {:?} of class {} (only the AdminVM is dom0)",
+                vm.name,
+                vm.class
+            );
+        }
+        if (vm.class == "AdminVM" && vm.qid.is_some_and(|q| q != 0))
+            || (vm.qid == Some(0) && vm.class != "AdminVM")
+        {
+            bail!(
+                Malformed,
+                "qubes.xml: qid 0 belongs to the AdminVM dom0, not {:?}",
+                vm.name
+            );
+        }
+        if !names.insert(vm.name.as_str()) {
+            bail!(Malformed, "qubes.xml: duplicate VM name {:?}", vm.name);
+        }
+        if let Some(q) = vm.qid {
+            if !qids.insert(q) {
+                bail!(Malformed, "qubes.xml: duplicate qid {q}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! R2/R3 `QubesVmCollection` (core2), SPEC.md XML-1.
+
+use std::collections::HashMap;
+
+use super::dom::Node;
+use super::{
+    parse_u32, parse_u64, truncate, validate_vm_name, BackupInfo, Flavor, NetVm, QubesXml, Vm,
+};
+use crate::bail;
+use crate::error::Result;
+use crate::limits::MAX_VMS;
+
+/// The element names that describe VMs (upstream's `vm_classes`).
+const VM_ELEMENTS: [&str; 7] = [
+    "QubesAdminVm",
+    "QubesTemplateVm",
+    "QubesTemplateHVm",
+    "QubesAppVm",
+    "QubesHVm",
+    "QubesNetVm",
+    "QubesProxyVm",
+];
+
+fn required<'a>(node: &'a Node, attr: &str) -> Result<&'a str> {
+    match node.attr(attr) {
+        Some(v) => Ok(v),
+        None => bail!(
+            Malformed,
+            "qubes.xml: <{}> without the {attr} attribute",
+            node.name
+        ),
+    }
+}
+
+fn is_none(s: &str) -> bool {
+    s.eq_ignore_ascii_case("none")
+}
+
+pub(super) fn parse(root: &Node) -> Result<QubesXml> {
+    // `QubesDisposableVm` and unknown elements are ignored, as upstream does.
+    let elements: Vec<&Node> = root
+        .children
+        .iter()
+        .filter(|c| VM_ELEMENTS.contains(&c.name.as_str()))
+        .collect();
+    if elements.len() > MAX_VMS {
+        bail!(LimitExceeded, "qubes.xml: more than {MAX_VMS} VMs (LIM-14)");
+    }
+
+    // First pass: qid → name, as upstream resolves references by qid.
+    let mut qid_map: HashMap<u32, &str> = HashMap::new();
+    for el in &elements {
+        let qid = parse_u32("qid", required(el, "qid")?)?;
+        let name = required(el, "name")?;
+        validate_vm_name(name)?;
+        if qid_map.insert(qid, name).is_some() {
+            bail!(Malformed, "qubes.xml: duplicate qid {qid}");
+        }
+    }
+    let resolve = |what: &str, s: &str| -> Result<String> {
+        let qid = parse_u32(what, s)?;
+        match qid_map.get(&qid) {
+            Some(name) => Ok((*name).to_owned()),
+            None => bail!(Malformed, "qubes.xml: {what} {qid} names no VM"),
+        }
+    };
+
+    let mut vms = Vec::with_capacity(elements.len().saturating_add(1));
+    // R2 had no dom0 element; upstream synthesises one.
+    if !qid_map.contains_key(&0) {
+        vms.push(Vm {
+            qid: Some(0),
+            name: "dom0".to_owned(),
+            class: "AdminVM".to_owned(),
+            label: Some("black".to_owned()),
+            template: None,
+            netvm: NetVm::Default,
+            backup: None,
+            volumes_saved: None,
+            virt_mode: None,
+            provides_network: false,
+        });
+    }
+
+    for el in elements {
+        let kind = el.name.as_str();
+        let qid = parse_u32("qid", required(el, "qid")?)?;
+        let name = required(el, "name")?.to_owned();
+
+        let (class, template) = if kind == "QubesAdminVm" || qid == 0 {
+            if kind != "QubesAdminVm" || qid != 0 || name != "dom0" {
+                bail!(
+                    Malformed,
+                    "qubes.xml: <{kind}> qid {qid} name {:?}: dom0 is QubesAdminVm qid 0",
+                    truncate(&name)
+                );
+            }
+            ("AdminVM", None)
+        } else if kind == "QubesTemplateVm" || kind == "QubesTemplateHVm" {
+            ("TemplateVM", None)
+        } else {
+            let t = required(el, "template_qid")?;
+            if is_none(t) {
+                ("StandaloneVM", None)
+            } else {
+                ("AppVM", Some(resolve("template_qid", t)?))
+            }
+        };
+
+        // netvm: default unless uses_default_netvm is present and not "True"; a NetVM
+        // that follows the default has none (it is the default).
+        let uses_default = el.attr("uses_default_netvm").is_none_or(|v| v == "True");
+        let netvm = if uses_default {
+            if kind == "QubesNetVm" {
+                NetVm::None
+            } else {
+                NetVm::Default
+            }
+        } else {
+            match el.attr("netvm_qid") {
+                None => NetVm::None,
+                Some(q) if is_none(q) => NetVm::None,
+                Some(q) => NetVm::Named(resolve("netvm_qid", q)?),
+            }
+        };
+
+        let size = match el.attr("backup_size") {
+            Some(s) => parse_u64("backup_size", s)?,
+            None => 0,
+        };
+        let backup = if el.attr("backup_content") == Some("True") {
+            match el.attr("backup_path") {
+                Some(p) if !p.is_empty() => Some(BackupInfo {
+                    path: p.to_owned(),
+                    size,
+                }),
+                _ => bail!(
+                    Malformed,
+                    "qubes.xml: VM {name:?} is in the backup but has no backup_path"
+                ),
+            }
+        } else {
+            None
+        };
+
+        vms.push(Vm {
+            qid: Some(qid),
+            name,
+            class: class.to_owned(),
+            label: Some(el.attr("label").unwrap_or("red").to_owned()),
+            template,
+            netvm,
+            backup,
+            volumes_saved: None,
+            virt_mode: if class == "AdminVM" {
+                None
+            } else if kind.ends_with("HVm") {
+                Some("hvm".to_owned())
+            } else {
+                Some("pv".to_owned())
+            },
+            provides_network: kind == "QubesNetVm" || kind == "QubesProxyVm",
+        });
+    }
+    Ok(QubesXml {
+        flavor: Flavor::Core2,
+        vms,
+        labels: Vec::new(),
+    })
+}

@@ -1,0 +1,641 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::error::ErrorClass;
+
+const R3: &[u8] = include_bytes!("testdata/r3-qubes.xml");
+const R4: &[u8] = include_bytes!("testdata/r4-qubes.xml");
+
+fn vm(qid: u32, name: &str, class: &str, label: &str, template: Option<&str>, netvm: NetVm) -> Vm {
+    Vm {
+        qid: Some(qid),
+        name: name.to_owned(),
+        class: class.to_owned(),
+        label: Some(label.to_owned()),
+        template: template.map(str::to_owned),
+        netvm,
+        backup: None,
+        volumes_saved: None,
+        virt_mode: None,
+        provides_network: false,
+    }
+}
+
+fn backup(path: &str, size: u64) -> Option<BackupInfo> {
+    Some(BackupInfo {
+        path: path.to_owned(),
+        size,
+    })
+}
+
+fn class_of(r: Result<QubesXml>) -> ErrorClass {
+    match r {
+        Ok(x) => panic!("accepted: {x:?}"),
+        Err(e) => e.class(),
+    }
+}
+
+fn named(s: &str) -> NetVm {
+    NetVm::Named(s.to_owned())
+}
+
+#[test]
+fn r3_fixture_every_field() {
+    let x = parse(R3).unwrap();
+    assert_eq!(x.flavor, Flavor::Core2);
+    assert!(x.labels.is_empty());
+    let pv = || Some("pv".to_owned());
+    let expected = vec![
+        Vm {
+            backup: backup("dom0-home/alice", 81920),
+            ..vm(0, "dom0", "AdminVM", "black", None, NetVm::Default)
+        },
+        Vm {
+            virt_mode: pv(),
+            ..vm(
+                1,
+                "fedora-23",
+                "TemplateVM",
+                "black",
+                None,
+                named("sys-firewall"),
+            )
+        },
+        Vm {
+            virt_mode: pv(),
+            provides_network: true,
+            ..vm(2, "sys-net", "AppVM", "red", Some("fedora-23"), NetVm::None)
+        },
+        Vm {
+            virt_mode: pv(),
+            provides_network: true,
+            ..vm(
+                3,
+                "sys-firewall",
+                "AppVM",
+                "green",
+                Some("fedora-23"),
+                named("sys-net"),
+            )
+        },
+        Vm {
+            virt_mode: pv(),
+            backup: backup("appvms/work", 2101248),
+            ..vm(
+                4,
+                "work",
+                "AppVM",
+                "blue",
+                Some("fedora-23"),
+                NetVm::Default,
+            )
+        },
+        Vm {
+            virt_mode: pv(),
+            backup: backup("vm5", 4096),
+            ..vm(
+                5,
+                "banking",
+                "AppVM",
+                "green",
+                Some("fedora-23"),
+                NetVm::None,
+            )
+        },
+        Vm {
+            virt_mode: Some("hvm".to_owned()),
+            backup: backup("vm6", 10737418240),
+            ..vm(
+                6,
+                "win7",
+                "StandaloneVM",
+                "orange",
+                None,
+                named("sys-firewall"),
+            )
+        },
+        Vm {
+            virt_mode: Some("hvm".to_owned()),
+            ..vm(7, "win-tpl", "TemplateVM", "purple", None, NetVm::Default)
+        },
+        Vm {
+            virt_mode: pv(),
+            ..vm(
+                9,
+                "untrusted.web_1",
+                "AppVM",
+                "red",
+                Some("fedora-23"),
+                NetVm::Default,
+            )
+        },
+    ];
+    assert_eq!(x.vms, expected);
+    let backed: Vec<&str> = x.backed_up().map(|(v, _)| v.name.as_str()).collect();
+    assert_eq!(backed, ["dom0", "work", "banking", "win7"]);
+}
+
+#[test]
+fn r2_without_dom0_element_gets_a_synthetic_dom0() {
+    let text = std::str::from_utf8(R3).unwrap();
+    let start = text.find("  <QubesAdminVm").unwrap();
+    let end = start + text[start..].find('\n').unwrap() + 1;
+    let r2 = format!("{}{}", &text[..start], &text[end..]);
+    let x = parse(r2.as_bytes()).unwrap();
+    assert_eq!(
+        x.vms[0],
+        vm(0, "dom0", "AdminVM", "black", None, NetVm::Default)
+    );
+    assert_eq!(x.vms.len(), 9);
+    assert_eq!(x.vms[1].name, "fedora-23");
+}
+
+#[test]
+fn r4_fixture_every_field() {
+    let x = parse(R4).unwrap();
+    assert_eq!(x.flavor, Flavor::Core3);
+    let colours = [
+        "red", "orange", "yellow", "green", "gray", "blue", "purple", "black",
+    ];
+    let labels: Vec<(String, String)> = colours
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("label-{}", i + 1), (*c).to_owned()))
+        .collect();
+    assert_eq!(x.labels, labels);
+    let vols = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+    let expected = vec![
+        Vm {
+            backup: backup("dom0-home/alice", 1048576),
+            ..vm(0, "dom0", "AdminVM", "black", None, NetVm::Default)
+        },
+        Vm {
+            virt_mode: Some("pvh".to_owned()),
+            volumes_saved: vols(&["root", "private"]),
+            ..vm(1, "fedora-38", "TemplateVM", "black", None, NetVm::None)
+        },
+        Vm {
+            virt_mode: Some("hvm".to_owned()),
+            provides_network: true,
+            ..vm(2, "sys-net", "AppVM", "red", Some("fedora-38"), NetVm::None)
+        },
+        Vm {
+            provides_network: true,
+            ..vm(
+                3,
+                "sys-firewall",
+                "AppVM",
+                "green",
+                Some("fedora-38"),
+                named("sys-net"),
+            )
+        },
+        Vm {
+            backup: backup("vm7/", 2101248),
+            volumes_saved: vols(&["private"]),
+            ..vm(
+                7,
+                "work",
+                "AppVM",
+                "blue",
+                Some("fedora-38"),
+                NetVm::Default,
+            )
+        },
+        Vm {
+            backup: backup("vm9/", 21474836480),
+            volumes_saved: vols(&["root", "private"]),
+            ..vm(
+                9,
+                "standalone-1",
+                "StandaloneVM",
+                "gray",
+                None,
+                named("sys-firewall"),
+            )
+        },
+        // backup-content true without backup-path: not in the backup (as upstream).
+        vm(12, "disp12", "DispVM", "red", Some("work"), NetVm::Default),
+    ];
+    assert_eq!(x.vms, expected);
+}
+
+#[test]
+fn r4_backup_content_truthiness() {
+    for (text, expect) in [
+        ("True", true),
+        ("1", true),
+        ("yes", true),
+        ("", false),
+        ("0", false),
+        ("False", false),
+        ("false", false),
+    ] {
+        let xml = r4_one_domain(&format!(
+            "<features><feature name=\"backup-content\">{text}</feature>\
+             <feature name=\"backup-path\">vm5/</feature></features>"
+        ));
+        let x = parse(xml.as_bytes()).unwrap();
+        assert_eq!(x.vms[0].backup.is_some(), expect, "{text:?}");
+        if expect {
+            assert_eq!(x.vms[0].backup, backup("vm5/", 0));
+        }
+    }
+}
+
+fn r4_one_domain(inner: &str) -> String {
+    format!(
+        "<qubes><labels><label id=\"label-1\">red</label></labels><properties/><domains>\
+         <domain id=\"domain-5\" class=\"AppVM\"><properties><property name=\"name\">vm</property>\
+         <property name=\"label\">label-1</property></properties>{inner}</domain></domains></qubes>"
+    )
+}
+
+#[test]
+fn predefined_entities_and_char_refs_resolve() {
+    let xml = r4_one_domain(
+        "<properties><property name=\"virt_mode\">a&lt;&#x41;&#66;&apos;&quot;&gt;&amp;</property></properties>",
+    );
+    // Two <properties> in one domain are refused.
+    assert_eq!(class_of(parse(xml.as_bytes())), ErrorClass::Malformed);
+    let xml =
+        "<qubes><labels><label id=\"l&amp;1\">r&#x65;d</label></labels><properties/><domains>\
+         <domain id=\"domain-5\" class=\"AppVM\"><properties><property name=\"name\">vm</property>\
+         <property name=\"virt_mode\">a&lt;&#x41;&#66;&apos;&quot;&gt;&amp;</property>\
+         <property name=\"label\">l&amp;1</property></properties></domain></domains></qubes>";
+    let x = parse(xml.as_bytes()).unwrap();
+    assert_eq!(x.vms[0].virt_mode.as_deref(), Some("a<AB'\">&"));
+    assert_eq!(x.vms[0].label.as_deref(), Some("red"));
+    assert_eq!(x.labels, [("l&1".to_owned(), "red".to_owned())]);
+}
+
+#[test]
+fn hostile_dtd_and_entities_refused() {
+    let laughs = "<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n<!ENTITY lol \"lol\">\n\
+        <!ENTITY lol2 \"&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;\">\n]>\n\
+        <qubes><labels/><properties/><domains>&lol2;</domains></qubes>";
+    assert_eq!(class_of(parse(laughs.as_bytes())), ErrorClass::Unsupported);
+    let ext = "<!DOCTYPE qubes SYSTEM \"file:///etc/passwd\"><qubes/>";
+    assert_eq!(class_of(parse(ext.as_bytes())), ErrorClass::Unsupported);
+    // An undeclared entity is not resolved.
+    let xml = r4_one_domain("<features><feature name=\"x\">&lol;</feature></features>");
+    assert_eq!(class_of(parse(xml.as_bytes())), ErrorClass::Malformed);
+    let xml = "<qubes><labels><label id=\"&xxe;\">red</label></labels><properties/></qubes>";
+    assert_eq!(class_of(parse(xml.as_bytes())), ErrorClass::Malformed);
+    // HTML entities are not XML entities.
+    let xml = r4_one_domain("<features><feature name=\"x\">&nbsp;</feature></features>");
+    assert_eq!(class_of(parse(xml.as_bytes())), ErrorClass::Malformed);
+    // Character references to characters XML forbids.
+    for bad in ["&#0;", "&#1;", "&#x1b;", "&#xFFFF;", "&#x110000;"] {
+        let xml = r4_one_domain(&format!(
+            "<features><feature name=\"x\">{bad}</feature></features>"
+        ));
+        assert_eq!(
+            class_of(parse(xml.as_bytes())),
+            ErrorClass::Malformed,
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn hostile_structure_refused() {
+    // Deep nesting.
+    let depth = crate::limits::MAX_XML_DEPTH + 1;
+    let deep = format!("{}{}", "<a>".repeat(depth), "</a>".repeat(depth));
+    assert_eq!(class_of(parse(deep.as_bytes())), ErrorClass::LimitExceeded);
+    let very_deep = "<a>".repeat(1 << 20);
+    assert_eq!(
+        class_of(parse(very_deep.as_bytes())),
+        ErrorClass::LimitExceeded
+    );
+    // Huge attribute and text values.
+    let big = "x".repeat(crate::limits::MAX_XML_VALUE_LEN + 1);
+    let xml = format!("<qubes a=\"{big}\"/>");
+    assert_eq!(class_of(parse(xml.as_bytes())), ErrorClass::LimitExceeded);
+    let xml = r4_one_domain(&format!(
+        "<features><feature name=\"x\">{big}</feature></features>"
+    ));
+    assert_eq!(class_of(parse(xml.as_bytes())), ErrorClass::LimitExceeded);
+    // Too many attributes / elements / too long input.
+    let attrs: String = (0..300).map(|i| format!(" a{i}=\"\"")).collect();
+    let xml = format!("<qubes{attrs}/>");
+    assert_eq!(class_of(parse(xml.as_bytes())), ErrorClass::LimitExceeded);
+    let many = format!("<q>{}</q>", "<a/>".repeat(crate::limits::MAX_XML_ELEMENTS));
+    assert_eq!(class_of(parse(many.as_bytes())), ErrorClass::LimitExceeded);
+    let long = vec![b' '; crate::limits::MAX_QUBES_XML_LEN as usize + 1];
+    assert_eq!(class_of(parse(&long)), ErrorClass::LimitExceeded);
+    // Invalid UTF-8, raw control characters, other encodings.
+    let mut bad = R4.to_vec();
+    let at = bad.windows(4).position(|w| w == b"work").unwrap();
+    bad[at] = 0xff;
+    assert_eq!(class_of(parse(&bad)), ErrorClass::Malformed);
+    let mut bad = R4.to_vec();
+    bad[at] = 0x01;
+    assert_eq!(class_of(parse(&bad)), ErrorClass::Malformed);
+    let latin1 = "<?xml version='1.0' encoding='ISO-8859-1'?><qubes/>";
+    assert_eq!(class_of(parse(latin1.as_bytes())), ErrorClass::Unsupported);
+    // Not well-formed.
+    for xml in [
+        "",
+        "   ",
+        "<qubes>",
+        "<qubes></qubes><qubes></qubes>",
+        "<qubes></other>",
+        "</qubes>",
+        "text<qubes/>",
+        "<qubes a=\"1\" a=\"2\"/>",
+        "<qubes a=1/>",
+        "<qubes>&amp</qubes>",
+        "<foo/>",
+    ] {
+        let c = class_of(parse(xml.as_bytes()));
+        assert!(
+            matches!(c, ErrorClass::Malformed | ErrorClass::Truncated),
+            "{xml:?}: {c}"
+        );
+    }
+}
+
+fn replace_once(src: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let s = std::str::from_utf8(src).unwrap();
+    assert!(s.contains(from), "{from}");
+    s.replacen(from, to, 1).into_bytes()
+}
+
+#[test]
+fn hostile_semantics_refused() {
+    let m = ErrorClass::Malformed;
+    let cases: &[(&[u8], &str, &str)] = &[
+        // Duplicate VM name / qid.
+        (R4, "<property name=\"name\">work</property>", "<property name=\"name\">sys-net</property>"),
+        (R4, "<property name=\"qid\">7</property>", "<property name=\"qid\">3</property>"),
+        (R3, "name=\"banking\"", "name=\"work\""),
+        (R3, "qid=\"5\"", "qid=\"4\""),
+        // Bad backup size.
+        (R4, ">2101248<", ">12abc<"),
+        (R4, ">2101248<", ">-1<"),
+        (R4, ">2101248<", ">99999999999999999999<"),
+        (R3, "backup_size=\"4096\"", "backup_size=\"0x10\""),
+        // Bad names.
+        (R4, ">work</property>", ">../../etc</property>"),
+        (R4, ">work</property>", ">none</property>"),
+        (R4, ">work</property>", ">dom0</property>"),
+        (R4, ">work</property>", ">0work</property>"),
+        (R4, ">work</property>", ">a-name-that-is-32-characters-xxx</property>"),
+        (R4, "<property name=\"netvm\">sys-net</property>", "<property name=\"netvm\">sys net</property>"),
+        (R3, "name=\"banking\"", "name=\"bank/ing\""),
+        // Unknown label, missing label.
+        (R4, ">label-6<", ">label-99<"),
+        (R4, "<property name=\"label\">green</property>", ""),
+        // Unresolvable qids in R3.
+        (R3, "netvm_qid=\"2\" qid=\"3\"", "netvm_qid=\"42\" qid=\"3\""),
+        (R3, "qid=\"4\" services=\"{'ntpd': False}\" template_qid=\"1\"", "qid=\"4\" template_qid=\"77\""),
+        // dom0 rules.
+        (R3, "name=\"dom0\"", "name=\"admin\""),
+        (R3, "<QubesAdminVm", "<QubesAppVm template_qid=\"1\""),
+        (R4, "<domain class=\"AppVM\" id=\"domain-3\">", "<domain class=\"AdminVM\" id=\"domain-3\">"),
+        (R4, "<property name=\"qid\">12</property>", "<property name=\"qid\">0</property>"),
+        // Backed up with an empty path.
+        (R4, "<feature name=\"backup-path\">vm7/</feature>", "<feature name=\"backup-path\"/>"),
+        (R3, "backup_path=\"vm5\"", "backup_path=\"\""),
+        // Duplicates inside a domain, bad volume names, bad class.
+        (R4, "<property name=\"template\">work</property>", "<property name=\"template\">work</property><property name=\"template\">work</property>"),
+        (R4, "<volume name=\"private\" pool=\"lvm\" save_on_stop=\"True\" snap_on_start=\"False\"/>", "<volume name=\"../x\" save_on_stop=\"True\"/>"),
+        (R4, "<volume name=\"volatile\" pool=\"lvm\" save_on_stop=\"False\"/>", "<volume name=\"private\"/>"),
+        (R4, "class=\"DispVM\"", "class=\"Disp VM\""),
+        // Bad qid.
+        (R4, "id=\"domain-9\"", "id=\"domain-x\""),
+        (R3, "qid=\"9\"", "qid=\"-9\""),
+    ];
+    for (src, from, to) in cases {
+        let bad = replace_once(src, from, to);
+        assert_eq!(class_of(parse(&bad)), m, "{from} -> {to}");
+    }
+}
+
+#[test]
+fn too_many_vms() {
+    let n = crate::limits::MAX_VMS + 1;
+    let mut xml = String::from("<QubesVmCollection>");
+    for i in 1..=n {
+        xml.push_str(&format!(
+            "<QubesAppVm qid=\"{i}\" name=\"v{i}\" template_qid=\"none\"/>"
+        ));
+    }
+    xml.push_str("</QubesVmCollection>");
+    assert_eq!(class_of(parse(xml.as_bytes())), ErrorClass::LimitExceeded);
+}
+
+#[test]
+fn fixtures_round_trip_through_the_writer() {
+    for src in [R3, R4] {
+        let x = parse(src).unwrap();
+        let mut out = Vec::new();
+        write_r4(
+            &x.vms,
+            &[("default_netvm".into(), "sys-firewall".into())],
+            &mut out,
+        )
+        .unwrap();
+        let y = parse(&out).unwrap();
+        assert_eq!(y.flavor, Flavor::Core3);
+        assert_eq!(y.vms, x.vms);
+    }
+}
+
+#[test]
+fn writer_output_shape() {
+    let vms = vec![
+        Vm {
+            backup: backup("dom0-home/alice", 4096),
+            ..vm(0, "dom0", "AdminVM", "black", None, NetVm::Default)
+        },
+        Vm {
+            backup: backup("vm3/", 123),
+            volumes_saved: Some(vec!["private".into()]),
+            ..vm(3, "work", "AppVM", "blue", Some("fedora-38"), NetVm::None)
+        },
+    ];
+    let mut out = Vec::new();
+    write_r4(&vms, &[], &mut out).unwrap();
+    let s = String::from_utf8(out).unwrap();
+    for needle in [
+        "<label id=\"label-6\" color=\"0x3465a4\">blue</label>",
+        "<domain id=\"domain-0\" class=\"AdminVM\">",
+        "<feature name=\"backup-path\">dom0-home/alice</feature>",
+        "<domain id=\"domain-3\" class=\"AppVM\">",
+        "<property name=\"name\">work</property>",
+        "<property name=\"label\">label-6</property>",
+        "<property name=\"template\">fedora-38</property>",
+        "<property name=\"netvm\"/>",
+        "<feature name=\"backup-content\">True</feature>",
+        "<feature name=\"backup-path\">vm3/</feature>",
+        "<feature name=\"backup-size\">123</feature>",
+        "<volume name=\"private\" pool=\"default\" rw=\"True\" save_on_stop=\"True\"",
+    ] {
+        assert!(s.contains(needle), "{needle} missing from\n{s}");
+    }
+    assert!(!s.contains("<property name=\"name\">dom0</property>"));
+}
+
+#[test]
+fn writer_refuses_bad_input() {
+    let ok = vm(3, "work", "AppVM", "blue", None, NetVm::Default);
+    let bad = [
+        Vm {
+            qid: None,
+            ..ok.clone()
+        },
+        Vm {
+            label: None,
+            ..ok.clone()
+        },
+        Vm {
+            name: "dom0".into(),
+            ..ok.clone()
+        },
+        Vm {
+            name: "bad name".into(),
+            ..ok.clone()
+        },
+        Vm {
+            qid: Some(0),
+            ..ok.clone()
+        },
+        Vm {
+            backup: backup("", 1),
+            ..ok.clone()
+        },
+        Vm {
+            volumes_saved: Some(vec!["a/b".into()]),
+            ..ok.clone()
+        },
+        Vm {
+            netvm: named("none"),
+            ..ok.clone()
+        },
+        Vm {
+            label: Some("label-3".into()),
+            ..ok.clone()
+        },
+    ];
+    for v in bad {
+        let mut out = Vec::new();
+        let e = write_r4(std::slice::from_ref(&v), &[], &mut out).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Malformed, "{v:?}");
+        assert!(out.is_empty());
+    }
+    let mut out = Vec::new();
+    assert!(write_r4(&[ok.clone(), ok], &[], &mut out).is_err());
+}
+
+fn arb_name() -> impl Strategy<Value = String> {
+    "[a-zA-Z][a-zA-Z0-9_.-]{0,30}".prop_filter("reserved", |n| {
+        !matches!(n.as_str(), "none" | "default" | "dom0")
+    })
+}
+
+fn arb_text() -> impl Strategy<Value = String> {
+    // Includes XML-special characters, whitespace and non-ASCII.
+    "[a-z<>&\"' \t\r\né€0-9/-]{1,12}"
+}
+
+prop_compose! {
+    fn arb_vm()(
+        name in arb_name(),
+        class in prop::sample::select(vec!["AppVM", "TemplateVM", "StandaloneVM", "DispVM"]),
+        label in prop_oneof![
+            prop::sample::select(vec!["red", "blue", "black"]).prop_map(String::from),
+            "[a-z]{1,8}",
+        ],
+        template in prop::option::of(arb_name()),
+        netvm in prop_oneof![
+            Just(NetVm::Default),
+            Just(NetVm::None),
+            arb_name().prop_map(NetVm::Named),
+        ],
+        backup in prop::option::of((arb_text(), any::<u64>())),
+        volumes in prop::option::of(prop::collection::btree_set("[a-z_-]{1,10}", 0..4)),
+        virt_mode in prop::option::of(arb_text()),
+        provides_network in any::<bool>(),
+    ) -> Vm {
+        Vm {
+            qid: None,
+            name,
+            class: class.to_owned(),
+            label: Some(label),
+            template,
+            netvm,
+            backup: backup.map(|(path, size)| BackupInfo { path, size }),
+            volumes_saved: volumes.map(|v| v.into_iter().collect()),
+            virt_mode,
+            provides_network,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn write_then_parse_round_trips(
+        vms in prop::collection::vec(arb_vm(), 0..12),
+        with_dom0 in any::<bool>(),
+        dom0_backup in prop::option::of(any::<u64>()),
+    ) {
+        let mut all = Vec::new();
+        if with_dom0 {
+            all.push(Vm {
+                backup: dom0_backup.and_then(|s| backup("dom0-home/user", s)),
+                ..vm(0, "dom0", "AdminVM", "black", None, NetVm::Default)
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, mut v) in vms.into_iter().enumerate() {
+            if seen.insert(v.name.clone()) {
+                v.qid = Some(u32::try_from(i).unwrap() + 1);
+                all.push(v);
+            }
+        }
+        let mut out = Vec::new();
+        write_r4(&all, &[], &mut out).unwrap();
+        let parsed = parse(&out).unwrap();
+        prop_assert_eq!(parsed.flavor, Flavor::Core3);
+        prop_assert_eq!(parsed.vms, all);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse(&data);
+    }
+
+    #[test]
+    fn mutated_fixtures_never_panic(
+        which in any::<bool>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut data = if which { R3.to_vec() } else { R4.to_vec() };
+        for (at, byte) in edits {
+            let i = at.index(data.len());
+            data[i] = byte;
+        }
+        let _ = parse(&data);
+        let n = cut.index(data.len());
+        let _ = parse(&data[..n]);
+    }
+}
+
+#[test]
+fn hostile_attribute_references_refused() {
+    for bad in ["&nbsp;", "&#0;", "&#1;", "&#x1b;", "&lol;", "&amp", "<"] {
+        let xml =
+            format!("<qubes><labels><label id=\"{bad}\">red</label></labels><properties/></qubes>");
+        assert_eq!(
+            class_of(parse(xml.as_bytes())),
+            ErrorClass::Malformed,
+            "{bad}"
+        );
+    }
+}

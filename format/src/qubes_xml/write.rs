@@ -1,0 +1,230 @@
+//! The R4 (core3) qubes.xml writer for the packer (SPEC.md XML-2, XML-3).
+//!
+//! Output has the shape upstream's core3 reader walks: `<labels>`, `<pools/>`, global
+//! `<properties>`, then one `<domain id="domain-QID" class=…>` per VM with `<properties>`
+//! (`qid`, `name` except for dom0, `label` as a label id, `template`, `netvm`,
+//! `virt_mode`, `provides_network`), `<features>` with `backup-content`/`backup-path`/
+//! `backup-size` for VMs in the backup, `<tags/>`, and `<volume-config>`.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{validate_class, validate_vm_name, validate_volume_name, NetVm, Vm};
+use crate::bail;
+use crate::error::Result;
+use crate::limits::{MAX_VMS, MAX_XML_VALUE_LEN};
+
+/// The labels every Qubes R4 system has, with upstream's ids and colours.
+const STANDARD_LABELS: [(&str, &str); 8] = [
+    ("red", "0xcc0000"),
+    ("orange", "0xf57900"),
+    ("yellow", "0xedd400"),
+    ("green", "0x73d216"),
+    ("gray", "0x555753"),
+    ("blue", "0x3465a4"),
+    ("purple", "0x75507b"),
+    ("black", "0x000000"),
+];
+
+fn escape(out: &mut Vec<u8>, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.extend_from_slice(b"&amp;"),
+            '<' => out.extend_from_slice(b"&lt;"),
+            '>' => out.extend_from_slice(b"&gt;"),
+            '"' => out.extend_from_slice(b"&quot;"),
+            '\'' => out.extend_from_slice(b"&apos;"),
+            // Attribute-value normalisation would turn these into spaces.
+            '\t' => out.extend_from_slice(b"&#9;"),
+            '\n' => out.extend_from_slice(b"&#10;"),
+            '\r' => out.extend_from_slice(b"&#13;"),
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
+/// A text value the parser will read back unchanged: non-empty, no XML-illegal
+/// characters, within LIM-16.
+fn check_text(what: &str, s: &str) -> Result<()> {
+    if s.is_empty()
+        || s.len() > MAX_XML_VALUE_LEN
+        || s.chars().any(|c| {
+            (c < '\u{20}' && !matches!(c, '\t' | '\n' | '\r'))
+                || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+        })
+    {
+        bail!(Malformed, "qubes.xml writer: unusable {what} {s:?}");
+    }
+    Ok(())
+}
+
+fn property(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+    out.extend_from_slice(b"        <property name=\"");
+    escape(out, name);
+    match value {
+        Some(v) => {
+            out.extend_from_slice(b"\">");
+            escape(out, v);
+            out.extend_from_slice(b"</property>\n");
+        }
+        None => out.extend_from_slice(b"\"/>\n"),
+    }
+}
+
+fn feature(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(b"        <feature name=\"");
+    escape(out, name);
+    out.extend_from_slice(b"\">");
+    escape(out, value);
+    out.extend_from_slice(b"</feature>\n");
+}
+
+/// Append an R4 qubes.xml describing `vms` to `out`.
+///
+/// Every VM needs a `qid` and a `label` (a colour name; the eight standard labels get
+/// upstream's ids `label-1`…`label-8`, others follow). dom0 is the `AdminVM` with qid 0;
+/// its backup path, when its home is backed up, is `dom0-home/<user>`. `volumes_saved`
+/// becomes `<volume-config>` entries with `save_on_stop="True"`. `globals` are written as
+/// the global `<properties>` (e.g. `default_netvm`). The input is checked so that
+/// [`super::parse`] reads back exactly `vms`; violations are Malformed.
+pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> Result<()> {
+    if vms.len() > MAX_VMS {
+        bail!(LimitExceeded, "qubes.xml writer: more than {MAX_VMS} VMs");
+    }
+    // Validate everything first, so `out` is untouched on error.
+    let mut names = HashSet::new();
+    let mut qids = HashSet::new();
+    let mut labels: Vec<(String, &str)> = STANDARD_LABELS
+        .iter()
+        .map(|(n, c)| ((*n).to_owned(), *c))
+        .collect();
+    for vm in vms {
+        validate_vm_name(&vm.name)?;
+        validate_class(&vm.class)?;
+        let Some(qid) = vm.qid else {
+            bail!(Malformed, "qubes.xml writer: VM {:?} has no qid", vm.name);
+        };
+        if (vm.class == "AdminVM") != (vm.name == "dom0") || (qid == 0) != (vm.name == "dom0") {
+            bail!(
+                Malformed,
+                "qubes.xml writer: dom0 must be the AdminVM with qid 0 ({:?})",
+                vm.name
+            );
+        }
+        if !names.insert(vm.name.as_str()) || !qids.insert(qid) {
+            bail!(Malformed, "qubes.xml writer: duplicate VM {:?}", vm.name);
+        }
+        let Some(label) = vm.label.as_deref() else {
+            bail!(Malformed, "qubes.xml writer: VM {:?} has no label", vm.name);
+        };
+        check_text("label", label)?;
+        if label.starts_with("label-") {
+            bail!(
+                Malformed,
+                "qubes.xml writer: label name {label:?} looks like an id"
+            );
+        }
+        if !labels.iter().any(|(n, _)| n == label) {
+            labels.push((label.to_owned(), "0x000000"));
+        }
+        if let Some(t) = &vm.template {
+            validate_vm_name(t)?;
+        }
+        if let NetVm::Named(n) = &vm.netvm {
+            validate_vm_name(n)?;
+        }
+        if let Some(v) = &vm.virt_mode {
+            check_text("virt_mode", v)?;
+        }
+        if let Some(b) = &vm.backup {
+            check_text("backup path", &b.path)?;
+        }
+        if let Some(vols) = &vm.volumes_saved {
+            let mut seen = HashSet::new();
+            for v in vols {
+                validate_volume_name(v)?;
+                if !seen.insert(v.as_str()) {
+                    bail!(Malformed, "qubes.xml writer: duplicate volume {v:?}");
+                }
+            }
+        }
+    }
+    for (k, v) in globals {
+        check_text("global property name", k)?;
+        check_text("global property value", v)?;
+    }
+    let label_ids: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.as_str(), i.saturating_add(1)))
+        .collect();
+
+    out.extend_from_slice(b"<?xml version='1.0' encoding='UTF-8'?>\n<qubes>\n  <labels>\n");
+    for (i, (name, color)) in labels.iter().enumerate() {
+        out.extend_from_slice(
+            format!(
+                "    <label id=\"label-{}\" color=\"{color}\">",
+                i.saturating_add(1)
+            )
+            .as_bytes(),
+        );
+        escape(out, name);
+        out.extend_from_slice(b"</label>\n");
+    }
+    out.extend_from_slice(b"  </labels>\n  <pools/>\n  <properties>\n");
+    for (k, v) in globals {
+        out.extend_from_slice(b"  ");
+        property(out, k, Some(v));
+    }
+    out.extend_from_slice(b"  </properties>\n  <domains>\n");
+    for vm in vms {
+        let qid = vm.qid.unwrap_or_default();
+        out.extend_from_slice(format!("    <domain id=\"domain-{qid}\" class=\"").as_bytes());
+        escape(out, &vm.class);
+        out.extend_from_slice(b"\">\n      <properties>\n");
+        property(out, "qid", Some(&qid.to_string()));
+        if vm.class != "AdminVM" {
+            property(out, "name", Some(&vm.name));
+        }
+        let label = vm.label.as_deref().unwrap_or_default();
+        let id = label_ids.get(label).copied().unwrap_or_default();
+        property(out, "label", Some(&format!("label-{id}")));
+        if let Some(t) = &vm.template {
+            property(out, "template", Some(t));
+        }
+        match &vm.netvm {
+            NetVm::Default => {}
+            NetVm::None => property(out, "netvm", None),
+            NetVm::Named(n) => property(out, "netvm", Some(n)),
+        }
+        if let Some(v) = &vm.virt_mode {
+            property(out, "virt_mode", Some(v));
+        }
+        if vm.provides_network {
+            property(out, "provides_network", Some("True"));
+        }
+        out.extend_from_slice(b"      </properties>\n      <features>\n");
+        if let Some(b) = &vm.backup {
+            feature(out, "backup-content", "True");
+            feature(out, "backup-path", &b.path);
+            feature(out, "backup-size", &b.size.to_string());
+        } else {
+            out.extend_from_slice(b"        <feature name=\"backup-content\"/>\n");
+        }
+        out.extend_from_slice(b"      </features>\n      <tags/>\n");
+        if let Some(vols) = &vm.volumes_saved {
+            out.extend_from_slice(b"      <volume-config>\n");
+            for v in vols {
+                out.extend_from_slice(b"        <volume name=\"");
+                escape(out, v);
+                out.extend_from_slice(b"\" pool=\"default\" rw=\"True\" save_on_stop=\"True\" snap_on_start=\"False\"/>\n");
+            }
+            out.extend_from_slice(b"      </volume-config>\n");
+        }
+        out.extend_from_slice(b"    </domain>\n");
+    }
+    out.extend_from_slice(b"  </domains>\n</qubes>\n");
+    Ok(())
+}
