@@ -1,5 +1,7 @@
 //! Interoperability of `qbackup_format::crypto` with the real tools: `openssl dgst`,
 //! `openssl enc` (SPEC.md MAC-4..6, V3-1..V3-6) and Tarsnap `scrypt` 1.3.1 (V4-1..V4-5).
+//! Tests may run processes and touch files; the library may not (GEN-1).
+#![allow(clippy::disallowed_methods)]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -58,10 +60,9 @@ impl TempFile {
     fn new(tag: &str) -> TempFile {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        TempFile(std::env::temp_dir().join(format!(
-            "qbackup-crypto-{}-{n}-{tag}",
-            std::process::id()
-        )))
+        TempFile(
+            std::env::temp_dir().join(format!("qbackup-crypto-{}-{n}-{tag}", std::process::id())),
+        )
     }
 }
 impl Drop for TempFile {
@@ -95,7 +96,10 @@ fn openssl_dgst_hmac_lines_parse_and_verify() {
         assert!(!verify_mac(&mac, &hmac(d, b"a passphrasf", &data)), "{opt}");
         let mut other = data.clone();
         other[500] ^= 1;
-        assert!(!verify_mac(&mac, &hmac(d, b"a passphrase", &other)), "{opt}");
+        assert!(
+            !verify_mac(&mac, &hmac(d, b"a passphrase", &other)),
+            "{opt}"
+        );
     }
 }
 
@@ -111,7 +115,10 @@ fn openssl_dgst_file_name_label_parses() {
     );
     assert!(line.starts_with(b"HMAC-SHA2-512("), "{line:?}");
     let mac = parse_hmac_file(&line).unwrap();
-    assert!(verify_mac(&mac, &hmac(Digest::Sha512, b"pw", b"chunk bytes")));
+    assert!(verify_mac(
+        &mac,
+        &hmac(Digest::Sha512, b"pw", b"chunk bytes")
+    ));
 }
 
 // ---------------------------------------------------------------- openssl enc (V3-*)
@@ -244,7 +251,16 @@ fn scrypt_enc(pass: &str, pt: &[u8], log_n: u8) -> Vec<u8> {
     std::fs::write(&input.0, pt).unwrap();
     run(
         Command::new("scrypt")
-            .args(["enc", "-P", "--logN", &log_n.to_string(), "-r", "8", "-p", "1"])
+            .args([
+                "enc",
+                "-P",
+                "--logN",
+                &log_n.to_string(),
+                "-r",
+                "8",
+                "-p",
+                "1",
+            ])
             .arg(&input.0)
             .arg(&output.0),
         format!("{pass}\n").as_bytes(),
