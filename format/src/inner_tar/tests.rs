@@ -7,8 +7,16 @@ use proptest::prelude::*;
 
 const B: usize = 512;
 
+/// Octal, or GNU base-256 when the value does not fit.
 fn octal(field: &mut [u8], v: u64) {
     let w = field.len() - 1;
+    if v >= 1u64 << (3 * w) {
+        field.fill(0);
+        field[0] = 0x80;
+        let n = field.len();
+        field[n - 8..].copy_from_slice(&v.to_be_bytes());
+        return;
+    }
     let s = format!("{v:0w$o}");
     field[..w].copy_from_slice(s.as_bytes());
     field[w] = 0;
