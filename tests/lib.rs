@@ -23,7 +23,9 @@ pub fn fixture_script(name: &str) -> PathBuf {
 
 /// Run a command, panicking with its output if it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
@@ -47,7 +49,8 @@ pub fn members(archive: &[u8]) -> Vec<Member> {
     let mut out = Vec::new();
     while let Some(m) = r.next_member().expect("test archive must be well-formed") {
         let mut data = Vec::new();
-        r.read_member(&mut data, u64::MAX, "test").expect("member data");
+        r.read_member(&mut data, u64::MAX, "test")
+            .expect("member data");
         out.push(Member {
             name: String::from_utf8(m.untrusted_name).expect("ASCII member name"),
             data,
@@ -61,7 +64,9 @@ pub fn members(archive: &[u8]) -> Vec<Member> {
 pub fn ustar_header(name: &str, size: u64, typeflag: u8) -> [u8; 512] {
     let mut b = [0u8; 512];
     let (prefix, base) = if name.len() > 100 {
-        let cut = name[..name.len().min(156)].rfind('/').expect("splittable long name");
+        let cut = name[..name.len().min(156)]
+            .rfind('/')
+            .expect("splittable long name");
         (&name[..cut], &name[cut + 1..])
     } else {
         ("", name)

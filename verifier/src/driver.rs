@@ -25,7 +25,10 @@ use qbackup_format::crypto::hmac_file::Digest;
 use qbackup_format::crypto::scrypt_container;
 use qbackup_format::header::{Header, Version};
 use qbackup_format::inner_tar::{DataSink, Entry, MultiVolumeReader, TarReader};
-use qbackup_format::limits::{MAX_CHUNK_LEN, MAX_HEADER_LEN, MAX_HMAC_LEN, MAX_INNER_ENTRIES, MAX_QUBES_XML_CHUNK_LEN, MAX_QUBES_XML_LEN};
+use qbackup_format::limits::{
+    MAX_CHUNK_LEN, MAX_HEADER_LEN, MAX_HMAC_LEN, MAX_INNER_ENTRIES, MAX_QUBES_XML_CHUNK_LEN,
+    MAX_QUBES_XML_LEN,
+};
 use qbackup_format::member_name::{chunk_name, MemberName, QUBES_XML};
 use qbackup_format::outer_tar::OuterReader;
 use qbackup_format::qubes_xml::{self, Flavor, NetVm, QubesXml};
@@ -134,7 +137,10 @@ enum Job {
 
 impl<R: Read> Run<'_, R> {
     fn next(&mut self) -> Result<Option<(Vec<u8>, u64)>> {
-        Ok(self.outer.next_member()?.map(|m| (m.untrusted_name, m.size)))
+        Ok(self
+            .outer
+            .next_member()?
+            .map(|m| (m.untrusted_name, m.size)))
     }
 
     fn read(&mut self, max: u64, what: &str) -> Result<Vec<u8>> {
@@ -172,7 +178,9 @@ impl<R: Read> Run<'_, R> {
                 self.report.archive = Some(archive_info(&auth.header, kdf));
                 auth.header
             }
-            Ok(MemberName::Chunk { ref path, index: 0, .. }) if path == QUBES_XML => {
+            Ok(MemberName::Chunk {
+                ref path, index: 0, ..
+            }) if path == QUBES_XML => {
                 pending_name = Some(first);
                 let h = Header::headerless_v2();
                 self.report.archive = Some(archive_info(&h, None));
@@ -213,7 +221,13 @@ impl<R: Read> Run<'_, R> {
                 };
                 sequencer.on_member(&mac_name)?;
                 let mac = self.read(MAX_HMAC_LEN, "qubes.xml.000.hmac")?;
-                verify_chunk_hmac(chunk_digest(&header)?, &self.credentials, &xml_name, &xml_chunk, &mac)?;
+                verify_chunk_hmac(
+                    chunk_digest(&header)?,
+                    &self.credentials,
+                    &xml_name,
+                    &xml_chunk,
+                    &mac,
+                )?;
             }
         }
         let xml_bytes = decode_qubes_xml(&header, &self.credentials, xml_chunk)?;
@@ -257,8 +271,11 @@ impl<R: Read> Run<'_, R> {
             Version::V4 => None,
             _ => Some(chunk_digest(header)?),
         };
-        let declared: HashMap<String, u64> =
-            plan.vms.iter().map(|v| (v.name.clone(), v.declared_size)).collect();
+        let declared: HashMap<String, u64> = plan
+            .vms
+            .iter()
+            .map(|v| (v.name.clone(), v.declared_size))
+            .collect();
 
         let outcome = std::thread::scope(|scope| {
             for _ in 0..self.jobs {
@@ -271,7 +288,8 @@ impl<R: Read> Run<'_, R> {
             drop(job_rx);
             let header_for_inner = Arc::clone(header);
             let creds = Arc::clone(&self.credentials);
-            let inner = scope.spawn(move || inner_thread(file_rx, &header_for_inner, &creds, declared, output));
+            let inner = scope
+                .spawn(move || inner_thread(file_rx, &header_for_inner, &creds, declared, output));
 
             let main = self.feed(header, digest, sequencer, plan, &job_tx, &file_tx);
             drop(job_tx);
@@ -333,7 +351,9 @@ impl<R: Read> Run<'_, R> {
     fn selected(&self, vm: &str) -> bool {
         match &self.select {
             None => true,
-            Some(list) => list.iter().any(|s| s == vm || (s == "dom0" && vm == "dom0")),
+            Some(list) => list
+                .iter()
+                .any(|s| s == vm || (s == "dom0" && vm == "dom0")),
         }
     }
 
@@ -387,8 +407,15 @@ impl<R: Read> Run<'_, R> {
                     let data = self.read(MAX_CHUNK_LEN, &chunk)?;
                     if header.version == Version::V4 {
                         let (done, slot) = bounded(1);
-                        jobs.send(Job::V4 { name: chunk, data, done }).map_err(|_| closed())?;
-                        files.send(FileMsg::Chunk(slot, size)).map_err(|_| closed())?;
+                        jobs.send(Job::V4 {
+                            name: chunk,
+                            data,
+                            done,
+                        })
+                        .map_err(|_| closed())?;
+                        files
+                            .send(FileMsg::Chunk(slot, size))
+                            .map_err(|_| closed())?;
                     } else {
                         pending = Some((chunk, data));
                     }
@@ -412,7 +439,9 @@ impl<R: Read> Run<'_, R> {
                         done,
                     })
                     .map_err(|_| closed())?;
-                    files.send(FileMsg::Chunk(slot, size)).map_err(|_| closed())?;
+                    files
+                        .send(FileMsg::Chunk(slot, size))
+                        .map_err(|_| closed())?;
                 }
             }
         }
@@ -459,8 +488,13 @@ impl KdfBudget {
 fn worker(jobs: Receiver<Job>, credentials: &Credentials, header: &Header, budget: &KdfBudget) {
     for job in jobs {
         match job {
-            Job::V4 { name, mut data, done } => {
-                let cost = scrypt_container::parse_header(&data).map_or(0, |h| h.params.memory_bytes());
+            Job::V4 {
+                name,
+                mut data,
+                done,
+            } => {
+                let cost =
+                    scrypt_container::parse_header(&data).map_or(0, |h| h.params.memory_bytes());
                 let held = budget.acquire(cost);
                 let id = header.backup_id.as_deref().unwrap_or_default();
                 let result = open_v4_chunk(id, &name, credentials, &mut data).map(|()| data);
@@ -475,13 +509,15 @@ fn worker(jobs: Receiver<Job>, credentials: &Credentials, header: &Header, budge
                 v2_volume,
                 done,
             } => {
-                let result = verify_chunk_hmac(digest, credentials, &name, &data, &mac).and_then(|()| {
-                    if v2_volume {
-                        decode_v2_volume(header, credentials, data).map_err(|e| e.context(&name))
-                    } else {
-                        Ok(data)
-                    }
-                });
+                let result =
+                    verify_chunk_hmac(digest, credentials, &name, &data, &mac).and_then(|()| {
+                        if v2_volume {
+                            decode_v2_volume(header, credentials, data)
+                                .map_err(|e| e.context(&name))
+                        } else {
+                            Ok(data)
+                        }
+                    });
                 let _ = done.send(result);
             }
         }
@@ -505,7 +541,9 @@ impl FileChunks<'_> {
             Ok(FileMsg::Chunk(slot, size)) => {
                 self.chunks += 1;
                 self.stored += size;
-                Some(slot.recv().unwrap_or_else(|_| Err(Error::new(ErrorClass::Io, "internal: worker stopped"))))
+                Some(slot.recv().unwrap_or_else(|_| {
+                    Err(Error::new(ErrorClass::Io, "internal: worker stopped"))
+                }))
             }
             Ok(FileMsg::End) => {
                 self.ended = true;
@@ -513,12 +551,17 @@ impl FileChunks<'_> {
             }
             Ok(FileMsg::Begin(..)) => {
                 self.ended = true;
-                Some(Err(Error::new(ErrorClass::Io, "internal: file message out of order")))
+                Some(Err(Error::new(
+                    ErrorClass::Io,
+                    "internal: file message out of order",
+                )))
             }
             Err(_) => {
                 // The reader stopped (it reports why); this file is incomplete.
                 self.ended = true;
-                Some(Err(Error::truncated("archive reading stopped inside this file")))
+                Some(Err(Error::truncated(
+                    "archive reading stopped inside this file",
+                )))
             }
         }
     }
@@ -539,7 +582,9 @@ fn inner_thread(
     let mut reports = Vec::new();
     let mut data_per_vm: HashMap<String, u64> = HashMap::new();
     while let Ok(msg) = rx.recv() {
-        let FileMsg::Begin(spec, vm) = msg else { continue };
+        let FileMsg::Begin(spec, vm) = msg else {
+            continue;
+        };
         let mut chunks = FileChunks {
             rx: &rx,
             ended: false,
@@ -602,7 +647,9 @@ fn decode_file(
         let mut tar = MultiVolumeReader::new(volumes)?;
         let mut ordinal = 0;
         while let Some(entry) = tar.next_entry()? {
-            handle_entry(ctx, &entry, ordinal, output, &mut |sink| tar.read_data(sink))?;
+            handle_entry(ctx, &entry, ordinal, output, &mut |sink| {
+                tar.read_data(sink)
+            })?;
             ordinal += 1;
         }
         tar.finish()?;
@@ -613,7 +660,9 @@ fn decode_file(
     let mut tar = TarReader::new(stream);
     let mut ordinal = 0;
     while let Some(entry) = tar.next_entry()? {
-        handle_entry(ctx, &entry, ordinal, output, &mut |sink| tar.read_data(sink))?;
+        handle_entry(ctx, &entry, ordinal, output, &mut |sink| {
+            tar.read_data(sink)
+        })?;
         ordinal += 1;
     }
     finish_file(ordinal)
@@ -621,7 +670,10 @@ fn decode_file(
 
 fn finish_file(entries: u64) -> Result<()> {
     if entries == 0 {
-        return Err(Error::new(ErrorClass::MissingData, "inner tar holds no entry"));
+        return Err(Error::new(
+            ErrorClass::MissingData,
+            "inner tar holds no entry",
+        ));
     }
     Ok(())
 }
@@ -647,7 +699,9 @@ fn handle_entry(
     read_data: &mut dyn FnMut(&mut dyn DataSink) -> Result<()>,
 ) -> Result<()> {
     if ordinal >= MAX_INNER_ENTRIES {
-        return Err(Error::limit(format!("more than LIM-13 ({MAX_INNER_ENTRIES}) inner entries")));
+        return Err(Error::limit(format!(
+            "more than LIM-13 ({MAX_INNER_ENTRIES}) inner entries"
+        )));
     }
     let placement = ctx.spec.place(entry, ordinal)?;
     ctx.report.entries += 1;
@@ -670,7 +724,8 @@ fn decode_qubes_xml(header: &Header, credentials: &Credentials, chunk: Vec<u8>) 
     let read_entry = |next: &mut dyn FnMut() -> Result<Option<Entry>>,
                       data: &mut dyn FnMut(&mut dyn DataSink) -> Result<()>|
      -> Result<Vec<u8>> {
-        let entry = next()?.ok_or_else(|| Error::new(ErrorClass::MissingData, "qubes.xml chunk holds no file"))?;
+        let entry = next()?
+            .ok_or_else(|| Error::new(ErrorClass::MissingData, "qubes.xml chunk holds no file"))?;
         if entry.path != QUBES_XML.as_bytes() {
             return Err(Error::malformed(format!(
                 "qubes.xml chunk holds {} instead (TAR-11)",
@@ -699,14 +754,18 @@ fn decode_qubes_xml(header: &Header, credentials: &Credentials, chunk: Vec<u8>) 
         let volume = decode_v2_volume(header, credentials, chunk)?;
         let mut tar = MultiVolumeReader::new(std::iter::once(std::io::Cursor::new(volume)))?;
         let tar = std::cell::RefCell::new(&mut tar);
-        let bytes = read_entry(&mut || tar.borrow_mut().next_entry(), &mut |s| tar.borrow_mut().read_data(s))?;
+        let bytes = read_entry(&mut || tar.borrow_mut().next_entry(), &mut |s| {
+            tar.borrow_mut().read_data(s)
+        })?;
         return Ok(bytes);
     }
     let mut once = Some(Ok(chunk));
     let stream = file_stream(header, credentials, ChunkReader::new(|| once.take()))?;
     let tar = std::cell::RefCell::new(TarReader::new(stream));
-    read_entry(&mut || tar.borrow_mut().next_entry(), &mut |s| tar.borrow_mut().read_data(s))
-        .map_err(|e| e.context("qubes.xml"))
+    read_entry(&mut || tar.borrow_mut().next_entry(), &mut |s| {
+        tar.borrow_mut().read_data(s)
+    })
+    .map_err(|e| e.context("qubes.xml"))
 }
 
 fn archive_info(h: &Header, kdf: Option<(u8, u32, u32)>) -> ArchiveInfo {

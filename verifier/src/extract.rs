@@ -42,7 +42,8 @@ pub struct Extractor {
 impl Extractor {
     /// Open (creating if needed) the destination directory.
     pub fn open(dir: &Path) -> Result<Extractor> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
         let root = Dir::open_ambient_dir(dir, cap_std::ambient_authority())
             .map_err(|e| io_err(format!("opening {}", dir.display()), e))?;
         Ok(Extractor {
@@ -56,8 +57,14 @@ impl Extractor {
 
     fn temp_name(&mut self, final_path: &Path) -> PathBuf {
         self.counter += 1;
-        let base = final_path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let name = format!(".{base}.qbackup-partial-{}-{}", std::process::id(), self.counter);
+        let base = final_path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let name = format!(
+            ".{base}.qbackup-partial-{}-{}",
+            std::process::id(),
+            self.counter
+        );
         final_path.with_file_name(name)
     }
 
@@ -87,7 +94,8 @@ impl Extractor {
             temp: temp.clone(),
             final_path: path.to_path_buf(),
         });
-        let mut sink = |offset: u64, bytes: &[u8]| -> Result<()> { write_keeping_holes(&file, offset, bytes) };
+        let mut sink =
+            |offset: u64, bytes: &[u8]| -> Result<()> { write_keeping_holes(&file, offset, bytes) };
         read_data(&mut sink)?;
         file.set_len(entry.size)
             .map_err(|e| io_err(format!("sizing {}", temp.display()), e))?;
@@ -123,7 +131,10 @@ fn link_stays_inside(link: &Path, target: &Path, top: &Path) -> bool {
     if target.is_absolute() {
         return false;
     }
-    let mut resolved: Vec<Component<'_>> = link.parent().map(|p| p.components().collect()).unwrap_or_default();
+    let mut resolved: Vec<Component<'_>> = link
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
     for c in target.components() {
         match c {
             Component::Normal(_) => resolved.push(c),
@@ -162,7 +173,9 @@ impl Output for Extractor {
                 .map_err(|e| io_err(format!("creating directory {}", path.display()), e)),
             EntryKind::Symlink { target } => {
                 let top = PathBuf::from(placement.output.split('/').next().unwrap_or_default());
-                let text = std::str::from_utf8(target).ok().filter(|t| !t.is_empty() && !t.contains('\0'));
+                let text = std::str::from_utf8(target)
+                    .ok()
+                    .filter(|t| !t.is_empty() && !t.contains('\0'));
                 match text.map(PathBuf::from) {
                     Some(t) if link_stays_inside(&path, &t, &top) => self.links.push((path, t)),
                     _ => self.notes.push(format!(
@@ -206,7 +219,9 @@ impl Output for Extractor {
                 result = self
                     .root
                     .rename(&s.temp, &self.root, &s.final_path)
-                    .map_err(|e| io_err(format!("renaming into place {}", s.final_path.display()), e));
+                    .map_err(|e| {
+                        io_err(format!("renaming into place {}", s.final_path.display()), e)
+                    });
             }
             if result.is_err() {
                 let _ = self.root.remove_file(&s.temp);
@@ -216,9 +231,12 @@ impl Output for Extractor {
         for (link, target) in links {
             self.ensure_parent(&link)?;
             let _ = self.root.remove_file(&link);
-            self.root
-                .symlink(&target, &link)
-                .map_err(|e| io_err(format!("creating symlink {} of {}", link.display(), spec.path), e))?;
+            self.root.symlink(&target, &link).map_err(|e| {
+                io_err(
+                    format!("creating symlink {} of {}", link.display(), spec.path),
+                    e,
+                )
+            })?;
         }
         Ok(())
     }

@@ -2,11 +2,6 @@
 //! run, map the outcome to an exit code (SPEC.md ERR-3; README "Exit codes").
 
 mod cli;
-mod driver;
-mod extract;
-mod output;
-mod passphrase;
-mod report;
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
@@ -18,8 +13,9 @@ use qbackup_format::crypto::scrypt_container::KdfLimit;
 use qbackup_format::{Error, ErrorClass};
 
 use cli::{Cli, Command, Common};
-use output::{Output, VerifyOnly};
-use report::Report;
+use qbackup_verify::output::{Output, VerifyOnly};
+use qbackup_verify::report::Report;
+use qbackup_verify::{driver, extract, passphrase};
 
 /// Exit code when everything verified.
 const EXIT_OK: i32 = 0;
@@ -38,7 +34,12 @@ fn main() {
 
 fn physical_memory() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages > 0 && page > 0 {
         (pages as u64).saturating_mul(page as u64)
     } else {
@@ -57,7 +58,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
         (Box::new(std::io::stdin()), None)
     } else {
         let f = File::open(&common.archive).map_err(|e| {
-            Error::new(ErrorClass::Io, format!("opening {}: {e}", common.archive.display()))
+            Error::new(
+                ErrorClass::Io,
+                format!("opening {}: {e}", common.archive.display()),
+            )
         })?;
         let len = f.metadata().ok().map(|m| m.len());
         (Box::new(f), len)
@@ -68,7 +72,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
         Some(dir) => {
             let mut out = extract::Extractor::open(&dir)?;
             let mut r = driver::run(input, settings, &mut out);
-            r.notes.extend(out.take_notes());
+            r.notes.extend(Output::take_notes(&mut out));
             r.extracted_to = Some(dir.display().to_string());
             r
         }
@@ -87,7 +91,13 @@ fn finish_progress() {
     }
 }
 
-fn settings(common: &Common, pass: Vec<u8>, list_only: bool, vms: Vec<String>, total: Option<u64>) -> driver::Settings {
+fn settings(
+    common: &Common,
+    pass: Vec<u8>,
+    list_only: bool,
+    vms: Vec<String>,
+    total: Option<u64>,
+) -> driver::Settings {
     let ram = physical_memory();
     let budget = common
         .max_kdf_memory
@@ -134,13 +144,13 @@ fn emit(report: &mut Report, command: &str, json: bool) -> Result<(), Error> {
         report.human(command, command == "list")
     };
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Ok(()) => Ok(()),
         // A consumer that closed the pipe early is not an error of ours.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(Error::new(ErrorClass::Io, format!("writing report: {e}"))),
     }
 }
-
-#[allow(dead_code)]
-fn _assert_output_object_safe(_: &dyn Output) {}

@@ -28,13 +28,22 @@ pub fn obtain(file: Option<&Path>, archive_on_stdin: bool) -> Result<Zeroizing<V
             buf
         }
         Some(p) => Zeroizing::new(std::fs::read(p).map_err(|e| {
-            Error::new(ErrorClass::Io, format!("reading passphrase file {}: {e}", p.display()))
+            Error::new(
+                ErrorClass::Io,
+                format!("reading passphrase file {}: {e}", p.display()),
+            )
         })?),
         None => match std::env::var_os(ENV) {
-            Some(v) => Zeroizing::new(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec()),
+            Some(v) => {
+                Zeroizing::new(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec())
+            }
             None => {
-                let p = rpassword::prompt_password("Backup passphrase: ")
-                    .map_err(|e| Error::new(ErrorClass::Io, format!("reading passphrase from the terminal: {e}")))?;
+                let p = rpassword::prompt_password("Backup passphrase: ").map_err(|e| {
+                    Error::new(
+                        ErrorClass::Io,
+                        format!("reading passphrase from the terminal: {e}"),
+                    )
+                })?;
                 Zeroizing::new(p.into_bytes())
             }
         },
@@ -56,10 +65,15 @@ pub fn normalize(mut p: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>> {
         return Err(Error::new(ErrorClass::Io, "the passphrase is empty"));
     }
     if p.len() > MAX_PASSPHRASE_LEN {
-        return Err(Error::limit(format!("the passphrase is longer than LIM-21 ({MAX_PASSPHRASE_LEN} bytes)")));
+        return Err(Error::limit(format!(
+            "the passphrase is longer than LIM-21 ({MAX_PASSPHRASE_LEN} bytes)"
+        )));
     }
     if p.iter().any(|&b| b == 0 || b == b'\n' || b == b'\r') {
-        return Err(Error::new(ErrorClass::Io, "the passphrase contains a NUL or line break"));
+        return Err(Error::new(
+            ErrorClass::Io,
+            "the passphrase contains a NUL or line break",
+        ));
     }
     Ok(p)
 }

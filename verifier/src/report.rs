@@ -138,7 +138,8 @@ impl Report {
             doc["extracted_to"] = json!(dir);
         }
         if let Some(first) = self.findings.first() {
-            doc["error"] = json!({"class": first.error.class().as_str(), "message": first.error.message()});
+            doc["error"] =
+                json!({"class": first.error.class().as_str(), "message": first.error.message()});
         }
         doc
     }
@@ -150,7 +151,11 @@ impl Report {
                 "Backup format {}{}, {}, {}, hmac {}",
                 a.version,
                 if a.header_present { "" } else { " (no header)" },
-                if a.encrypted { "encrypted" } else { "not encrypted" },
+                if a.encrypted {
+                    "encrypted"
+                } else {
+                    "not encrypted"
+                },
                 match (&a.compressed, &a.compression_filter) {
                     (true, Some(f)) => format!("compressed ({f})"),
                     (true, None) => "compressed".to_string(),
@@ -172,7 +177,10 @@ impl Report {
                 "VM", "CLASS", "TEMPLATE", "NETVM", "LABEL", "BACKUP SIZE", "STATUS"
             );
             for v in self.vms.iter().filter(|v| v.included || listing) {
-                let failed = self.findings.iter().any(|f| f.vm.as_deref() == Some(&v.name));
+                let failed = self
+                    .findings
+                    .iter()
+                    .any(|f| f.vm.as_deref() == Some(&v.name));
                 let status = if !v.included {
                     "not in backup"
                 } else if listing && command == "list" {
@@ -193,7 +201,11 @@ impl Report {
                     status
                 );
                 if !listing {
-                    for f in self.files.iter().filter(|f| f.vm.as_deref() == Some(&v.name)) {
+                    for f in self
+                        .files
+                        .iter()
+                        .filter(|f| f.vm.as_deref() == Some(&v.name))
+                    {
                         out += &format!(
                             "    {:<40} {:>5} chunks {:>14} bytes stored {:>14} bytes{}\n",
                             f.path,

@@ -47,7 +47,9 @@ fn header_passphrase(passphrase: &[u8]) -> Zeroizing<Vec<u8>> {
 
 /// V4-2: the scrypt passphrase of chunk `name` (member name without `.enc`).
 pub fn chunk_passphrase(backup_id: &str, name: &str, passphrase: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut p = Zeroizing::new(Vec::with_capacity(backup_id.len() + name.len() + passphrase.len() + 2));
+    let mut p = Zeroizing::new(Vec::with_capacity(
+        backup_id.len() + name.len() + passphrase.len() + 2,
+    ));
     p.extend_from_slice(backup_id.as_bytes());
     p.push(b'!');
     p.extend_from_slice(name.as_bytes());
@@ -170,6 +172,9 @@ pub fn verify_chunk_hmac(
 /// The digest a v2/v3 header names for chunk MACs.
 pub fn chunk_digest(header: &Header) -> Result<Digest> {
     Digest::from_name(&header.hmac_algorithm).ok_or_else(|| {
-        Error::unsupported(format!("hmac-algorithm {:?} is not supported", header.hmac_algorithm))
+        Error::unsupported(format!(
+            "hmac-algorithm {:?} is not supported",
+            header.hmac_algorithm
+        ))
     })
 }

@@ -69,8 +69,9 @@ impl<F: FnMut() -> Option<Result<Vec<u8>>>> Read for ChunkReader<F> {
 /// The cipher a v2/v3 header names (V3-6).
 pub fn header_cipher(header: &Header) -> Result<Cipher> {
     let name = header.crypto_algorithm.as_deref().unwrap_or("aes-256-cbc");
-    Cipher::from_name(name)
-        .ok_or_else(|| Error::unsupported(format!("crypto-algorithm {name:?} is not supported (V3-6)")))
+    Cipher::from_name(name).ok_or_else(|| {
+        Error::unsupported(format!("crypto-algorithm {name:?} is not supported (V3-6)"))
+    })
 }
 
 /// v3/v4: the inner tar byte stream of one file from the concatenation of its
@@ -86,7 +87,11 @@ pub fn file_stream<'a, R: Read + Send + 'a>(
         Version::V4 => filter.decoder(payload),
         Version::V3 if header.encrypted => {
             let cipher = header_cipher(header)?;
-            filter.decoder(CbcDecryptReader::new(payload, cipher, credentials.passphrase()))
+            filter.decoder(CbcDecryptReader::new(
+                payload,
+                cipher,
+                credentials.passphrase(),
+            ))
         }
         Version::V3 => filter.decoder(payload),
         Version::V2 => Err(Error::unsupported(
@@ -98,7 +103,11 @@ pub fn file_stream<'a, R: Read + Send + 'a>(
 /// v2: one chunk (after its HMAC verified) to one tar volume (V3-4, V3-5): decrypt its
 /// own `Salted__` stream when encrypted, then inflate zlib (`openssl enc -z`) when also
 /// compressed, or gzip when only compressed.
-pub fn decode_v2_volume(header: &Header, credentials: &Credentials, chunk: Vec<u8>) -> Result<Vec<u8>> {
+pub fn decode_v2_volume(
+    header: &Header,
+    credentials: &Credentials,
+    chunk: Vec<u8>,
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let read = |r: &mut dyn Read, out: &mut Vec<u8>| {
         r.read_to_end(out)
@@ -129,12 +138,17 @@ mod tests {
     fn chunk_reader_concatenates_and_surfaces_errors() {
         let mut chunks = vec![Ok(b"ab".to_vec()), Ok(Vec::new()), Ok(b"cde".to_vec())].into_iter();
         let mut s = String::new();
-        ChunkReader::new(|| chunks.next()).read_to_string(&mut s).unwrap();
+        ChunkReader::new(|| chunks.next())
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "abcde");
         let mut failing = vec![Ok(b"ab".to_vec()), Err(Error::mac("x"))].into_iter();
         let err = ChunkReader::new(|| failing.next())
             .read_to_end(&mut Vec::new())
             .unwrap_err();
-        assert_eq!(Error::from_read(err, "x").class(), crate::ErrorClass::MacFailure);
+        assert_eq!(
+            Error::from_read(err, "x").class(),
+            crate::ErrorClass::MacFailure
+        );
     }
 }

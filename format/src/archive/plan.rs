@@ -79,7 +79,10 @@ impl BackupPlan {
             let prefix = validate_relative(prefix.as_bytes(), DotComponents::Refuse)
                 .map_err(|e| e.context(format!("backup path of VM {}", vm.name)))?;
             if prefix == QUBES_XML {
-                return Err(Error::malformed(format!("VM {} claims qubes.xml as its data", vm.name)));
+                return Err(Error::malformed(format!(
+                    "VM {} claims qubes.xml as its data",
+                    vm.name
+                )));
             }
             if let Some(other) = vms
                 .iter()
@@ -133,7 +136,9 @@ impl BackupPlan {
         let vm = match found {
             Some(i) => i,
             None => match path.split_once('/') {
-                Some((DOM0_HOME, user)) if !user.contains('/') && !self.vms.iter().any(|v| v.out_dir == DOM0_HOME) => {
+                Some((DOM0_HOME, user))
+                    if !user.contains('/') && !self.vms.iter().any(|v| v.out_dir == DOM0_HOME) =>
+                {
                     self.vms.push(PlannedVm {
                         name: "dom0".into(),
                         class: "AdminVM".into(),
@@ -224,13 +229,21 @@ impl FileSpec {
 }
 
 /// VER-2: the files a VM's entry in qubes.xml implies.
-fn expected_files(vm: &Vm, flavor: Flavor, version: Version, prefix: &str, is_dom0: bool) -> Vec<String> {
+fn expected_files(
+    vm: &Vm,
+    flavor: Flavor,
+    version: Version,
+    prefix: &str,
+    is_dom0: bool,
+) -> Vec<String> {
     if is_dom0 {
         return vec![prefix.to_string()];
     }
     let img = |v: &str| format!("{prefix}/{v}.img");
     match (flavor, &vm.volumes_saved) {
-        (Flavor::Core3, Some(volumes)) if !volumes.is_empty() => volumes.iter().map(|v| img(v)).collect(),
+        (Flavor::Core3, Some(volumes)) if !volumes.is_empty() => {
+            volumes.iter().map(|v| img(v)).collect()
+        }
         // A VM with no saved volume has some file (upstream writes `empty`); nothing to name.
         (Flavor::Core3, Some(_)) => Vec::new(),
         _ => match vm.class.as_str() {

@@ -23,11 +23,11 @@ pub enum Step {
 #[derive(Debug)]
 enum State {
     /// Nothing yet after the header: qubes.xml comes next (ORD-2).
-    ExpectQubesXml,
+    QubesXml,
     /// v2/v3: the `.hmac` of this chunk comes next (ORD-4).
-    ExpectMac { path: String, index: u32 },
+    MacOf { path: String, index: u32 },
     /// The next chunk of `current`, or chunk `.000` of a new file (ORD-3).
-    ExpectChunk { current: Option<(String, u32)> },
+    NextChunk { current: Option<(String, u32)> },
 }
 
 /// Checks member order after the header and its MAC (ORD-1 is the driver's first step).
@@ -42,7 +42,7 @@ impl Sequencer {
     pub fn new(version: Version) -> Sequencer {
         Sequencer {
             version,
-            state: State::ExpectQubesXml,
+            state: State::QubesXml,
             files: HashSet::new(),
         }
     }
@@ -62,15 +62,15 @@ impl Sequencer {
             ""
         };
         match &self.state {
-            State::ExpectQubesXml => format!("{}{suffix}", chunk_name(QUBES_XML, 0)),
-            State::ExpectMac { path, index } => format!("{}.hmac", chunk_name(path, *index)),
-            State::ExpectChunk {
+            State::QubesXml => format!("{}{suffix}", chunk_name(QUBES_XML, 0)),
+            State::MacOf { path, index } => format!("{}.hmac", chunk_name(path, *index)),
+            State::NextChunk {
                 current: Some((path, index)),
             } => format!(
                 "{}{suffix} or the first chunk of another file",
                 chunk_name(path, index + 1)
             ),
-            State::ExpectChunk { current: None } => "the first chunk of a file".to_string(),
+            State::NextChunk { current: None } => "the first chunk of a file".to_string(),
         }
     }
 
@@ -92,14 +92,14 @@ impl Sequencer {
         };
         let (path, index, kind) = (path.clone(), *index, *kind);
         let step = match &self.state {
-            State::ExpectQubesXml => {
+            State::QubesXml => {
                 if path != QUBES_XML || index != 0 || kind != data_kind {
                     return Err(self.unexpected(&name, untrusted_name));
                 }
                 self.files.insert(path.clone());
                 Step::Chunk { path, index }
             }
-            State::ExpectMac {
+            State::MacOf {
                 path: want,
                 index: want_index,
             } => {
@@ -108,7 +108,7 @@ impl Sequencer {
                 }
                 Step::ChunkMac { path, index }
             }
-            State::ExpectChunk { current } => {
+            State::NextChunk { current } => {
                 if kind != data_kind {
                     return Err(self.unexpected(&name, untrusted_name));
                 }
@@ -127,11 +127,11 @@ impl Sequencer {
             }
         };
         self.state = match &step {
-            Step::Chunk { path, index } if self.version != Version::V4 => State::ExpectMac {
+            Step::Chunk { path, index } if self.version != Version::V4 => State::MacOf {
                 path: path.clone(),
                 index: *index,
             },
-            Step::Chunk { path, index } | Step::ChunkMac { path, index } => State::ExpectChunk {
+            Step::Chunk { path, index } | Step::ChunkMac { path, index } => State::NextChunk {
                 current: if path == QUBES_XML {
                     None
                 } else {
@@ -145,7 +145,7 @@ impl Sequencer {
     /// The archive ended: it must not end while a MAC or qubes.xml is still owed.
     pub fn finish(&self) -> Result<()> {
         match &self.state {
-            State::ExpectChunk { .. } => Ok(()),
+            State::NextChunk { .. } => Ok(()),
             _ => Err(Error::truncated(format!(
                 "archive ends where {} was expected",
                 self.expectation()
