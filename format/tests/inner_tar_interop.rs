@@ -182,7 +182,10 @@ fn dense_files_dirs_links_and_long_names() {
         let entries = read_tar(&src, &bytes);
         let p = paths(&entries);
         for want in ["tree/", "tree/data", "tree/empty", "tree/link", &long_path] {
-            assert!(p.iter().any(|x| x == want), "{format}: {want} missing in {p:?}");
+            assert!(
+                p.iter().any(|x| x == want),
+                "{format}: {want} missing in {p:?}"
+            );
         }
         let get = |name: &str| entries.iter().find(|e| e.path == name.as_bytes()).unwrap();
         assert_eq!(get("tree/").kind, EntryKind::Directory);
@@ -252,7 +255,16 @@ fn pax_sparse_versions() {
         let bytes = run(
             &src,
             "tar",
-            &["-c", "--format=posix", "--sparse", "--sparse-version", v, "-f", "-", "img"],
+            &[
+                "-c",
+                "--format=posix",
+                "--sparse",
+                "--sparse-version",
+                v,
+                "-f",
+                "-",
+                "img",
+            ],
         );
         let entries = read_tar(&src, &bytes);
         assert_eq!(paths(&entries), ["img"], "version {v}");
@@ -282,7 +294,15 @@ fn sparse_file_over_8_gib_uses_base256() {
     let bytes = run(
         &src,
         "tar",
-        &["-c", "--format=posix", "--sparse", "--sparse-version=1.0", "-f", "-", "root.img"],
+        &[
+            "-c",
+            "--format=posix",
+            "--sparse",
+            "--sparse-version=1.0",
+            "-f",
+            "-",
+            "root.img",
+        ],
     );
     let entries = read_tar(&src, &bytes);
     assert_eq!(entries[0].size, 9 << 30);
@@ -297,10 +317,18 @@ fn truncation_of_a_gnu_archive_at_every_block() {
     make_sparse(&src, "img", "80K", &blocks);
     write_random(&src.join("x"), 3000);
     // -b 1: no record padding, so the archive ends right after the end marker.
-    let bytes = run(&src, "tar", &["-c", "-b", "1", "--sparse", "-f", "-", "img", "x"]);
+    let bytes = run(
+        &src,
+        "tar",
+        &["-c", "-b", "1", "--sparse", "-f", "-", "img", "x"],
+    );
     assert_eq!(read_tar(&src, &bytes).len(), 2);
     for cut in (0..bytes.len()).step_by(512) {
-        assert_eq!(err_class(&bytes[..cut]), ErrorClass::Truncated, "cut at {cut}");
+        assert_eq!(
+            err_class(&bytes[..cut]),
+            ErrorClass::Truncated,
+            "cut at {cut}"
+        );
     }
 }
 
@@ -350,7 +378,7 @@ fn multi_volume_dense_sparse_and_long_names() {
     // A long name: GNU truncates it to 100 bytes in the `M` header.
     let vols = multi_volume(&src, 100, &[&long]);
     assert!(vols.len() >= 3);
-    assert_eq!(paths(&read_volumes(&src, &vols)), [long.clone()]);
+    assert_eq!(paths(&read_volumes(&src, &vols)), [long]);
 
     // An old-GNU sparse file continued across volumes.
     let vols = multi_volume(&src, 100, &["--sparse", "sp", "after"]);
@@ -381,12 +409,38 @@ fn multi_volume_damage() {
     // Missing last volume.
     assert_eq!(class(vec![&vols[0], &vols[1]]), ErrorClass::Truncated);
     // Volumes out of order.
-    assert_eq!(class(vec![&vols[0], &vols[2], &vols[1]]), ErrorClass::Malformed);
+    assert_eq!(
+        class(vec![&vols[0], &vols[2], &vols[1]]),
+        ErrorClass::Malformed
+    );
     // A repeated volume.
-    assert_eq!(class(vec![&vols[0], &vols[1], &vols[1], &vols[2]]), ErrorClass::Malformed);
+    assert_eq!(
+        class(vec![&vols[0], &vols[1], &vols[1], &vols[2]]),
+        ErrorClass::Malformed
+    );
     // A volume after the end.
-    assert_eq!(class(vec![&vols[0], &vols[1], &vols[2], &vols[2]]), ErrorClass::Malformed);
+    assert_eq!(
+        class(vec![&vols[0], &vols[1], &vols[2], &vols[2]]),
+        ErrorClass::Malformed
+    );
     // A continuation volume read on its own / the first volume alone.
     assert_eq!(err_class(&vols[1]), ErrorClass::Unsupported);
     assert_eq!(err_class(&vols[0]), ErrorClass::Truncated);
+}
+
+#[test]
+fn header_set_split_across_volumes_is_unsupported() {
+    let t = tempdir("split");
+    let src = t.0.join("src");
+    let blocks: Vec<(u64, u64)> = (0..30).map(|i| (i * 3 + 1, 1)).collect();
+    make_sparse(&src, "img", &format!("{}", 92 * 4096), &blocks);
+    let bytes = run(&src, "tar", &["-c", "--sparse", "-f", "-", "img"]);
+    assert_eq!(bytes[482], 1, "isextended");
+    // The volume boundary falls between the `S` header and its extension block.
+    let vols = [&bytes[..512], &bytes[512..]];
+    let mut r = MultiVolumeReader::new(vols.into_iter()).unwrap();
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Unsupported);
+    // Without a further volume the same cut is a truncation.
+    let mut r = MultiVolumeReader::new([&bytes[..512]].into_iter()).unwrap();
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Truncated);
 }

@@ -60,7 +60,10 @@ fn parse_numeric(f: &[u8], what: &str) -> Result<Option<i128>> {
         let negative = match first {
             0x80 => false,
             0xff => true,
-            _ => bail!(Malformed, "tar {what}: invalid base-256 marker {first:#04x}"),
+            _ => bail!(
+                Malformed,
+                "tar {what}: invalid base-256 marker {first:#04x}"
+            ),
         };
         // At most 12 bytes: 88 value bits after the marker fit an i128.
         if f.len() > 12 {
@@ -95,7 +98,12 @@ fn parse_numeric(f: &[u8], what: &str) -> Result<Option<i128>> {
         digits += 1;
         i += 1;
     }
-    if !f.get(i..).unwrap_or(&[]).iter().all(|&c| c == 0 || c == b' ') {
+    if !f
+        .get(i..)
+        .unwrap_or(&[])
+        .iter()
+        .all(|&c| c == 0 || c == b' ')
+    {
         bail!(Malformed, "tar {what}: invalid octal field");
     }
     Ok(if digits == 0 { None } else { Some(v) })

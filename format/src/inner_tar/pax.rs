@@ -34,7 +34,10 @@ pub(super) fn for_each_record(
         if eq == 0 {
             bail!(Malformed, "pax record has an empty key");
         }
-        let (key, value) = (body.get(..eq).unwrap_or(&[]), body.get(eq + 1..).unwrap_or(&[]));
+        let (key, value) = (
+            body.get(..eq).unwrap_or(&[]),
+            body.get(eq + 1..).unwrap_or(&[]),
+        );
         f(key, value)?;
         rest = rest.get(len..).unwrap_or(&[]);
     }
@@ -115,7 +118,10 @@ impl PaxValues {
         let mut p = PaxValues::default();
         for_each_record(data, |k, v| p.apply(k, v))?;
         if p.pending_offset.is_some() {
-            bail!(Malformed, "pax GNU.sparse.offset without GNU.sparse.numbytes");
+            bail!(
+                Malformed,
+                "pax GNU.sparse.offset without GNU.sparse.numbytes"
+            );
         }
         Ok(p)
     }
@@ -129,7 +135,11 @@ impl PaxValues {
             }
         };
         match key {
-            b"path" => self.path = (!v.is_empty()).then(|| bounded_path(v, "path")).transpose()?,
+            b"path" => {
+                self.path = (!v.is_empty())
+                    .then(|| bounded_path(v, "path"))
+                    .transpose()?
+            }
             b"linkpath" => {
                 self.linkpath = (!v.is_empty())
                     .then(|| bounded_path(v, "linkpath"))
@@ -161,7 +171,10 @@ impl PaxValues {
                         bail!(Malformed, "GNU.sparse.map has an odd number of values");
                     };
                     if map.len() >= MAX_SPARSE_ENTRIES {
-                        bail!(LimitExceeded, "more than {MAX_SPARSE_ENTRIES} sparse entries");
+                        bail!(
+                            LimitExceeded,
+                            "more than {MAX_SPARSE_ENTRIES} sparse entries"
+                        );
                     }
                     map.push((
                         parse_dec(off, "GNU.sparse.map")?,
@@ -171,8 +184,7 @@ impl PaxValues {
                 self.sparse_map = Some(map);
             }
             b"GNU.sparse.offset" => {
-                if self.pending_offset.is_some() || (self.sparse_map.is_some() && !self.sparse_00)
-                {
+                if self.pending_offset.is_some() || (self.sparse_map.is_some() && !self.sparse_00) {
                     bail!(Malformed, "misplaced GNU.sparse.offset");
                 }
                 self.sparse_00 = true;
@@ -185,7 +197,10 @@ impl PaxValues {
                 let len = parse_dec(v, "GNU.sparse.numbytes")?;
                 let map = self.sparse_map.get_or_insert_with(Vec::new);
                 if map.len() >= MAX_SPARSE_ENTRIES {
-                    bail!(LimitExceeded, "more than {MAX_SPARSE_ENTRIES} sparse entries");
+                    bail!(
+                        LimitExceeded,
+                        "more than {MAX_SPARSE_ENTRIES} sparse entries"
+                    );
                 }
                 map.push((off, len));
             }

@@ -156,7 +156,10 @@ pub(super) struct Core<R, I> {
 /// TAR-9: sorted, non-overlapping, inside the real size, lengths summing to `stored`.
 fn validate_map(map: &[(u64, u64)], realsize: u64, stored: u64) -> Result<()> {
     if map.len() > MAX_SPARSE_ENTRIES {
-        bail!(LimitExceeded, "more than {MAX_SPARSE_ENTRIES} sparse entries");
+        bail!(
+            LimitExceeded,
+            "more than {MAX_SPARSE_ENTRIES} sparse entries"
+        );
     }
     let mut end = 0u64;
     let mut sum = 0u64;
@@ -168,14 +171,20 @@ fn validate_map(map: &[(u64, u64)], realsize: u64, stored: u64) -> Result<()> {
             .checked_add(len)
             .ok_or_else(|| Error::malformed("sparse map entry overflows"))?;
         if end > realsize {
-            bail!(Malformed, "sparse map entry ends at {end}, past the real size {realsize}");
+            bail!(
+                Malformed,
+                "sparse map entry ends at {end}, past the real size {realsize}"
+            );
         }
         sum = sum
             .checked_add(len)
             .ok_or_else(|| Error::malformed("sparse map overflows"))?;
     }
     if sum != stored {
-        bail!(Malformed, "sparse map covers {sum} bytes, the entry stores {stored}");
+        bail!(
+            Malformed,
+            "sparse map covers {sum} bytes, the entry stores {stored}"
+        );
     }
     Ok(())
 }
@@ -205,9 +214,15 @@ fn take_pairs(
             bail!(Malformed, "GNU sparse pair after the end of the map");
         }
         if map.len() >= MAX_SPARSE_ENTRIES {
-            bail!(LimitExceeded, "more than {MAX_SPARSE_ENTRIES} sparse entries");
+            bail!(
+                LimitExceeded,
+                "more than {MAX_SPARSE_ENTRIES} sparse entries"
+            );
         }
-        map.push((parse_u64(off, "sparse offset")?, parse_u64(len, "sparse numbytes")?));
+        map.push((
+            parse_u64(off, "sparse offset")?,
+            parse_u64(len, "sparse numbytes")?,
+        ));
     }
     Ok(())
 }
@@ -275,10 +290,16 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
         match &self.state {
             State::Done => {}
             State::Failed(e) => return Err(e.clone()),
-            _ => bail!(Malformed, "multi-volume tar: finish before the end of the archive"),
+            _ => bail!(
+                Malformed,
+                "multi-volume tar: finish before the end of the archive"
+            ),
         }
         if self.has_next_volume() {
-            bail!(Malformed, "multi-volume tar: a volume follows the end of the archive");
+            bail!(
+                Malformed,
+                "multi-volume tar: a volume follows the end of the archive"
+            );
         }
         Ok(())
     }
@@ -305,7 +326,11 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
         }
         let next = self.peeked.take().or_else(|| self.more.as_mut()?.next());
         let Some(next) = next else {
-            bail!(Truncated, "inner tar ends after volume {} without an end marker", self.volumes);
+            bail!(
+                Truncated,
+                "inner tar ends after volume {} without an end marker",
+                self.volumes
+            );
         };
         self.input.replace(next);
         self.volumes = self.volumes.saturating_add(1);
@@ -317,7 +342,10 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
     fn count(&mut self) -> Result<()> {
         self.entries += 1;
         if self.entries > MAX_INNER_ENTRIES {
-            bail!(LimitExceeded, "more than {MAX_INNER_ENTRIES} inner tar entries");
+            bail!(
+                LimitExceeded,
+                "more than {MAX_INNER_ENTRIES} inner tar entries"
+            );
         }
         Ok(())
     }
@@ -412,14 +440,22 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             bail!(Truncated, "inner tar ends inside the data of an entry");
         }
         if d.done_at_switch == Some(d.done) {
-            bail!(Malformed, "tar volume {} holds no data of the continued file", self.volumes);
+            bail!(
+                Malformed,
+                "tar volume {} holds no data of the continued file",
+                self.volumes
+            );
         }
         self.switch_volume()?;
         d.done_at_switch = Some(d.done);
         loop {
             let blk = self.read_block("a continuation header")?;
             if is_zero(&blk) {
-                bail!(Malformed, "tar volume {} does not continue the interrupted file", self.volumes);
+                bail!(
+                    Malformed,
+                    "tar volume {} does not continue the interrupted file",
+                    self.volumes
+                );
             }
             let h = parse_header(&blk)?;
             match h.typeflag {
@@ -428,7 +464,11 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                     self.vol_start = false;
                     let remaining = d.stored - d.done;
                     if !m_name_matches(&h, &d.path) {
-                        bail!(Malformed, "tar volume {} continues another file", self.volumes);
+                        bail!(
+                            Malformed,
+                            "tar volume {} continues another file",
+                            self.volumes
+                        );
                     }
                     if h.size != remaining {
                         bail!(
@@ -439,7 +479,10 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                     }
                     let offset = num_at(&blk, 369, 12, "continuation offset")?;
                     if d.size.checked_sub(remaining) != Some(offset) {
-                        bail!(Malformed, "continuation header offset {offset} out of sequence");
+                        bail!(
+                            Malformed,
+                            "continuation header offset {offset} out of sequence"
+                        );
                     }
                     return Ok(());
                 }
@@ -522,7 +565,8 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             let h = parse_header(&blk)?;
             match h.typeflag {
                 b'V' => {
-                    if !at_vol_start && !(self.volumes == 1 && self.input.vol_pos == BLOCK_U64) {
+                    let first_block = self.volumes == 1 && self.input.vol_pos == BLOCK_U64;
+                    if !(at_vol_start || first_block) || !meta.is_empty() {
                         bail!(Malformed, "volume label not at the start of a volume");
                     }
                     self.skip_label(&h)?;
@@ -530,7 +574,8 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                 }
                 b'g' => {
                     self.count()?;
-                    let data = self.read_member(h.size, MAX_TAR_EXTENSION_LEN, "pax global header")?;
+                    let data =
+                        self.read_member(h.size, MAX_TAR_EXTENSION_LEN, "pax global header")?;
                     super::pax::for_each_record(&data, |_, _| Ok(()))?;
                 }
                 b'x' => {
@@ -545,7 +590,10 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                     let data = self.read_member(h.size, limit, "GNU long name")?;
                     let name = cstr(&data);
                     if name.is_empty() || !is_zero(data.get(name.len()..).unwrap_or(&[])) {
-                        bail!(Malformed, "GNU long name is empty or has bytes after its NUL");
+                        bail!(
+                            Malformed,
+                            "GNU long name is empty or has bytes after its NUL"
+                        );
                     }
                     let slot = if h.typeflag == b'L' {
                         &mut meta.long_name
@@ -564,7 +612,10 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                         );
                     }
                     if !at_vol_start || !meta.is_empty() || pending_m.is_some() {
-                        bail!(Malformed, "continuation header not at the start of a volume");
+                        bail!(
+                            Malformed,
+                            "continuation header not at the start of a volume"
+                        );
                     }
                     if num_at(&blk, 369, 12, "continuation offset")? != 0 {
                         bail!(Malformed, "continuation of a file that was not interrupted");
@@ -577,7 +628,10 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                         if !m_name_matches(&m, &entry.path)
                             || (m.size != entry.stored && m.size != entry.size)
                         {
-                            bail!(Malformed, "continuation header does not match the next entry");
+                            bail!(
+                                Malformed,
+                                "continuation header does not match the next entry"
+                            );
                         }
                     }
                     return Ok(Some(entry));
@@ -638,7 +692,10 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
         let mut used = 0u64;
         let count = self.map_number(&mut used, member)?;
         if count > MAX_SPARSE_ENTRIES as u64 {
-            bail!(LimitExceeded, "more than {MAX_SPARSE_ENTRIES} sparse entries");
+            bail!(
+                LimitExceeded,
+                "more than {MAX_SPARSE_ENTRIES} sparse entries"
+            );
         }
         let mut map = Vec::new();
         for _ in 0..count {
@@ -657,7 +714,12 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
     fn build_entry(&mut self, blk: &[u8; BLOCK], h: RawHeader, meta: Meta) -> Result<Entry> {
         self.count()?;
         let pax = meta.pax.unwrap_or_default();
-        let target = || pax.linkpath.clone().or(meta.long_link.clone()).unwrap_or(h.linkname.clone());
+        let target = || {
+            pax.linkpath
+                .clone()
+                .or(meta.long_link.clone())
+                .unwrap_or(h.linkname.clone())
+        };
         let kind = match h.typeflag {
             b'0' | 0 | b'S' => EntryKind::Regular,
             b'5' => EntryKind::Directory,
@@ -674,9 +736,17 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             }
             let realsize = num_at(blk, 483, 12, "sparse realsize")?;
             if realsize > MAX_FILE_SIZE {
-                bail!(LimitExceeded, "file size {realsize} exceeds {MAX_FILE_SIZE}");
+                bail!(
+                    LimitExceeded,
+                    "file size {realsize} exceeds {MAX_FILE_SIZE}"
+                );
             }
-            (realsize, member, Some(self.read_old_sparse_map(blk)?), false)
+            (
+                realsize,
+                member,
+                Some(self.read_old_sparse_map(blk)?),
+                false,
+            )
         } else if pax.is_sparse() {
             if kind != EntryKind::Regular {
                 bail!(Malformed, "pax sparse keys on a non-regular entry");
@@ -688,7 +758,10 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                 bail!(Malformed, "pax sparse entry without GNU.sparse.realsize");
             };
             if realsize > MAX_FILE_SIZE {
-                bail!(LimitExceeded, "file size {realsize} exceeds {MAX_FILE_SIZE}");
+                bail!(
+                    LimitExceeded,
+                    "file size {realsize} exceeds {MAX_FILE_SIZE}"
+                );
             }
             match (pax.sparse_major, pax.sparse_minor) {
                 (Some(1), Some(0)) => {
@@ -727,7 +800,10 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             validate_map(map, size, stored)?;
         }
         if path.len() > MAX_PATH_LEN {
-            bail!(LimitExceeded, "inner tar path longer than {MAX_PATH_LEN} bytes");
+            bail!(
+                LimitExceeded,
+                "inner tar path longer than {MAX_PATH_LEN} bytes"
+            );
         }
         let entry = Entry {
             path: path.clone(),

@@ -113,16 +113,15 @@ fn tarwriter(name: &str, data: &[u8], gnu_pad: bool) -> Vec<u8> {
     pax.extend(record("GNU.sparse.major", b"1"));
     pax.extend(record("GNU.sparse.minor", b"0"));
     pax.extend(record("GNU.sparse.name", name.as_bytes()));
-    pax.extend(record("GNU.sparse.realsize", data.len().to_string().as_bytes()));
+    pax.extend(record(
+        "GNU.sparse.realsize",
+        data.len().to_string().as_bytes(),
+    ));
     let mut out = Vec::new();
     member(&mut out, b"././@PaxHeader", b'x', &pax);
     let (dir, base) = name.rsplit_once('/').unwrap_or((".", name));
     let hname = format!("{dir}/GNUSparseFile.1234/{base}");
-    out.extend_from_slice(&ustar(
-        hname.as_bytes(),
-        b'0',
-        mapblk.len() as u64 + stored,
-    ));
+    out.extend_from_slice(&ustar(hname.as_bytes(), b'0', mapblk.len() as u64 + stored));
     out.extend_from_slice(&mapblk);
     for &(o, l) in &map {
         out.extend_from_slice(&data[o as usize..(o + l) as usize]);
@@ -180,7 +179,10 @@ fn tarwriter_unpadded_last_run_is_accepted() {
             assert_eq!(e.kind, EntryKind::Regular);
             assert_eq!(e.size, len as u64);
             assert_eq!(e.mtime, Some(0));
-            assert_eq!(e.sparse.as_ref().map(|m| m.entries.clone()), Some(tarwriter_map(&data)));
+            assert_eq!(
+                e.sparse.as_ref().map(|m| m.entries.clone()),
+                Some(tarwriter_map(&data))
+            );
             assert_eq!(content, &data);
         }
     }
@@ -191,7 +193,10 @@ fn tarwriter_stream_damaged_at_the_end_is_rejected() {
     let data = sample(5000);
     let bytes = tarwriter("a/b", &data, false);
     // One byte short of the (short) end marker.
-    assert_eq!(class(read_all(&bytes[..bytes.len() - 1])), ErrorClass::Truncated);
+    assert_eq!(
+        class(read_all(&bytes[..bytes.len() - 1])),
+        ErrorClass::Truncated
+    );
     // A non-zero byte in the end marker.
     let mut bad = bytes.clone();
     *bad.last_mut().unwrap() = 1;
@@ -367,7 +372,10 @@ fn end_marker_rules() {
     // Too much zero padding.
     let mut long = body;
     end(&mut long);
-    long.extend(std::iter::repeat(0u8).take(crate::limits::MAX_TAR_TRAILING_ZERO_BYTES as usize + 1));
+    long.extend(std::iter::repeat_n(
+        0u8,
+        crate::limits::MAX_TAR_TRAILING_ZERO_BYTES as usize + 1,
+    ));
     assert_eq!(class(read_all(&long)), ErrorClass::LimitExceeded);
 }
 
@@ -387,17 +395,18 @@ fn old_sparse(name: &[u8], pairs: &[(u64, u64)], realsize: u64, stored: u64) -> 
 
 #[test]
 fn sparse_map_validity() {
-    let cases: &[(&[(u64, u64)], u64, u64, ErrorClass)] = &[
+    type Case = (&'static [(u64, u64)], u64, u64, ErrorClass);
+    let cases: &[Case] = &[
         (&[(0, 512), (256, 512)], 4096, 1024, ErrorClass::Malformed), // overlap
         (&[(1024, 512), (0, 512)], 4096, 1024, ErrorClass::Malformed), // unsorted
         (&[(0, 512), (4000, 512)], 4096, 1024, ErrorClass::Malformed), // past realsize
         (&[(0, 512)], 4096, 1024, ErrorClass::Malformed),             // sum != stored
-        (&[(0o77777777777, 2)], 4096, 2, ErrorClass::Malformed),       // far out
+        (&[(0o77777777777, 2)], 4096, 2, ErrorClass::Malformed),      // far out
         (&[(0, 512)], (16 << 40) + 1, 512, ErrorClass::LimitExceeded),
     ];
     for &(pairs, realsize, stored, want) in cases {
         let mut out = old_sparse(b"s", pairs, realsize, stored).to_vec();
-        out.extend(std::iter::repeat(1u8).take(stored as usize));
+        out.extend(std::iter::repeat_n(1u8, stored as usize));
         pad(&mut out);
         end(&mut out);
         assert_eq!(class(read_all(&out)), want, "{pairs:?}");
@@ -461,7 +470,11 @@ fn valid_archive_reads() {
 fn truncation_at_every_block_is_truncated() {
     let a = valid_archive();
     for cut in (0..a.len()).step_by(B) {
-        assert_eq!(class(read_all(&a[..cut])), ErrorClass::Truncated, "cut at {cut}");
+        assert_eq!(
+            class(read_all(&a[..cut])),
+            ErrorClass::Truncated,
+            "cut at {cut}"
+        );
     }
 }
 
