@@ -520,7 +520,7 @@ fn tarwriter_layout_via_python_tarfile() {
             let bytes = fs::read(t.0.join("out.tar")).unwrap();
             assert_eq!(bytes.len() % 512 != 0, i == 1, "unpadded last run");
             let entries = read_tar(&src, &bytes);
-            assert_eq!(paths(&entries), [name.clone()]);
+            assert_eq!(paths(&entries), std::slice::from_ref(&name));
             assert!(entries[0].sparse.is_some());
             assert_eq!(entries[0].mtime, Some(0));
             // The same stream cut by one byte is truncated.
