@@ -528,3 +528,18 @@ fn tarwriter_layout_via_python_tarfile() {
         }
     }
 }
+
+#[test]
+fn all_hole_and_empty_files() {
+    let t = tempdir("holes");
+    let src = t.0.join("src");
+    make_sparse(&src, "hole", "1M", &[]);
+    fs::write(src.join("empty"), b"").unwrap();
+    let bytes = run(&src, "tar", &["-c", "--sparse", "-f", "-", "hole", "empty"]);
+    assert_eq!(bytes[156], b'S');
+    let entries = read_tar(&src, &bytes);
+    assert_eq!(paths(&entries), ["hole", "empty"]);
+    assert_eq!((entries[0].size, entries[0].stored), (1 << 20, 0));
+    assert_eq!(entries[0].sparse.as_ref().unwrap().entries, [(1 << 20, 0)]);
+    assert_eq!((entries[1].size, entries[1].sparse.is_none()), (0, true));
+}
