@@ -524,3 +524,68 @@ proptest! {
         check_bounds(&a);
     }
 }
+
+/// Returns at most `step` bytes per read and an `Interrupted` error every other call.
+struct Stingy<'a> {
+    data: &'a [u8],
+    step: usize,
+    calls: usize,
+}
+
+impl std::io::Read for Stingy<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        if self.calls % 2 == 0 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let n = self.step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn short_reads_give_the_same_result() {
+    let a = valid_archive();
+    let want = read_all(&a).unwrap();
+    for step in [1, 7, 511, 513, 4096] {
+        let mut r = TarReader::new(Stingy {
+            data: &a,
+            step,
+            calls: 0,
+        });
+        let mut got = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            let mut buf = vec![0u8; e.size as usize];
+            r.read_data(&mut |off: u64, b: &[u8]| {
+                buf[off as usize..off as usize + b.len()].copy_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+            got.push((e, buf));
+        }
+        assert_eq!(got, want, "step {step}");
+    }
+}
+
+#[test]
+fn errors_are_sticky_and_io_errors_are_io() {
+    struct Broken;
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk on fire"))
+        }
+    }
+    let mut r = TarReader::new(Broken);
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Io);
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Io);
+    let mut bad = valid_archive();
+    bad[0] ^= 1;
+    let mut r = TarReader::new(&bad[..]);
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Malformed);
+    assert_eq!(
+        r.read_data(&mut Discard).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
+}
