@@ -369,6 +369,12 @@ fn multi_volume_dense_sparse_and_long_names() {
     assert_eq!(vols[1][156], b'M');
     assert_eq!(paths(&read_volumes(&src, &vols)), ["big", "after"]);
 
+    // With a volume label (a `V` header starts every volume).
+    let vols = multi_volume(&src, 100, &["-V", "qubes", "big", "after"]);
+    assert_eq!(vols[0][156], b'V');
+    assert_eq!(vols[1][156], b'V');
+    assert_eq!(paths(&read_volumes(&src, &vols)), ["big", "after"]);
+
     // A volume filled exactly: GNU starts the next one with an offset-0 `M` header.
     let vols = multi_volume(&src, 100, &["exact", "after"]);
     assert_eq!(vols.len(), 2);
@@ -378,7 +384,7 @@ fn multi_volume_dense_sparse_and_long_names() {
     // A long name: GNU truncates it to 100 bytes in the `M` header.
     let vols = multi_volume(&src, 100, &[&long]);
     assert!(vols.len() >= 3);
-    assert_eq!(paths(&read_volumes(&src, &vols)), [long.clone()]);
+    assert_eq!(paths(&read_volumes(&src, &vols)), [long]);
 
     // An old-GNU sparse file continued across volumes.
     let vols = multi_volume(&src, 100, &["--sparse", "sp", "after"]);
@@ -426,4 +432,114 @@ fn multi_volume_damage() {
     // A continuation volume read on its own / the first volume alone.
     assert_eq!(err_class(&vols[1]), ErrorClass::Unsupported);
     assert_eq!(err_class(&vols[0]), ErrorClass::Truncated);
+}
+
+#[test]
+fn header_set_split_across_volumes_is_unsupported() {
+    let t = tempdir("split");
+    let src = t.0.join("src");
+    let blocks: Vec<(u64, u64)> = (0..30).map(|i| (i * 3 + 1, 1)).collect();
+    make_sparse(&src, "img", &format!("{}", 92 * 4096), &blocks);
+    let bytes = run(&src, "tar", &["-c", "--sparse", "-f", "-", "img"]);
+    assert_eq!(bytes[482], 1, "isextended");
+    // The volume boundary falls between the `S` header and its extension block.
+    let vols = [&bytes[..512], &bytes[512..]];
+    let mut r = MultiVolumeReader::new(vols.into_iter()).unwrap();
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Unsupported);
+    // Without a further volume the same cut is a truncation.
+    let mut r = MultiVolumeReader::new([&bytes[..512]].into_iter()).unwrap();
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Truncated);
+}
+
+/// A stream in the layout of `qubes/tarwriter.py` (format-notes §7.1), produced with
+/// Python's own `tarfile` header writer like tarwriter does: map from 512-byte zero-block
+/// scanning, pax 1.0 keys, `GNUSparseFile.<pid>` name, last run unpadded, two zero blocks.
+const TARWRITER_PY: &str = r#"
+import os, sys, tarfile
+src, name, out = sys.argv[1], sys.argv[2], sys.argv[3]
+data = open(src, "rb").read()
+runs, start = [], None
+for off in range(0, len(data), 512):
+    if data[off:off + 512].count(0) == len(data[off:off + 512]):
+        if start is not None:
+            runs.append((start, off - start)); start = None
+    elif start is None:
+        start = off
+if start is not None:
+    runs.append((start, len(data) - start))
+else:
+    runs.append((len(data), 0))
+text = "%d\n" % len(runs) + "".join("%d\n%d\n" % r for r in runs)
+mapbuf = text.encode() + b"\0" * (-len(text) % 512)
+ti = tarfile.TarInfo("%s/GNUSparseFile.%d/%s" % (os.path.dirname(name), os.getpid(), os.path.basename(name)))
+ti.size = len(mapbuf) + sum(r[1] for r in runs)
+ti.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                  "GNU.sparse.name": name, "GNU.sparse.realsize": str(runs[-1][0] + runs[-1][1])}
+with open(out, "wb") as f:
+    f.write(ti.tobuf(tarfile.PAX_FORMAT) + mapbuf)
+    for o, l in runs:
+        f.write(data[o:o + l])
+    f.write(b"\0" * 1024)
+"#;
+
+#[test]
+fn tarwriter_layout_via_python_tarfile() {
+    let t = tempdir("tarwriter");
+    let src = t.0.join("src");
+    let long_sub = format!("vm{}/", "9".repeat(120));
+    fs::create_dir_all(src.join(&long_sub)).unwrap();
+    fs::create_dir_all(src.join("vm3")).unwrap();
+    // Sizes that are and are not multiples of 512, ending in data and in a hole.
+    for (i, (size, blocks)) in [
+        ("1M", vec![(3u64, 2u64), (100, 1)]),
+        ("1000000", vec![(0, 1), (200, 1)]),
+        ("1000000", vec![(10, 1)]),
+        ("0", vec![]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for sub in ["vm3/", long_sub.as_str()] {
+            let name = format!("{sub}private{i}.img");
+            make_sparse(&src, &name, size, &blocks);
+            if i == 1 {
+                // Data in the last, partial block: tarwriter leaves the last run unpadded.
+                use std::io::Write;
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(src.join(&name))
+                    .unwrap();
+                f.seek(SeekFrom::Start(999_950)).unwrap();
+                f.write_all(&[0xaa; 50]).unwrap();
+            }
+            run(
+                &t.0,
+                "python3",
+                &["-c", TARWRITER_PY, &format!("src/{name}"), &name, "out.tar"],
+            );
+            let bytes = fs::read(t.0.join("out.tar")).unwrap();
+            assert_eq!(bytes.len() % 512 != 0, i == 1, "unpadded last run");
+            let entries = read_tar(&src, &bytes);
+            assert_eq!(paths(&entries), std::slice::from_ref(&name));
+            assert!(entries[0].sparse.is_some());
+            assert_eq!(entries[0].mtime, Some(0));
+            // The same stream cut by one byte is truncated.
+            assert_eq!(err_class(&bytes[..bytes.len() - 1]), ErrorClass::Truncated);
+        }
+    }
+}
+
+#[test]
+fn all_hole_and_empty_files() {
+    let t = tempdir("holes");
+    let src = t.0.join("src");
+    make_sparse(&src, "hole", "1M", &[]);
+    fs::write(src.join("empty"), b"").unwrap();
+    let bytes = run(&src, "tar", &["-c", "--sparse", "-f", "-", "hole", "empty"]);
+    assert_eq!(bytes[156], b'S');
+    let entries = read_tar(&src, &bytes);
+    assert_eq!(paths(&entries), ["hole", "empty"]);
+    assert_eq!((entries[0].size, entries[0].stored), (1 << 20, 0));
+    assert_eq!(entries[0].sparse.as_ref().unwrap().entries, [(1 << 20, 0)]);
+    assert_eq!((entries[1].size, entries[1].sparse.is_none()), (0, true));
 }

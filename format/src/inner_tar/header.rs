@@ -13,7 +13,7 @@ pub(super) enum Magic {
     Ustar,
     /// Old GNU `ustar  \0`: bytes 345.. hold atime/ctime/offset/sparse fields.
     Gnu,
-    /// No magic at all: GNU tar writes its `M` continuation headers like that.
+    /// No magic at all: GNU tar writes its `M` continuation and `V` label headers so.
     None,
 }
 
@@ -155,7 +155,7 @@ pub(super) fn parse_header(block: &[u8; BLOCK]) -> Result<RawHeader> {
     let magic = match field(block, 257, 8) {
         b"ustar\x0000" => Magic::Ustar,
         b"ustar  \0" => Magic::Gnu,
-        m if is_zero(m) && typeflag == b'M' => Magic::None,
+        m if is_zero(m) && matches!(typeflag, b'M' | b'V') => Magic::None,
         _ => bail!(Malformed, "tar header has no ustar or GNU magic"),
     };
     let name_field = field(block, 0, 100);

@@ -12,6 +12,24 @@
 //! [`TarReader`] reads one stream; [`MultiVolumeReader`] reads a GNU multi-volume set fed
 //! volume after volume (TAR-10). Both present entries through [`Entry`] and stream data
 //! runs to a [`DataSink`] at their logical offsets (holes are implicit).
+//!
+//! Accepted: typeflags `0`/`\0`, `5`, `2`, `1`, `3`/`4`/`6` (as [`EntryKind::Other`]),
+//! GNU `S` with extension blocks (TAR-2), `L`/`K` (TAR-4), pax `x` (`path`, `linkpath`,
+//! `size`, `mtime`, `uid`, `gid`, TAR-5) and `g` (grammar checked, values ignored), `V`
+//! labels at the start of a volume (skipped), `M` in multi-volume sets only; ustar and old
+//! GNU magic, checksum unsigned or signed; octal or base-256 numbers (TAR-6); PAX sparse
+//! 1.0 (TAR-3, map in the data), 0.1 (`GNU.sparse.map`) and 0.0 (`offset`/`numbytes`).
+//! Anything else is Unsupported.
+//!
+//! Stricter than GNU tar (one reading for every byte sequence): at most one `x`, one `L`
+//! and one `K` header per entry; non-regular entries carry no data; a lone zero block is
+//! Malformed; GNU sparse pairs after the end of the map, and a PAX 1.0 map not padded
+//! with NUL, are Malformed; only a PAX 1.0 sparse entry may lack its final padding, and
+//! only when the two end blocks follow it directly (tarwriter's quirk, TAR-3, TAR-8).
+//!
+//! Memory: a 64 KiB buffer, one extension header (≤ `MAX_TAR_EXTENSION_LEN`), and the
+//! current sparse map twice (reader and [`Entry`], 16 bytes per entry, ≤
+//! `MAX_SPARSE_ENTRIES`), grown as entries are read, never sized from a count.
 
 mod header;
 mod pax;

@@ -565,7 +565,8 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             let h = parse_header(&blk)?;
             match h.typeflag {
                 b'V' => {
-                    if !at_vol_start && !(self.volumes == 1 && self.input.vol_pos == BLOCK_U64) {
+                    let first_block = self.volumes == 1 && self.input.vol_pos == BLOCK_U64;
+                    if !(at_vol_start || first_block) || !meta.is_empty() {
                         bail!(Malformed, "volume label not at the start of a volume");
                     }
                     self.skip_label(&h)?;

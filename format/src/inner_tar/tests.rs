@@ -372,9 +372,10 @@ fn end_marker_rules() {
     // Too much zero padding.
     let mut long = body;
     end(&mut long);
-    long.extend(
-        std::iter::repeat(0u8).take(crate::limits::MAX_TAR_TRAILING_ZERO_BYTES as usize + 1),
-    );
+    long.extend(std::iter::repeat_n(
+        0u8,
+        crate::limits::MAX_TAR_TRAILING_ZERO_BYTES as usize + 1,
+    ));
     assert_eq!(class(read_all(&long)), ErrorClass::LimitExceeded);
 }
 
@@ -394,7 +395,8 @@ fn old_sparse(name: &[u8], pairs: &[(u64, u64)], realsize: u64, stored: u64) -> 
 
 #[test]
 fn sparse_map_validity() {
-    let cases: &[(&[(u64, u64)], u64, u64, ErrorClass)] = &[
+    type Case = (&'static [(u64, u64)], u64, u64, ErrorClass);
+    let cases: &[Case] = &[
         (&[(0, 512), (256, 512)], 4096, 1024, ErrorClass::Malformed), // overlap
         (&[(1024, 512), (0, 512)], 4096, 1024, ErrorClass::Malformed), // unsorted
         (&[(0, 512), (4000, 512)], 4096, 1024, ErrorClass::Malformed), // past realsize
@@ -404,7 +406,7 @@ fn sparse_map_validity() {
     ];
     for &(pairs, realsize, stored, want) in cases {
         let mut out = old_sparse(b"s", pairs, realsize, stored).to_vec();
-        out.extend(std::iter::repeat(1u8).take(stored as usize));
+        out.extend(std::iter::repeat_n(1u8, stored as usize));
         pad(&mut out);
         end(&mut out);
         assert_eq!(class(read_all(&out)), want, "{pairs:?}");
@@ -521,4 +523,69 @@ proptest! {
         a[start..start + B].copy_from_slice(&h);
         check_bounds(&a);
     }
+}
+
+/// Returns at most `step` bytes per read and an `Interrupted` error every other call.
+struct Stingy<'a> {
+    data: &'a [u8],
+    step: usize,
+    calls: usize,
+}
+
+impl std::io::Read for Stingy<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        if self.calls % 2 == 0 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let n = self.step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn short_reads_give_the_same_result() {
+    let a = valid_archive();
+    let want = read_all(&a).unwrap();
+    for step in [1, 7, 511, 513, 4096] {
+        let mut r = TarReader::new(Stingy {
+            data: &a,
+            step,
+            calls: 0,
+        });
+        let mut got = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            let mut buf = vec![0u8; e.size as usize];
+            r.read_data(&mut |off: u64, b: &[u8]| {
+                buf[off as usize..off as usize + b.len()].copy_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+            got.push((e, buf));
+        }
+        assert_eq!(got, want, "step {step}");
+    }
+}
+
+#[test]
+fn errors_are_sticky_and_io_errors_are_io() {
+    struct Broken;
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk on fire"))
+        }
+    }
+    let mut r = TarReader::new(Broken);
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Io);
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Io);
+    let mut bad = valid_archive();
+    bad[0] ^= 1;
+    let mut r = TarReader::new(&bad[..]);
+    assert_eq!(r.next_entry().unwrap_err().class(), ErrorClass::Malformed);
+    assert_eq!(
+        r.read_data(&mut Discard).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
 }
