@@ -8,6 +8,7 @@
 use std::io::{self, Read};
 
 use crate::error::{Error, Result};
+use crate::limits::MAX_DECODER_MEMORY;
 
 /// The stream format behind a filter name (CMP-1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,16 +68,29 @@ impl Filter {
                 io::BufReader::with_capacity(1 << 16, input),
             )),
             Filter::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
-            Filter::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(input)),
+            Filter::Xz => {
+                // LIM-26 bounds the dictionary; CONCATENATED accepts `xz` multi-stream files.
+                let stream = liblzma::stream::Stream::new_stream_decoder(
+                    MAX_DECODER_MEMORY,
+                    liblzma::stream::CONCATENATED,
+                )
+                .map_err(|e| Error::malformed(format!("xz decoder: {e}")))?;
+                Box::new(liblzma::read::XzDecoder::new_stream(input, stream))
+            }
             Filter::Lzma => {
-                let stream = liblzma::stream::Stream::new_lzma_decoder(u64::MAX)
+                let stream = liblzma::stream::Stream::new_lzma_decoder(MAX_DECODER_MEMORY)
                     .map_err(|e| Error::malformed(format!("lzma decoder: {e}")))?;
                 Box::new(liblzma::read::XzDecoder::new_stream(input, stream))
             }
-            Filter::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(input)
-                    .map_err(|e| Error::from_read(e, "zstd decoder"))?,
-            ),
+            Filter::Zstd => {
+                let mut decoder = zstd::stream::read::Decoder::new(input)
+                    .map_err(|e| Error::from_read(e, "zstd decoder"))?;
+                // LIM-26: the window may not exceed 2^28 bytes.
+                decoder
+                    .window_log_max(MAX_DECODER_MEMORY.ilog2())
+                    .map_err(|e| Error::from_read(e, "zstd decoder"))?;
+                Box::new(decoder)
+            }
         })
     }
 }

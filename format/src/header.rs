@@ -3,6 +3,9 @@
 //! The header is parsed only from an [`AuthenticatedHeader`], which exists only once its
 //! MAC verified (HDR-6, MAC-1): see [`crate::archive::authenticate_header`].
 
+use crate::compression::Filter;
+use crate::crypto::hmac_file::Digest;
+use crate::crypto::openssl_enc::Cipher;
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::{MAX_BACKUP_ID_LEN, MAX_HEADER_LEN};
 
@@ -76,14 +79,21 @@ fn is_token(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// HDR-5: booleans are true only for `1`, `true`, `yes` (any case).
-fn parse_bool(value: &str) -> bool {
-    matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+/// HDR-5: booleans are `1`, `true`, `yes` or `0`, `false`, `no` (any case).
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(header_error(format!(
+            "backup-header {key}={value:?} is not a boolean"
+        ))),
+    }
 }
 
 impl Header {
-    /// The settings assumed for a header-less v2 archive (ORD-8): encrypted with
-    /// `aes-256-cbc`, MAC'd with `SHA1`; compression is detected per chunk.
+    /// The fixed settings of a header-less v2 archive (ORD-8): `aes-256-cbc` when
+    /// encrypted. The digest, encryption and compression are inferred from the
+    /// authenticated qubes.xml by [`crate::archive::authenticate::authenticate_headerless_v2`].
     pub fn headerless_v2() -> Header {
         Header {
             version: Version::V2,
@@ -146,7 +156,11 @@ impl Header {
                     "backup-header says version 1, which is a plain directory",
                 ))
             }
-            Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(v)
+                if !v.is_empty()
+                    && !v.starts_with('0')
+                    && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 return Err(Error::unsupported(format!(
                     "backup format version {v} is not supported"
                 )))
@@ -157,25 +171,55 @@ impl Header {
                 )))
             }
         };
-        let encrypted = parse_bool(required("encrypted")?);
-        let compressed = parse_bool(required("compressed")?);
+        let encrypted = parse_bool("encrypted", required("encrypted")?)?;
+        let compressed = parse_bool("compressed", required("compressed")?)?;
         let hmac_algorithm = required("hmac-algorithm")?.to_string();
-        if hmac_algorithm.is_empty() {
-            return Err(header_error("backup-header hmac-algorithm is empty"));
+        let hmac_known = if version == Version::V4 {
+            hmac_algorithm.eq_ignore_ascii_case("scrypt")
+        } else {
+            Digest::from_name(&hmac_algorithm).is_some()
+        };
+        if !hmac_known {
+            return Err(Error::unsupported(format!(
+                "hmac-algorithm {hmac_algorithm:?} is not supported for version {}",
+                version.number()
+            )));
         }
         let crypto_algorithm = if encrypted && version < Version::V4 {
-            Some(required("crypto-algorithm")?.to_string())
+            let name = required("crypto-algorithm")?;
+            if Cipher::from_name(name).is_none() {
+                return Err(Error::unsupported(format!(
+                    "crypto-algorithm {name:?} is not supported (V3-6)"
+                )));
+            }
+            Some(name.to_string())
         } else {
             get("crypto-algorithm").map(str::to_string)
         };
+        if version == Version::V4
+            && crypto_algorithm
+                .as_deref()
+                .is_some_and(|c| !c.eq_ignore_ascii_case("scrypt"))
+        {
+            return Err(header_error(
+                "a version 4 header may only name crypto-algorithm scrypt",
+            ));
+        }
         let compression_filter = if compressed && version >= Version::V3 {
-            Some(required("compression-filter")?.to_string())
+            let name = required("compression-filter")?;
+            Filter::from_header(true, Some(name))?;
+            Some(name.to_string())
         } else {
             None
         };
         let backup_id = if version == Version::V4 {
             let id = required("backup-id")?;
-            if id.is_empty() || id.starts_with('-') || id.len() > MAX_BACKUP_ID_LEN {
+            if id.len() > MAX_BACKUP_ID_LEN {
+                return Err(Error::limit(format!(
+                    "backup-id is longer than LIM-22 ({MAX_BACKUP_ID_LEN})"
+                )));
+            }
+            if id.is_empty() || id.starts_with('-') {
                 return Err(header_error(format!("backup-id {id:?} is invalid")));
             }
             Some(id.to_string())
@@ -302,8 +346,48 @@ mod tests {
     }
 
     #[test]
-    fn booleans_follow_upstream() {
-        assert!(parse_bool("True") && parse_bool("yes") && parse_bool("1"));
-        assert!(!parse_bool("False") && !parse_bool("on") && !parse_bool(""));
+    fn booleans_are_strict() {
+        for t in ["True", "yes", "1", "TRUE"] {
+            assert!(parse_bool("k", t).unwrap());
+        }
+        for f in ["False", "no", "0"] {
+            assert!(!parse_bool("k", f).unwrap());
+        }
+        for bad in ["on", "", "2"] {
+            assert_eq!(
+                parse_bool("k", bad).unwrap_err().class(),
+                ErrorClass::HeaderFailure
+            );
+        }
+    }
+
+    #[test]
+    fn value_domains_are_checked() {
+        let unsupported = [
+            V4.replace("gzip", "less"),
+            V3.replace("SHA512", "whirlpool"),
+            V3.replace("aes-256-cbc", "des-ede3-cbc"),
+            V4.replace("version=4", "version=1"),
+        ];
+        for bad in unsupported {
+            assert_eq!(
+                parse(&bad).unwrap_err().class(),
+                ErrorClass::Unsupported,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse(&V4.replace("version=4", "version=04"))
+                .unwrap_err()
+                .class(),
+            ErrorClass::HeaderFailure
+        );
+        assert_eq!(
+            parse(&V4.replace("20161020T123455-1234", &"a".repeat(200)))
+                .unwrap_err()
+                .class(),
+            ErrorClass::LimitExceeded
+        );
+        assert!(parse(&V3.replace("SHA512", "sha2-512")).is_ok());
     }
 }

@@ -83,10 +83,8 @@ pub const MAX_PASSPHRASE_LEN: usize = 2047;
 /// LIM-22: longest backup-id (header value); upstream's is about 22 bytes.
 pub const MAX_BACKUP_ID_LEN: usize = 128;
 
-/// LIM-23: largest decompression ratio tolerated for one backed-up file, beyond the
-/// logical size qubes.xml and the tar headers justify: bytes out of the decompressor may
-/// not exceed stored bytes × this plus [`MAX_FILE_SIZE`]-bounded tar logic. Kept for
-/// the inner tar: decompressed bytes must be accounted to entries or to bounded padding.
+/// LIM-23: most zero bytes accepted after an inner tar's first end-of-archive block (GNU
+/// tar pads its output to a 10240-byte record; anything beyond padding is suspect).
 pub const MAX_TAR_TRAILING_ZERO_BYTES: u64 = 1 << 20;
 
 /// LIM-24: most XML elements in qubes.xml. A domain has a few dozen (properties,
@@ -97,3 +95,8 @@ pub const MAX_XML_ELEMENTS: usize = 1 << 20;
 /// LIM-25: most attributes on one qubes.xml element (upstream writes at most about 30,
 /// on R2/R3 VM elements); also bounds the parser's quadratic duplicate-attribute check.
 pub const MAX_XML_ATTRIBUTES: usize = 256;
+
+/// LIM-26: most memory one decompressor may use (xz/lzma dictionary, zstd window). Real
+/// archives need at most 64 MiB (`xz -9`) or 128 MiB (`zstd --long=27`); a header cannot
+/// make the reader allocate more.
+pub const MAX_DECODER_MEMORY: u64 = 256 << 20;

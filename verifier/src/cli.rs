@@ -55,6 +55,10 @@ pub struct Common {
     /// KDF worker threads (default: number of CPUs, within the KDF memory budget).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// Do not check each VM's data against its declared backup-size (SPEC.md VER-4); upstream's
+    /// size is disk usage and can undercount on compressing file systems.
+    #[arg(long)]
+    pub ignore_backup_size: bool,
     /// Never show a progress bar.
     #[arg(long)]
     pub no_progress: bool,

@@ -10,13 +10,14 @@
 //! At most `jobs + 3` chunk buffers exist at once (the file queue holds `jobs + 1`), and
 //! KDF memory in flight is held under a budget, so memory does not grow with the archive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Read};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use qbackup_format::archive::authenticate::{
-    authenticate_header, chunk_digest, open_v4_chunk, verify_chunk_hmac, Credentials,
+    authenticate_header, authenticate_headerless_v2, chunk_digest, open_v4_chunk,
+    verify_chunk_hmac, Credentials,
 };
 use qbackup_format::archive::decode::{decode_v2_volume, file_stream, ChunkReader};
 use qbackup_format::archive::plan::{BackupPlan, FileSpec};
@@ -48,6 +49,8 @@ pub struct Settings {
     pub list_only: bool,
     /// VM names to process (None: all). `dom0` selects dom0's home.
     pub select: Option<Vec<String>>,
+    /// Skip the VER-4 check against each VM's declared backup-size (reported as a note).
+    pub ignore_backup_size: bool,
     /// Called with the count of archive bytes consumed so far.
     pub progress: Option<Box<dyn Fn(u64) + Send + Sync>>,
 }
@@ -89,6 +92,7 @@ pub fn run(input: impl Read, settings: Settings, output: &mut dyn Output) -> Rep
         jobs: settings.jobs.max(1),
         kdf_budget: settings.kdf_budget,
         list_only: settings.list_only,
+        ignore_backup_size: settings.ignore_backup_size,
         select: settings.select,
         report: &mut report,
     }
@@ -106,6 +110,7 @@ struct Run<'a, R: Read> {
     jobs: usize,
     kdf_budget: u64,
     list_only: bool,
+    ignore_backup_size: bool,
     select: Option<Vec<String>>,
     report: &'a mut Report,
 }
@@ -176,15 +181,14 @@ impl<R: Read> Run<'_, R> {
                     .ok()
                     .map(|h| (h.params.log_n, h.params.r, h.params.p));
                 self.report.archive = Some(archive_info(&auth.header, kdf));
-                auth.header
+                Some(auth.header)
             }
             Ok(MemberName::Chunk {
                 ref path, index: 0, ..
             }) if path == QUBES_XML => {
+                // ORD-8: header-less v2; its settings come from the authenticated qubes.xml.
                 pending_name = Some(first);
-                let h = Header::headerless_v2();
-                self.report.archive = Some(archive_info(&h, None));
-                h
+                None
             }
             _ => {
                 return Err(Error::new(
@@ -196,8 +200,7 @@ impl<R: Read> Run<'_, R> {
                 ))
             }
         };
-        let header = Arc::new(header);
-        let mut sequencer = Sequencer::new(header.version);
+        let mut sequencer = Sequencer::new(header.as_ref().map_or(Version::V2, |h| h.version));
 
         // ORD-2: qubes.xml, one chunk, authenticated and decoded before anything else.
         let name = match pending_name {
@@ -210,17 +213,26 @@ impl<R: Read> Run<'_, R> {
         sequencer.on_member(&name)?;
         let mut xml_chunk = self.read(MAX_QUBES_XML_CHUNK_LEN, "qubes.xml")?;
         let xml_name = chunk_name(QUBES_XML, 0);
-        match header.version {
-            Version::V4 => {
-                let id = header.backup_id.as_deref().unwrap_or_default();
+        let header = match header {
+            Some(h) if h.version == Version::V4 => {
+                let id = h.backup_id.as_deref().unwrap_or_default();
                 open_v4_chunk(id, &xml_name, &self.credentials, &mut xml_chunk)?;
+                h
             }
-            _ => {
+            header => {
                 let Some((mac_name, _)) = self.next()? else {
                     return Err(Error::truncated("archive ends before qubes.xml.000.hmac"));
                 };
                 sequencer.on_member(&mac_name)?;
                 let mac = self.read(MAX_HMAC_LEN, "qubes.xml.000.hmac")?;
+                let header = match header {
+                    Some(h) => h,
+                    None => {
+                        let h = authenticate_headerless_v2(&xml_chunk, &mac, &self.credentials)?;
+                        self.report.archive = Some(archive_info(&h, None));
+                        h
+                    }
+                };
                 verify_chunk_hmac(
                     chunk_digest(&header)?,
                     &self.credentials,
@@ -228,10 +240,15 @@ impl<R: Read> Run<'_, R> {
                     &xml_chunk,
                     &mac,
                 )?;
+                header
             }
-        }
+        };
+        let header = Arc::new(header);
         let xml_bytes = decode_qubes_xml(&header, &self.credentials, xml_chunk)?;
         let xml = qubes_xml::parse(&xml_bytes).map_err(|e| e.context("qubes.xml"))?;
+        if !self.list_only {
+            output.qubes_xml(&xml_bytes)?;
+        }
         if let Some(a) = self.report.archive.as_mut() {
             a.qubes_xml_flavor = Some(match xml.flavor {
                 Flavor::Core2 => "R2/R3 (core2)".into(),
@@ -271,11 +288,17 @@ impl<R: Read> Run<'_, R> {
             Version::V4 => None,
             _ => Some(chunk_digest(header)?),
         };
-        let declared: HashMap<String, u64> = plan
-            .vms
-            .iter()
-            .map(|v| (v.name.clone(), v.declared_size))
-            .collect();
+        let declared: HashMap<String, u64> = if self.ignore_backup_size {
+            self.report
+                .notes
+                .push("the VER-4 check against each VM's declared backup-size was disabled".into());
+            HashMap::new()
+        } else {
+            plan.vms
+                .iter()
+                .map(|v| (v.name.clone(), v.declared_size))
+                .collect()
+        };
 
         let outcome = std::thread::scope(|scope| {
             for _ in 0..self.jobs {
@@ -371,6 +394,8 @@ impl<R: Read> Run<'_, R> {
         let mut in_file = false;
         let mut pending: Option<(String, Vec<u8>)> = None;
         let mut skipped_files: Vec<FileReport> = Vec::new();
+        let mut current_vm: Option<usize> = None;
+        let mut finished_vms: HashSet<usize> = HashSet::new();
         while let Some((name, size)) = self.next()? {
             match sequencer.on_member(&name)? {
                 Step::Chunk { path, index } => {
@@ -380,6 +405,18 @@ impl<R: Read> Run<'_, R> {
                             in_file = false;
                         }
                         let spec = plan.locate(&path)?;
+                        // ORD-9: a VM's files are contiguous.
+                        if spec.vm != current_vm {
+                            if let Some(done) = current_vm {
+                                finished_vms.insert(done);
+                            }
+                            if spec.vm.is_some_and(|v| finished_vms.contains(&v)) {
+                                return Err(Error::order(format!(
+                                    "{path} belongs to a VM whose files ended earlier in the archive (ORD-9)"
+                                )));
+                            }
+                            current_vm = spec.vm;
+                        }
                         let vm = spec.vm.map(|i| plan.vms[i].name.clone());
                         skipping = !vm.as_deref().is_some_and(|v| self.selected(v));
                         if skipping {

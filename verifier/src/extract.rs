@@ -68,6 +68,19 @@ impl Extractor {
         final_path.with_file_name(name)
     }
 
+    /// Give a verified temporary its final name; never replace anything (EXT-2).
+    fn commit(&self, temp: &Path, final_path: &Path) -> Result<()> {
+        if self.root.symlink_metadata(final_path).is_ok() {
+            return Err(Error::unsafe_path(format!(
+                "{} already exists in the destination; extraction never replaces files (EXT-2)",
+                final_path.display()
+            )));
+        }
+        self.root
+            .rename(temp, &self.root, final_path)
+            .map_err(|e| io_err(format!("renaming into place {}", final_path.display()), e))
+    }
+
     fn ensure_parent(&self, path: &Path) -> Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             self.root
@@ -243,6 +256,19 @@ impl Output for Extractor {
 
     fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notes)
+    }
+
+    fn qubes_xml(&mut self, verified: &[u8]) -> Result<()> {
+        let path = Path::new(qbackup_format::member_name::QUBES_XML);
+        let temp = self.temp_name(path);
+        self.root
+            .write(&temp, verified)
+            .map_err(|e| io_err(format!("writing {}", temp.display()), e))?;
+        let result = self.commit(&temp, path);
+        if result.is_err() {
+            let _ = self.root.remove_file(&temp);
+        }
+        result
     }
 }
 

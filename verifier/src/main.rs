@@ -20,13 +20,22 @@ use qbackup_verify::{driver, extract, passphrase};
 /// Exit code when everything verified.
 const EXIT_OK: i32 = 0;
 
+/// Exit code for an internal error (a bug; ERR-3).
+const EXIT_INTERNAL: i32 = 1;
+
 fn main() {
     let cli = Cli::parse();
-    let code = match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
+    let code = match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("qbackup-verify: {e}");
             e.class().exit_code()
+        }
+        Err(_) => {
+            eprintln!(
+                "qbackup-verify: internal error (a bug); nothing was left under a final name"
+            );
+            EXIT_INTERNAL
         }
     };
     std::process::exit(code);
@@ -129,6 +138,7 @@ fn settings(
         jobs: common.jobs.unwrap_or(cpus),
         kdf_budget: budget,
         list_only,
+        ignore_backup_size: common.ignore_backup_size,
         select: (!vms.is_empty()).then_some(vms),
         progress,
     }

@@ -6,6 +6,10 @@ use qbackup_format::Result;
 
 /// Receives the entries of every selected file, in archive order, on the inner thread.
 pub trait Output: Send {
+    /// The verified qubes.xml, before any file.
+    fn qubes_xml(&mut self, _verified: &[u8]) -> Result<()> {
+        Ok(())
+    }
     fn begin_file(&mut self, spec: &FileSpec) -> Result<()>;
     /// One inner entry; `read_data` streams its data runs (it must be called for the
     /// stream to be checked to its end).

@@ -11,6 +11,7 @@ use crate::crypto::hmac_file::{hmac, parse_hmac_file, verify_mac, Digest};
 use crate::crypto::scrypt_container::{self, KdfLimit};
 use crate::error::{Error, ErrorClass, Result};
 use crate::header::{AuthenticatedHeader, Header};
+use crate::limits::MAX_PASSPHRASE_LEN;
 
 /// The secrets and cost limits a reader works with.
 pub struct Credentials {
@@ -39,10 +40,21 @@ pub struct AuthenticatedArchive {
 }
 
 /// V4-2: the scrypt passphrase of the header container.
-fn header_passphrase(passphrase: &[u8]) -> Zeroizing<Vec<u8>> {
+fn header_passphrase(passphrase: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let mut p = Zeroizing::new(b"backup-header!".to_vec());
     p.extend_from_slice(passphrase);
-    p
+    check_composite(p)
+}
+
+/// V4-2: upstream's `scrypt` reads at most LIM-21 bytes of passphrase, so a longer
+/// composite passphrase could never have been used by it.
+fn check_composite(p: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>> {
+    if p.len() > MAX_PASSPHRASE_LEN {
+        return Err(Error::limit(format!(
+            "the scrypt passphrase (id!name!passphrase) exceeds LIM-21 ({MAX_PASSPHRASE_LEN} bytes)"
+        )));
+    }
+    Ok(p)
 }
 
 /// V4-2: the scrypt passphrase of chunk `name` (member name without `.enc`).
@@ -75,10 +87,16 @@ pub fn authenticate_header(
 ) -> Result<AuthenticatedArchive> {
     let candidates = header_mac_candidates(untrusted_mac);
     if candidates.is_empty() {
-        return Err(Error::new(
-            ErrorClass::HeaderFailure,
-            "backup-header.hmac is neither a scrypt container nor an HMAC line (MAC-2)",
-        ));
+        return Err(match parse_hmac_file(untrusted_mac) {
+            Ok(mac) => Error::unsupported(format!(
+                "backup-header.hmac holds a {}-byte MAC, which no supported digest produces (MAC-2)",
+                mac.len()
+            )),
+            Err(_) => Error::new(
+                ErrorClass::HeaderFailure,
+                "backup-header.hmac is neither a scrypt container nor an HMAC line (MAC-2)",
+            ),
+        });
     }
     let mut verified = None;
     for algorithm in candidates {
@@ -86,7 +104,7 @@ pub fn authenticate_header(
             MacAlgorithm::Scrypt => {
                 let mut container = untrusted_mac.to_vec();
                 open_container(
-                    &header_passphrase(credentials.passphrase()),
+                    &header_passphrase(credentials.passphrase())?,
                     &mut container,
                     &credentials.kdf_limit,
                 )
@@ -141,7 +159,8 @@ pub fn open_v4_chunk(
     credentials: &Credentials,
     container: &mut Vec<u8>,
 ) -> Result<()> {
-    let passphrase = chunk_passphrase(backup_id, name, credentials.passphrase());
+    let passphrase = check_composite(chunk_passphrase(backup_id, name, credentials.passphrase()))
+        .map_err(|e| e.context(format!("{name}.enc")))?;
     open_container(&passphrase, container, &credentials.kdf_limit)
         .map_err(|e| match e.class() {
             // The header proved the passphrase right: a chunk that does not open with it
@@ -176,5 +195,59 @@ pub fn chunk_digest(header: &Header) -> Result<Digest> {
             "hmac-algorithm {:?} is not supported",
             header.hmac_algorithm
         ))
+    })
+}
+
+/// ORD-8: infer a header-less v2 archive's settings from its authenticated
+/// `qubes.xml.000`: the digest is the one of MAC-2 that verifies the chunk; the archive is
+/// encrypted iff the chunk begins with `Salted__`; it is compressed iff the (decrypted)
+/// chunk begins with a zlib header (encrypted) or the gzip magic (unencrypted).
+pub fn authenticate_headerless_v2(
+    untrusted_xml_chunk: &[u8],
+    untrusted_mac: &[u8],
+    credentials: &Credentials,
+) -> Result<Header> {
+    let expected = parse_hmac_file(untrusted_mac).map_err(|e| e.context("qubes.xml.000.hmac"))?;
+    let digest = header_mac_candidates(untrusted_mac)
+        .into_iter()
+        .find_map(|alg| match alg {
+            MacAlgorithm::Hmac(d)
+                if verify_mac(
+                    &expected,
+                    &hmac(d, credentials.passphrase(), untrusted_xml_chunk),
+                ) =>
+            {
+                Some(d)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Error::new(
+                ErrorClass::WrongPassphrase,
+                "qubes.xml.000 MAC does not verify: wrong passphrase (or a corrupted archive)",
+            )
+        })?;
+    // From here on the chunk is authenticated.
+    let chunk = untrusted_xml_chunk;
+    let encrypted = chunk.starts_with(crate::crypto::openssl_enc::SALTED_MAGIC);
+    let compressed = if encrypted {
+        let mut plain = Vec::new();
+        let mut reader = crate::crypto::openssl_enc::CbcDecryptReader::new(
+            chunk,
+            crate::crypto::openssl_enc::Cipher::Aes256Cbc,
+            credentials.passphrase(),
+        );
+        std::io::Read::read_to_end(&mut reader, &mut plain)
+            .map_err(|e| Error::from_read(e, "qubes.xml.000"))?;
+        // RFC 1950: CMF 0x78 (deflate, 32 KiB window) and (CMF·256 + FLG) % 31 == 0.
+        matches!(plain.as_slice(), [0x78, flg, ..] if (0x7800u16 + u16::from(*flg)) % 31 == 0)
+    } else {
+        chunk.starts_with(&[0x1f, 0x8b])
+    };
+    Ok(Header {
+        compressed,
+        encrypted,
+        hmac_algorithm: digest.name().to_string(),
+        ..Header::headerless_v2()
     })
 }

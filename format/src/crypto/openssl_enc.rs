@@ -254,6 +254,8 @@ pub struct CbcDecryptReader<R: Read> {
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
+    /// Why a stream might end badly: set by [`CbcDecryptReader::end_is_truncation`].
+    end_is_truncation: bool,
 }
 
 impl<R: Read> std::fmt::Debug for CbcDecryptReader<R> {
@@ -278,7 +280,15 @@ impl<R: Read> CbcDecryptReader<R> {
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            end_is_truncation: false,
         }
+    }
+
+    /// V3-3: in a v3 stream whose chunks all verified, bad final padding means the file's
+    /// last chunk(s) are missing: report it as Truncated instead of Malformed.
+    pub fn end_is_truncation(mut self) -> Self {
+        self.end_is_truncation = true;
+        self
     }
 
     pub fn into_inner(self) -> R {
@@ -317,7 +327,15 @@ impl<R: Read> CbcDecryptReader<R> {
             if n == 0 {
                 self.finished = true;
                 if let Some(dec) = self.dec.take() {
-                    dec.finish(&mut self.out)?;
+                    dec.finish(&mut self.out).map_err(|e| {
+                        if self.end_is_truncation && e.class() == crate::error::ErrorClass::Malformed {
+                            Error::truncated(
+                                "the encrypted stream does not end with valid padding: its final chunk(s) are missing (V3-3)",
+                            )
+                        } else {
+                            e
+                        }
+                    })?;
                 }
             } else {
                 dec.update(self.inbuf.get(..n).unwrap_or_default(), &mut self.out);
