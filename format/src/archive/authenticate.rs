@@ -199,9 +199,10 @@ pub fn chunk_digest(header: &Header) -> Result<Digest> {
 }
 
 /// ORD-8: infer a header-less v2 archive's settings from its authenticated
-/// `qubes.xml.000`: the digest is the one of MAC-2 that verifies the chunk; the archive is
-/// encrypted iff the chunk begins with `Salted__`; it is compressed iff the (decrypted)
-/// chunk begins with a zlib header (encrypted) or the gzip magic (unencrypted).
+/// `qubes.xml.000`: the digest is the one of MAC-2 that verifies the chunk; a chunk that
+/// begins with `Salted__` is encrypted only; one that begins with a zlib header is
+/// encrypted and compressed (`openssl enc -z` output, V3-5); one that begins with the gzip
+/// magic is compressed only; anything else is a plain tar volume.
 pub fn authenticate_headerless_v2(
     untrusted_xml_chunk: &[u8],
     untrusted_mac: &[u8],
@@ -229,20 +230,14 @@ pub fn authenticate_headerless_v2(
         })?;
     // From here on the chunk is authenticated.
     let chunk = untrusted_xml_chunk;
-    let encrypted = chunk.starts_with(crate::crypto::openssl_enc::SALTED_MAGIC);
-    let compressed = if encrypted {
-        let mut plain = Vec::new();
-        let mut reader = crate::crypto::openssl_enc::CbcDecryptReader::new(
-            chunk,
-            crate::crypto::openssl_enc::Cipher::Aes256Cbc,
-            credentials.passphrase(),
-        );
-        std::io::Read::read_to_end(&mut reader, &mut plain)
-            .map_err(|e| Error::from_read(e, "qubes.xml.000"))?;
-        // RFC 1950: CMF 0x78 (deflate, 32 KiB window) and (CMF·256 + FLG) % 31 == 0.
-        matches!(plain.as_slice(), [0x78, flg, ..] if (0x7800u16 + u16::from(*flg)) % 31 == 0)
+    // RFC 1950: CMF 0x78 (deflate, 32 KiB window) and (CMF·256 + FLG) % 31 == 0.
+    let zlib = matches!(chunk, [0x78, flg, ..] if (0x7800u16 + u16::from(*flg)) % 31 == 0);
+    let (encrypted, compressed) = if chunk.starts_with(crate::crypto::openssl_enc::SALTED_MAGIC) {
+        (true, false)
+    } else if zlib {
+        (true, true)
     } else {
-        chunk.starts_with(&[0x1f, 0x8b])
+        (false, chunk.starts_with(&[0x1f, 0x8b]))
     };
     Ok(Header {
         compressed,

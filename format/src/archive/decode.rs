@@ -100,34 +100,27 @@ pub fn file_stream<'a, R: Read + Send + 'a>(
     }
 }
 
-/// v2: one chunk (after its HMAC verified) to one tar volume (V3-4, V3-5): decrypt its
-/// own `Salted__` stream when encrypted, then inflate zlib (`openssl enc -z`) when also
-/// compressed, or gzip when only compressed.
-pub fn decode_v2_volume(
-    header: &Header,
-    credentials: &Credentials,
-    chunk: Vec<u8>,
-) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let read = |r: &mut dyn Read, out: &mut Vec<u8>| {
-        r.read_to_end(out)
-            .map(|_| ())
-            .map_err(|e| Error::from_read(e, "v2 volume"))
+/// v2: one chunk (after its HMAC verified) to one tar volume (V3-4, V3-5). `openssl enc -z`
+/// puts its zlib layer *outside* the cipher (the zlib BIO sits below the cipher BIO), so an
+/// encrypted and compressed chunk is zlib(`Salted__` ‖ salt ‖ ciphertext): inflate, then
+/// decrypt. A compressed-only chunk is one gzip stream.
+pub fn decode_v2_volume(header: &Header, credentials: &Credentials, chunk: Vec<u8>) -> Result<Vec<u8>> {
+    let read_all = |r: &mut dyn Read| -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        r.read_to_end(&mut out)
+            .map_err(|e| Error::from_read(e, "v2 volume"))?;
+        Ok(out)
     };
-    match (header.encrypted, header.compressed) {
-        (true, compressed) => {
-            let cipher = header_cipher(header)?;
-            let plain = CbcDecryptReader::new(&chunk[..], cipher, credentials.passphrase());
-            if compressed {
-                read(&mut flate2::read::ZlibDecoder::new(plain), &mut out)?;
-            } else {
-                read(&mut { plain }, &mut out)?;
-            }
-        }
-        (false, true) => read(&mut flate2::read::MultiGzDecoder::new(&chunk[..]), &mut out)?,
-        (false, false) => return Ok(chunk),
+    let stored = match (header.encrypted, header.compressed) {
+        (true, true) => read_all(&mut flate2::read::ZlibDecoder::new(&chunk[..]))?,
+        (false, true) => return read_all(&mut flate2::read::MultiGzDecoder::new(&chunk[..])),
+        (_, false) => chunk,
+    };
+    if !header.encrypted {
+        return Ok(stored);
     }
-    Ok(out)
+    let cipher = header_cipher(header)?;
+    read_all(&mut CbcDecryptReader::new(&stored[..], cipher, credentials.passphrase()))
 }
 
 #[cfg(test)]
