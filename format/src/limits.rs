@@ -100,3 +100,9 @@ pub const MAX_XML_ATTRIBUTES: usize = 256;
 /// archives need at most 64 MiB (`xz -9`) or 128 MiB (`zstd --long=27`); a header cannot
 /// make the reader allocate more.
 pub const MAX_DECODER_MEMORY: u64 = 256 << 20;
+
+/// LIM-27: how far a VM's stored data may exceed its declared `backup-size` (VER-4).
+/// Upstream's size is disk usage of what it *meant* to store; the tar it ran dereferences
+/// symlinked `icon.png` files and adds directory trees' small files, so real archives may
+/// hold slightly more. 16 MiB keeps that honest while still bounding decompression bombs.
+pub const BACKUP_SIZE_SLACK: u64 = 16 << 20;

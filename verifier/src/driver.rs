@@ -27,8 +27,8 @@ use qbackup_format::crypto::scrypt_container;
 use qbackup_format::header::{Header, Version};
 use qbackup_format::inner_tar::{DataSink, Entry, MultiVolumeReader, TarReader};
 use qbackup_format::limits::{
-    MAX_CHUNK_LEN, MAX_HEADER_LEN, MAX_HMAC_LEN, MAX_INNER_ENTRIES, MAX_QUBES_XML_CHUNK_LEN,
-    MAX_QUBES_XML_LEN,
+    BACKUP_SIZE_SLACK, MAX_CHUNK_LEN, MAX_HEADER_LEN, MAX_HMAC_LEN, MAX_INNER_ENTRIES,
+    MAX_QUBES_XML_CHUNK_LEN, MAX_QUBES_XML_LEN,
 };
 use qbackup_format::member_name::{chunk_name, MemberName, QUBES_XML};
 use qbackup_format::outer_tar::OuterReader;
@@ -321,14 +321,24 @@ impl<R: Read> Run<'_, R> {
             (main, files)
         });
         let (main, files) = outcome;
+        // The reader's own failure comes first (ERR-1: in archive order); the file it
+        // interrupted only reports that it was cut off, which adds nothing.
+        if let Err(e) = &main {
+            self.report.fail(e.clone(), None, None);
+        }
         for f in &files {
-            if let Some(e) = &f.error {
+            if let Some(e) = f
+                .error
+                .as_ref()
+                .filter(|e| !e.message().contains(READING_STOPPED))
+            {
                 self.report.fail(e.clone(), f.vm.as_deref(), Some(&f.path));
             }
         }
         self.report.files = files;
-        main?;
-        self.check_completeness(plan);
+        if main.is_ok() {
+            self.check_completeness(plan);
+        }
         Ok(())
     }
 
@@ -561,6 +571,9 @@ fn worker(jobs: Receiver<Job>, credentials: &Credentials, header: &Header, budge
     }
 }
 
+/// Why a file's chunks stopped coming when the reader failed (reported by the reader).
+const READING_STOPPED: &str = "archive reading stopped inside this file";
+
 /// The chunks of one file, as the inner thread pulls them.
 struct FileChunks<'a> {
     rx: &'a Receiver<FileMsg>,
@@ -748,9 +761,9 @@ fn handle_entry(
     let stored = entry.stored;
     *ctx.vm_data = ctx.vm_data.saturating_add(stored);
     ctx.report.data_bytes = ctx.report.data_bytes.saturating_add(stored);
-    if ctx.vm_limit > 0 && *ctx.vm_data > ctx.vm_limit {
+    if ctx.vm_limit > 0 && *ctx.vm_data > ctx.vm_limit.saturating_add(BACKUP_SIZE_SLACK) {
         return Err(Error::limit(format!(
-            "VM {} holds {} bytes of data, more than its declared backup-size {} (VER-4)",
+            "VM {} holds {} bytes of data, more than its declared backup-size {} allows (VER-4, LIM-27)",
             ctx.vm_name, ctx.vm_data, ctx.vm_limit
         )));
     }

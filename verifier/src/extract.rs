@@ -68,14 +68,19 @@ impl Extractor {
         final_path.with_file_name(name)
     }
 
-    /// Give a verified temporary its final name; never replace anything (EXT-2).
-    fn commit(&self, temp: &Path, final_path: &Path) -> Result<()> {
+    fn refuse_existing(&self, final_path: &Path) -> Result<()> {
         if self.root.symlink_metadata(final_path).is_ok() {
             return Err(Error::unsafe_path(format!(
                 "{} already exists in the destination; extraction never replaces files (EXT-2)",
                 final_path.display()
             )));
         }
+        Ok(())
+    }
+
+    /// Give a verified temporary its final name; never replace anything (EXT-2).
+    fn commit(&self, temp: &Path, final_path: &Path) -> Result<()> {
+        self.refuse_existing(final_path)?;
         self.root
             .rename(temp, &self.root, final_path)
             .map_err(|e| io_err(format!("renaming into place {}", final_path.display()), e))
@@ -226,15 +231,13 @@ impl Output for Extractor {
             }
             return Ok(());
         }
-        let mut result = Ok(());
+        // EXT-2: check every final name first, so a refusal leaves nothing half-committed.
+        let mut result = staged
+            .iter()
+            .try_for_each(|s| self.refuse_existing(&s.final_path));
         for s in &staged {
             if result.is_ok() {
-                result = self
-                    .root
-                    .rename(&s.temp, &self.root, &s.final_path)
-                    .map_err(|e| {
-                        io_err(format!("renaming into place {}", s.final_path.display()), e)
-                    });
+                result = self.commit(&s.temp, &s.final_path);
             }
             if result.is_err() {
                 let _ = self.root.remove_file(&s.temp);

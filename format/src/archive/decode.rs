@@ -87,11 +87,10 @@ pub fn file_stream<'a, R: Read + Send + 'a>(
         Version::V4 => filter.decoder(payload),
         Version::V3 if header.encrypted => {
             let cipher = header_cipher(header)?;
-            filter.decoder(CbcDecryptReader::new(
-                payload,
-                cipher,
-                credentials.passphrase(),
-            ))
+            filter.decoder(
+                CbcDecryptReader::new(payload, cipher, credentials.passphrase())
+                    .end_is_truncation(),
+            )
         }
         Version::V3 => filter.decoder(payload),
         Version::V2 => Err(Error::unsupported(
@@ -104,7 +103,11 @@ pub fn file_stream<'a, R: Read + Send + 'a>(
 /// puts its zlib layer *outside* the cipher (the zlib BIO sits below the cipher BIO), so an
 /// encrypted and compressed chunk is zlib(`Salted__` ‖ salt ‖ ciphertext): inflate, then
 /// decrypt. A compressed-only chunk is one gzip stream.
-pub fn decode_v2_volume(header: &Header, credentials: &Credentials, chunk: Vec<u8>) -> Result<Vec<u8>> {
+pub fn decode_v2_volume(
+    header: &Header,
+    credentials: &Credentials,
+    chunk: Vec<u8>,
+) -> Result<Vec<u8>> {
     let read_all = |r: &mut dyn Read| -> Result<Vec<u8>> {
         let mut out = Vec::new();
         r.read_to_end(&mut out)
@@ -120,7 +123,11 @@ pub fn decode_v2_volume(header: &Header, credentials: &Credentials, chunk: Vec<u
         return Ok(stored);
     }
     let cipher = header_cipher(header)?;
-    read_all(&mut CbcDecryptReader::new(&stored[..], cipher, credentials.passphrase()))
+    read_all(&mut CbcDecryptReader::new(
+        &stored[..],
+        cipher,
+        credentials.passphrase(),
+    ))
 }
 
 #[cfg(test)]
