@@ -318,6 +318,32 @@ fn flip(m: &mut Member, at: usize) {
     m.data[i] ^= 0x40;
 }
 
+/// Index of the first member whose name starts with `prefix`.
+fn first(m: &[Member], prefix: &str) -> usize {
+    m.iter()
+        .position(|x| x.name.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no member {prefix}"))
+}
+
+/// A named mutation of an archive's members and the class it must fail with.
+type Case = (
+    &'static str,
+    Box<dyn FnOnce(&mut Vec<Member>)>,
+    &'static str,
+);
+
+/// Apply every case to a fresh copy of the base archive; report all mismatches at once.
+fn expect_classes(version: &str, cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for (tag, f, want) in cases {
+        let got = tamper(version, tag, f);
+        if got != want {
+            failures.push(format!("{tag}: got {got}, want {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 fn tamper(version: &str, tag: &str, f: impl FnOnce(&mut Vec<Member>)) -> String {
     let mut m = base(version).1.clone();
     f(&mut m);
@@ -327,12 +353,7 @@ fn tamper(version: &str, tag: &str, f: impl FnOnce(&mut Vec<Member>)) -> String 
 #[test]
 fn tampered_v4_copies_fail_with_their_class() {
     let v = "4";
-    let first = |m: &[Member], prefix: &str| {
-        m.iter()
-            .position(|x| x.name.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no member {prefix}"))
-    };
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Vec<Member>)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "flip-data",
             Box::new(|m| {
@@ -465,25 +486,13 @@ fn tampered_v4_copies_fail_with_their_class() {
             "order-failure",
         ),
     ];
-    let mut failures = Vec::new();
-    for (tag, f, want) in cases {
-        let got = tamper(v, tag, f);
-        if got != want {
-            failures.push(format!("{tag}: got {got}, want {want}"));
-        }
-    }
-    assert!(failures.is_empty(), "{failures:#?}");
+    expect_classes(v, cases);
 }
 
 #[test]
 fn tampered_v3_copies_fail_with_their_class() {
     let v = "3";
-    let first = |m: &[Member], prefix: &str| {
-        m.iter()
-            .position(|x| x.name.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no member {prefix}"))
-    };
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Vec<Member>)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "flip-data",
             Box::new(|m| {
@@ -554,14 +563,7 @@ fn tampered_v3_copies_fail_with_their_class() {
             "order-failure",
         ),
     ];
-    let mut failures = Vec::new();
-    for (tag, f, want) in cases {
-        let got = tamper(v, tag, f);
-        if got != want {
-            failures.push(format!("{tag}: got {got}, want {want}"));
-        }
-    }
-    assert!(failures.is_empty(), "{failures:#?}");
+    expect_classes(v, cases);
 }
 
 #[test]
