@@ -311,3 +311,44 @@ pub fn output_is_regular_file() -> bool {
             unsafe { libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::syscalls::allowlist;
+
+    #[test]
+    fn allowlists_compile_to_bpf() {
+        for extract in [false, true] {
+            let rules = allowlist(extract);
+            let prog = seccomp_program(&rules).unwrap();
+            // At least one comparison per syscall plus the architecture check.
+            assert!(prog.len() > rules.len(), "{} instructions", prog.len());
+        }
+    }
+
+    #[test]
+    fn summary_names_every_layer() {
+        let e = Enforced {
+            uid: 65534,
+            gid: 65534,
+            dropped: true,
+            no_new_privs: true,
+            landlock_abi: 7,
+            landlock_full: true,
+            seccomp_syscalls: 47,
+            rlimits: vec![("RLIMIT_CORE", 0)],
+        };
+        let s = e.summary();
+        for w in [
+            "uid 65534",
+            "dropped from root",
+            "no_new_privs",
+            "landlock ABI 7",
+            "seccomp 47",
+            "RLIMIT_CORE=0",
+        ] {
+            assert!(s.contains(w), "{s}");
+        }
+    }
+}
