@@ -461,3 +461,40 @@ proptest! {
         prop_assert!(consume(&s).is_err());
     }
 }
+
+/// A reader that hands out one byte per call, interrupting itself every other call.
+struct Trickle<'a> {
+    data: &'a [u8],
+    interrupt: bool,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.interrupt = !self.interrupt;
+        if self.interrupt {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        match (self.data.split_first(), buf.first_mut()) {
+            (Some((b, rest)), Some(slot)) => {
+                *slot = *b;
+                self.data = rest;
+                Ok(1)
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+#[test]
+fn short_and_interrupted_reads_change_nothing() {
+    let good = valid();
+    let mut d = Decoder::new(Trickle {
+        data: &good,
+        interrupt: false,
+    });
+    let mut n = 0;
+    while d.read_record().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 19);
+}

@@ -92,11 +92,14 @@ impl<R: Read> Decoder<R> {
         if self.checker.is_done() {
             // PROTO-9: end of input must follow the last record.
             let mut byte = [0u8; 1];
-            return match self.input.read(&mut byte) {
-                Ok(0) => Ok(None),
-                Ok(_) => Err(Error::malformed("protocol: bytes after the last record")),
-                Err(e) => Err(Error::from_read(e, "protocol: reading")),
-            };
+            loop {
+                return match self.input.read(&mut byte) {
+                    Ok(0) => Ok(None),
+                    Ok(_) => Err(Error::malformed("protocol: bytes after the last record")),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(Error::from_read(e, "protocol: reading")),
+                };
+            }
         }
         let Some(header) = self.read_header()? else {
             return Err(Error::truncated(
