@@ -92,7 +92,6 @@ mod nr {
         openat = SYS_openat,
         openat2 = SYS_openat2,
         mkdirat = SYS_mkdirat,
-        renameat = SYS_renameat,
         renameat2 = SYS_renameat2,
         unlinkat = SYS_unlinkat,
         symlinkat = SYS_symlinkat,
@@ -223,7 +222,6 @@ pub fn allowlist(extract: bool) -> Vec<SyscallRule> {
             ),
             rule!(openat2, "cap-std RESOLVE_BENEATH opens beneath DIR (EXT-5)"),
             rule!(mkdirat, "create VM directories (EXT-1)"),
-            rule!(renameat, "commit a verified file (EXT-2)"),
             rule!(
                 renameat2,
                 "commit a verified file without replacing (EXT-2)"
@@ -247,6 +245,12 @@ pub fn allowlist(extract: bool) -> Vec<SyscallRule> {
                 name: "open",
                 nr: libc::SYS_open,
                 reason: "legacy open (x86_64 glibc fallbacks), beneath DIR only by Landlock",
+                any_of: Vec::new(),
+            },
+            SyscallRule {
+                name: "renameat",
+                nr: libc::SYS_renameat,
+                reason: "commit a verified file (EXT-2; aarch64 has only renameat2)",
                 any_of: Vec::new(),
             },
             SyscallRule {
