@@ -99,6 +99,7 @@ fn main() {
     let req = SandboxRequest {
         mode,
         euid,
+        pid: std::process::id(),
         dest_owner,
         kdf_memory_budget: 64 << 20,
         jobs: 2,

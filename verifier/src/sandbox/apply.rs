@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn allowlists_compile_to_bpf() {
         for extract in [false, true] {
-            let rules = allowlist(extract);
+            let rules = allowlist(extract, 1);
             let prog = seccomp_program(&rules).unwrap();
             // At least one comparison per syscall plus the architecture check.
             assert!(prog.len() > rules.len(), "{} instructions", prog.len());

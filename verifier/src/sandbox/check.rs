@@ -90,7 +90,7 @@ pub fn check(req: &SandboxRequest) -> CheckReport {
         format!("running as uid {}", req.euid),
     ];
     lines.extend(describe(&p));
-    let trial = trial(&p);
+    let trial = trial(req);
     lines.push(format!(
         "trial in a child process: {}",
         trial.as_ref().map_or_else(|e| e.clone(), |s| s.clone())
@@ -101,15 +101,21 @@ pub fn check(req: &SandboxRequest) -> CheckReport {
     }
 }
 
-/// Fork; the child applies the policy, then must fail to create a socket and to exec.
-fn trial(p: &Policy) -> Result<String, String> {
+/// Fork; the child applies the policy (for its own pid, without chowning anything), then
+/// must fail to create a socket and to exec.
+fn trial(req: &SandboxRequest) -> Result<String, String> {
     // SAFETY: the caller is single-threaded; the child only makes syscalls and _exits.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
     }
     if pid == 0 {
-        let code = match apply(p) {
+        let mut req = req.clone();
+        // SAFETY: no preconditions.
+        req.pid = unsafe { libc::getpid() } as u32;
+        let mut p = policy(&req);
+        p.chown_dest = None;
+        let code = match apply(&p) {
             Err(_) => 3,
             Ok(_) => {
                 // SAFETY: raw syscalls in the child.

@@ -43,6 +43,8 @@ pub struct SandboxRequest {
     pub mode: Mode,
     /// `geteuid()` of the process.
     pub euid: u32,
+    /// `getpid()` of the process: the only target `tgkill` may signal (abort).
+    pub pid: u32,
     /// Owner (uid, gid) of the extract destination and whether it is empty (extract only).
     pub dest_owner: Option<(u32, u32, bool)>,
     /// Total scrypt memory the driver may use at once (its `kdf_budget`).
@@ -173,7 +175,7 @@ pub fn policy(req: &SandboxRequest) -> Policy {
             write_beneath: extract_dest.clone(),
             min_abi: 1,
         },
-        syscalls: syscalls::allowlist(extract_dest.is_some()),
+        syscalls: syscalls::allowlist(extract_dest.is_some(), req.pid),
     }
 }
 
@@ -185,6 +187,7 @@ mod tests {
         SandboxRequest {
             mode,
             euid,
+            pid: 4242,
             dest_owner: None,
             kdf_memory_budget: 4 << 30,
             jobs: 4,

@@ -153,7 +153,7 @@ fn prlimit_rule() -> SyscallRule {
 
 /// The allowlist; `extract` adds the path syscalls writing beneath the destination needs
 /// (Landlock confines which paths they reach).
-pub fn allowlist(extract: bool) -> Vec<SyscallRule> {
+pub fn allowlist(extract: bool, pid: u32) -> Vec<SyscallRule> {
     let mut v = vec![
         rule!(
             read,
@@ -199,7 +199,16 @@ pub fn allowlist(extract: bool) -> Vec<SyscallRule> {
         ),
         rule!(rt_sigreturn, "return from a signal handler"),
         rule!(sigaltstack, "per-thread stack-overflow handler stack"),
-        rule!(tgkill, "abort() on panic=abort raises SIGABRT on itself"),
+        SyscallRule {
+            name: "tgkill",
+            nr: nr::tgkill,
+            reason: "abort() raises SIGABRT on itself (only its own pid)",
+            any_of: vec![ArgEq {
+                index: 0,
+                mask: 0xffff_ffff,
+                value: u64::from(pid),
+            }],
+        },
         rule!(getrandom, "HashMap seeds"),
         rule!(
             clock_gettime,
