@@ -98,20 +98,20 @@ pub const MAX_XML_ELEMENTS: usize = 1 << 20;
 /// on R2/R3 VM elements); also bounds the parser's quadratic duplicate-attribute check.
 pub const MAX_XML_ATTRIBUTES: usize = 256;
 
-/// LIM-26: most file bytes in one protocol data record (PROTO-5). Bounds the buffer the
+/// LIM-28: most file bytes in one protocol data record (PROTO-5). Bounds the buffer the
 /// privileged reader of the verifier↔packer stream holds per record.
 pub const MAX_PROTO_DATA_LEN: usize = 1 << 20;
 
-/// LIM-27: largest protocol manifest record (PROTO-3). 64 MiB holds [`MAX_PROTO_FILES`]
+/// LIM-29: largest protocol manifest record (PROTO-3). 64 MiB holds [`MAX_PROTO_FILES`]
 /// entries of typical length (a v3 template directory or a dom0 home lists every entry).
 pub const MAX_PROTO_MANIFEST_LEN: usize = 64 << 20;
 
-/// LIM-28: most files in one protocol manifest, all VMs together (PROTO-3); the same
+/// LIM-30: most files in one protocol manifest, all VMs together (PROTO-3); the same
 /// bound as the inner entries of one backed-up file ([`MAX_INNER_ENTRIES`]).
 pub const MAX_PROTO_FILES: u64 = MAX_INNER_ENTRIES;
 
-/// LIM-29: longest message of a protocol error record, in bytes (PROTO-8).
+/// LIM-31: longest message of a protocol error record, in bytes (PROTO-8).
 pub const MAX_PROTO_MESSAGE_LEN: usize = 4096;
 
-/// LIM-30: longest VM label in a protocol manifest (a colour name such as `red`).
+/// LIM-32: longest VM label in a protocol manifest (a colour name such as `red`).
 pub const MAX_PROTO_LABEL_LEN: usize = 64;

@@ -343,7 +343,7 @@ fn data_rules() {
         ErrorClass::LimitExceeded
     );
     assert_eq!(class(&with(open(), &d(200, 0))), ErrorClass::Malformed);
-    // A data record longer than LIM-26 is refused from its header alone.
+    // A data record longer than LIM-28 is refused from its header alone.
     let mut huge = vec![t::DATA];
     huge.extend_from_slice(&(8 + (1u32 << 20) + 1).to_be_bytes());
     assert_eq!(class(&with(open(), &huge)), ErrorClass::LimitExceeded);

@@ -266,7 +266,7 @@ pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
         total_files = total_files.saturating_add(u64::from(nfiles));
         if total_files > MAX_PROTO_FILES {
             return Err(Error::limit(format!(
-                "protocol: manifest lists more than LIM-28 ({MAX_PROTO_FILES}) files"
+                "protocol: manifest lists more than LIM-30 ({MAX_PROTO_FILES}) files"
             )));
         }
         let mut files = Vec::new();

@@ -18,7 +18,7 @@ pub struct Decoder<R: Read> {
     checker: Checker,
     transcript: Sha256,
     /// Payload of the current record; grows with bytes actually received, never beyond
-    /// the per-type bound (LIM-26, LIM-27).
+    /// the per-type bound (LIM-28, LIM-29).
     buf: Vec<u8>,
     failed: bool,
     ended: bool,

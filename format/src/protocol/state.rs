@@ -213,7 +213,7 @@ impl Checker {
         }
         if len == 0 || len > MAX_PROTO_DATA_LEN {
             return Err(Error::limit(format!(
-                "protocol: data record of {len} bytes (1 … LIM-26 {MAX_PROTO_DATA_LEN})"
+                "protocol: data record of {len} bytes (1 … LIM-28 {MAX_PROTO_DATA_LEN})"
             )));
         }
         let len = len as u64;
@@ -376,7 +376,7 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
             files_total = files_total.saturating_add(1);
             if files_total > MAX_PROTO_FILES {
                 return Err(Error::limit(format!(
-                    "protocol: more than LIM-28 ({MAX_PROTO_FILES}) files"
+                    "protocol: more than LIM-30 ({MAX_PROTO_FILES}) files"
                 )));
             }
             validate_file_name(vm.layout, &f.name).map_err(ctx)?;

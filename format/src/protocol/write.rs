@@ -109,7 +109,7 @@ impl<W: Write> Encoder<W> {
         codec::put_manifest(&mut self.payload, m)?;
         if self.payload.len() > crate::limits::MAX_PROTO_MANIFEST_LEN {
             return Err(Error::limit(format!(
-                "protocol: manifest of {} bytes exceeds LIM-27",
+                "protocol: manifest of {} bytes exceeds LIM-29",
                 self.payload.len()
             )));
         }
@@ -127,7 +127,7 @@ impl<W: Write> Encoder<W> {
         self.emit_payload(t::BEGIN)
     }
 
-    /// PROTO-5: file bytes at `offset`, split into records of at most LIM-26 bytes; an
+    /// PROTO-5: file bytes at `offset`, split into records of at most LIM-28 bytes; an
     /// empty slice writes nothing.
     pub fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
         self.usable()?;
@@ -170,7 +170,7 @@ impl<W: Write> Encoder<W> {
     }
 
     /// PROTO-8: gives up. The message is made safe to send: control characters become
-    /// `?` and it is cut to LIM-29 bytes.
+    /// `?` and it is cut to LIM-31 bytes.
     pub fn error(&mut self, class: ErrorClass, message: &str) -> Result<()> {
         self.usable()?;
         let mut clean = String::new();
