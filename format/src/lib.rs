@@ -27,6 +27,7 @@ pub mod inner_tar;
 pub mod member_name;
 pub mod outer_tar;
 pub mod paths;
+pub mod protocol;
 pub mod qubes_xml;
 
 pub use error::{Error, ErrorClass, Result};

@@ -7,3 +7,4 @@ pub mod extract;
 pub mod output;
 pub mod passphrase;
 pub mod report;
+pub mod sandbox;

@@ -1,0 +1,327 @@
+//! Payload grammar of each record type (PROTO-2 … PROTO-8): a bounded cursor for reading
+//! and plain appends for writing. Strings are `len:u16be ‖ UTF-8`; integers big-endian.
+
+use super::{record_type as t, Begin, FileKind, Layout, Manifest, ManifestFile, ManifestVm};
+use crate::error::{Error, ErrorClass, Result};
+use crate::limits::{
+    MAX_PATH_LEN, MAX_PROTO_DATA_LEN, MAX_PROTO_MANIFEST_LEN, MAX_PROTO_MESSAGE_LEN,
+};
+use crate::qubes_xml::NetVm;
+
+/// Length of the record header: type byte and big-endian length.
+pub(crate) const HEADER_LEN: usize = 5;
+pub(crate) const HELLO_LEN: usize = 10;
+pub(crate) const END_LEN: usize = 32;
+pub(crate) const SUMMARY_LEN: usize = 4 + 8 + 8 + 8 + 32;
+/// Offset field of a data record.
+pub(crate) const DATA_PREFIX: usize = 8;
+const BEGIN_MAX: usize = 4 + 2 + MAX_PATH_LEN + 1 + 2 + MAX_PATH_LEN + 4 + 8;
+const ERROR_MAX: usize = 1 + 2 + MAX_PROTO_MESSAGE_LEN;
+
+/// PROTO-2: smallest and largest payload length of a record type; `None` for an unknown
+/// type.
+pub(crate) fn length_bounds(record_type: u8) -> Option<(usize, usize)> {
+    Some(match record_type {
+        t::HELLO => (HELLO_LEN, HELLO_LEN),
+        t::MANIFEST => (4, MAX_PROTO_MANIFEST_LEN),
+        t::BEGIN => (4 + 2 + 1 + 1 + 4 + 8, BEGIN_MAX),
+        t::DATA => (DATA_PREFIX + 1, DATA_PREFIX + MAX_PROTO_DATA_LEN),
+        t::END => (END_LEN, END_LEN),
+        t::SUMMARY => (SUMMARY_LEN, SUMMARY_LEN),
+        t::ERROR => (1 + 2, ERROR_MAX),
+        _ => return None,
+    })
+}
+
+/// Reads one payload; every read is bounded by the payload and [`Cursor::finish`]
+/// refuses leftovers.
+pub(crate) struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(payload: &'a [u8]) -> Cursor<'a> {
+        Cursor { rest: payload }
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.rest.len() < n {
+            return Err(Error::malformed(format!(
+                "protocol: record payload ends {} bytes early",
+                n - self.rest.len()
+            )));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.bytes(N)?);
+        Ok(out)
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+    pub(crate) fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn digest(&mut self) -> Result<[u8; 32]> {
+        self.array()
+    }
+
+    /// A string of at most `max` bytes (PROTO-2): valid UTF-8, no control characters.
+    pub(crate) fn string(&mut self, what: &str, max: usize) -> Result<String> {
+        let len = usize::from(self.u16()?);
+        if len > max {
+            return Err(Error::limit(format!(
+                "protocol: {what} of {len} bytes exceeds {max}"
+            )));
+        }
+        let raw = self.bytes(len)?;
+        let s = std::str::from_utf8(raw)
+            .map_err(|_| Error::malformed(format!("protocol: {what} is not UTF-8")))?;
+        if s.chars().any(char::is_control) {
+            return Err(Error::malformed(format!(
+                "protocol: {what} {:?} contains a control character",
+                crate::qubes_xml::truncate(s)
+            )));
+        }
+        Ok(s.to_string())
+    }
+
+    fn opt_string(&mut self, what: &str, max: usize) -> Result<Option<String>> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.string(what, max)?)),
+            tag => Err(Error::malformed(format!(
+                "protocol: {what}: option tag {tag}"
+            ))),
+        }
+    }
+
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.rest)
+    }
+
+    /// PROTO-2: a payload is consumed exactly.
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::malformed(format!(
+                "protocol: {} trailing bytes in a record",
+                self.rest.len()
+            )))
+        }
+    }
+}
+
+// ---- payload writers -------------------------------------------------------------------
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> Result<()> {
+    let len = u16::try_from(s.len())
+        .map_err(|_| Error::limit(format!("protocol: string of {} bytes", s.len())))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) -> Result<()> {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_str(out, s)?;
+        }
+    }
+    Ok(())
+}
+
+fn len_u32(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::limit(format!("protocol: too many {what}")))
+}
+
+pub(crate) fn put_hello(out: &mut Vec<u8>, version: u16) {
+    out.extend_from_slice(&super::MAGIC);
+    out.extend_from_slice(&version.to_be_bytes());
+}
+
+pub(crate) fn put_manifest(out: &mut Vec<u8>, m: &Manifest) -> Result<()> {
+    out.extend_from_slice(&len_u32(m.vms.len(), "VMs")?.to_be_bytes());
+    for vm in &m.vms {
+        put_str(out, &vm.name)?;
+        put_str(out, &vm.class)?;
+        put_opt_str(out, vm.label.as_deref())?;
+        put_opt_str(out, vm.template.as_deref())?;
+        match &vm.netvm {
+            NetVm::Default => out.push(0),
+            NetVm::None => out.push(1),
+            NetVm::Named(n) => {
+                out.push(2);
+                put_str(out, n)?;
+            }
+        }
+        out.push(match vm.layout {
+            Layout::Volumes => 0,
+            Layout::TemplateDir => 1,
+            Layout::Dom0Home => 2,
+        });
+        out.extend_from_slice(&len_u32(vm.files.len(), "files")?.to_be_bytes());
+        for f in &vm.files {
+            put_str(out, &f.name)?;
+            out.extend_from_slice(&f.size.to_be_bytes());
+            out.extend_from_slice(&f.data_bytes.to_be_bytes());
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn put_begin(out: &mut Vec<u8>, b: &Begin) -> Result<()> {
+    out.extend_from_slice(&b.vm.to_be_bytes());
+    put_str(out, &b.name)?;
+    match &b.kind {
+        FileKind::Regular => out.push(0),
+        FileKind::Directory => out.push(1),
+        FileKind::Symlink { target } => {
+            out.push(2);
+            put_str(out, target)?;
+        }
+    }
+    out.extend_from_slice(&b.mode.to_be_bytes());
+    out.extend_from_slice(&b.size.to_be_bytes());
+    Ok(())
+}
+
+pub(crate) fn put_summary(out: &mut Vec<u8>, s: &super::Summary) {
+    out.extend_from_slice(&s.vms.to_be_bytes());
+    out.extend_from_slice(&s.files.to_be_bytes());
+    out.extend_from_slice(&s.logical_bytes.to_be_bytes());
+    out.extend_from_slice(&s.data_bytes.to_be_bytes());
+    out.extend_from_slice(&s.transcript);
+}
+
+pub(crate) fn put_error(out: &mut Vec<u8>, class: ErrorClass, message: &str) -> Result<()> {
+    out.push(class_code(class));
+    put_str(out, message)
+}
+
+/// PROTO-8: an error class travels as its exit code (ERR-3).
+pub(crate) fn class_code(class: ErrorClass) -> u8 {
+    u8::try_from(class.exit_code()).unwrap_or(0)
+}
+
+fn class_from_code(code: u8) -> Result<ErrorClass> {
+    ErrorClass::ALL
+        .into_iter()
+        .find(|c| class_code(*c) == code)
+        .ok_or_else(|| Error::malformed(format!("protocol: unknown error class {code}")))
+}
+
+// ---- payload readers -------------------------------------------------------------------
+
+pub(crate) fn get_hello(c: &mut Cursor<'_>) -> Result<u16> {
+    if c.bytes(super::MAGIC.len())? != super::MAGIC {
+        return Err(Error::malformed("protocol: bad magic in hello"));
+    }
+    c.u16()
+}
+
+pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
+    use crate::limits::{MAX_PROTO_FILES, MAX_PROTO_LABEL_LEN, MAX_VMS};
+    let count = c.u32()?;
+    if u64::from(count) > MAX_VMS as u64 {
+        return Err(Error::limit(format!(
+            "protocol: manifest of {count} VMs exceeds LIM-14 ({MAX_VMS})"
+        )));
+    }
+    let mut vms = Vec::new();
+    let mut total_files: u64 = 0;
+    for _ in 0..count {
+        let name = c.string("VM name", 31)?;
+        let class = c.string("VM class", 64)?;
+        let label = c.opt_string("VM label", MAX_PROTO_LABEL_LEN)?;
+        let template = c.opt_string("VM template", 31)?;
+        let netvm = match c.u8()? {
+            0 => NetVm::Default,
+            1 => NetVm::None,
+            2 => NetVm::Named(c.string("VM netvm", 31)?),
+            tag => return Err(Error::malformed(format!("protocol: netvm tag {tag}"))),
+        };
+        let layout = match c.u8()? {
+            0 => Layout::Volumes,
+            1 => Layout::TemplateDir,
+            2 => Layout::Dom0Home,
+            tag => return Err(Error::malformed(format!("protocol: layout tag {tag}"))),
+        };
+        let nfiles = c.u32()?;
+        total_files = total_files.saturating_add(u64::from(nfiles));
+        if total_files > MAX_PROTO_FILES {
+            return Err(Error::limit(format!(
+                "protocol: manifest lists more than LIM-30 ({MAX_PROTO_FILES}) files"
+            )));
+        }
+        let mut files = Vec::new();
+        for _ in 0..nfiles {
+            files.push(ManifestFile {
+                name: c.string("file name", MAX_PATH_LEN)?,
+                size: c.u64()?,
+                data_bytes: c.u64()?,
+            });
+        }
+        vms.push(ManifestVm {
+            name,
+            class,
+            label,
+            template,
+            netvm,
+            layout,
+            files,
+        });
+    }
+    Ok(Manifest { vms })
+}
+
+pub(crate) fn get_begin(c: &mut Cursor<'_>) -> Result<Begin> {
+    let vm = c.u32()?;
+    let name = c.string("file name", MAX_PATH_LEN)?;
+    let kind = match c.u8()? {
+        0 => FileKind::Regular,
+        1 => FileKind::Directory,
+        2 => FileKind::Symlink {
+            target: c.string("symlink target", MAX_PATH_LEN)?,
+        },
+        tag => return Err(Error::malformed(format!("protocol: file kind {tag}"))),
+    };
+    Ok(Begin {
+        vm,
+        name,
+        kind,
+        mode: c.u32()?,
+        size: c.u64()?,
+    })
+}
+
+pub(crate) fn get_summary(c: &mut Cursor<'_>) -> Result<super::Summary> {
+    Ok(super::Summary {
+        vms: c.u32()?,
+        files: c.u64()?,
+        logical_bytes: c.u64()?,
+        data_bytes: c.u64()?,
+        transcript: c.digest()?,
+    })
+}
+
+pub(crate) fn get_error(c: &mut Cursor<'_>) -> Result<(ErrorClass, String)> {
+    let class = class_from_code(c.u8()?)?;
+    let message = c.string("error message", MAX_PROTO_MESSAGE_LEN)?;
+    Ok((class, message))
+}

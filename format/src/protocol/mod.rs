@@ -1,0 +1,159 @@
+//! The verifier↔packer stdio protocol (docs/PROTOCOL.md, SPEC.md PROTO-1 … PROTO-12).
+//!
+//! The unprivileged verifier (`qbackup-verify emit`) writes verified VM data with an
+//! [`write::Encoder`]; the privileged restore (`qbackup-pack restore`) reads it with a
+//! [`read::Decoder`] and treats every byte as hostile. Both sides share one state machine
+//! ([`state::Checker`]), so the encoder cannot produce a stream the decoder refuses.
+//!
+//! A stream is a sequence of records `type:u8 ‖ length:u32be ‖ payload` (PROTO-2):
+//! `Hello`, `Manifest`, then per manifest file in manifest order `Begin`, `Data`*, `End`,
+//! and finally `Summary` — or an `Error` record at any point after `Hello`. Nothing may
+//! follow the last record.
+//!
+//! Sans-IO (GEN-1): generic over [`std::io::Read`] / [`std::io::Write`], no files,
+//! processes or clock.
+
+mod codec;
+pub mod hash;
+pub mod read;
+pub mod state;
+pub mod write;
+
+pub use hash::FileHasher;
+
+use crate::qubes_xml::NetVm;
+
+/// PROTO-1: the 8 magic bytes that open every stream.
+pub const MAGIC: [u8; 8] = *b"QBKPSTRM";
+
+/// PROTO-1: the protocol version this crate speaks. A reader accepts exactly the versions
+/// it implements; any change to the wire format or the state machine takes a new number.
+pub const VERSION: u16 = 1;
+
+/// PROTO-4: names a VM file may have outside template directories and dom0 home.
+pub const ALLOWED_VM_FILES: [&str; 8] = [
+    "private.img",
+    "root.img",
+    "volatile.img",
+    "firewall.xml",
+    "notes.txt",
+    "whitelisted-appmenus.list",
+    "icon.png",
+    "empty",
+];
+
+/// Record type bytes (PROTO-2).
+pub mod record_type {
+    pub const HELLO: u8 = 0x01;
+    pub const MANIFEST: u8 = 0x02;
+    pub const BEGIN: u8 = 0x03;
+    pub const DATA: u8 = 0x04;
+    pub const END: u8 = 0x05;
+    pub const SUMMARY: u8 = 0x06;
+    pub const ERROR: u8 = 0x07;
+}
+
+/// Which file names a VM's files may have (PROTO-4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Only names from [`ALLOWED_VM_FILES`], regular files only.
+    Volumes,
+    /// A v3 template directory (`vmN/.`): any NAME-3 relative path; class `TemplateVM`.
+    TemplateDir,
+    /// dom0's home: any NAME-3 relative path (first component the user); VM `dom0`.
+    Dom0Home,
+}
+
+/// One file the stream will carry (PROTO-3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// Relative to the VM's output directory (EXT-1): `private.img`, `apps/x.desktop`,
+    /// `user/.bashrc` (dom0).
+    pub name: String,
+    /// Logical size (holes included); 0 for directories and symlinks.
+    pub size: u64,
+    /// Stored data bytes: the sum of the lengths of the file's data records.
+    pub data_bytes: u64,
+}
+
+/// One VM of the manifest (PROTO-3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestVm {
+    pub name: String,
+    pub class: String,
+    pub label: Option<String>,
+    pub template: Option<String>,
+    pub netvm: NetVm,
+    pub layout: Layout,
+    pub files: Vec<ManifestFile>,
+}
+
+/// What the stream will carry, in the order it will carry it (PROTO-3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub vms: Vec<ManifestVm>,
+}
+
+/// The kind of a file (PROTO-4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    /// The target is UTF-8 without control characters, ≤ LIM-8 bytes; it is *not* checked
+    /// to stay inside anything: the consumer applies EXT-4 before creating it.
+    Symlink {
+        target: String,
+    },
+}
+
+/// Opens one file of the manifest (PROTO-4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Begin {
+    /// Index into [`Manifest::vms`].
+    pub vm: u32,
+    pub name: String,
+    pub kind: FileKind,
+    /// Permission bits only (`mode & !0o777 == 0`).
+    pub mode: u32,
+    /// Logical size; equal to the manifest's.
+    pub size: u64,
+}
+
+/// The totals closing a stream (PROTO-7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub vms: u32,
+    pub files: u64,
+    /// Sum of logical sizes.
+    pub logical_bytes: u64,
+    /// Sum of data record lengths.
+    pub data_bytes: u64,
+    /// SHA-256 over every preceding record except the file bytes of data records.
+    pub transcript: [u8; 32],
+}
+
+/// A decoded record, already checked against the state machine.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    Hello {
+        version: u16,
+    },
+    Manifest(&'a Manifest),
+    Begin(Begin),
+    /// File bytes at logical `offset`; the gap since the previous record is a hole.
+    Data {
+        offset: u64,
+        bytes: &'a [u8],
+    },
+    /// The file's SHA-256 over its logical content, holes as zeros: the consumer MUST
+    /// compare it with its own [`FileHasher`] (PROTO-6).
+    End {
+        sha256: [u8; 32],
+    },
+    Summary(Summary),
+    /// The producer gave up (PROTO-8). Terminal.
+    Error {
+        class: crate::ErrorClass,
+        message: String,
+    },
+}

@@ -1,0 +1,189 @@
+//! The producer side (the unprivileged verifier): one method per record, each checked by
+//! the shared state machine before a byte is written, so a stream this encoder accepts
+//! is one the decoder accepts.
+
+use std::io::Write;
+
+use sha2::{Digest as _, Sha256};
+
+use super::codec::{self, HEADER_LEN};
+use super::state::Checker;
+use super::{record_type as t, Begin, FileHasher, Manifest, Summary, VERSION};
+use crate::error::{Error, ErrorClass, Result};
+use crate::limits::{MAX_PROTO_DATA_LEN, MAX_PROTO_MESSAGE_LEN};
+
+/// Writes a protocol stream to `W`.
+pub struct Encoder<W: Write> {
+    out: W,
+    checker: Checker,
+    transcript: Sha256,
+    hasher: Option<FileHasher>,
+    payload: Vec<u8>,
+    broken: bool,
+}
+
+impl<W: Write> Encoder<W> {
+    pub fn new(out: W) -> Encoder<W> {
+        Encoder {
+            out,
+            checker: Checker::new(),
+            transcript: Sha256::new(),
+            hasher: None,
+            payload: Vec::new(),
+            broken: false,
+        }
+    }
+
+    /// The underlying writer (e.g. to flush or close it).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    /// True between [`Encoder::begin`] and [`Encoder::end`].
+    pub fn in_file(&self) -> bool {
+        self.checker.in_file()
+    }
+
+    fn usable(&self) -> Result<()> {
+        if self.broken {
+            return Err(Error::new(
+                ErrorClass::Io,
+                "protocol: stream broken by an earlier write error",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes header and payload; `hashed` bytes of the payload go into the transcript
+    /// (all of it except the file bytes of data records, PROTO-7).
+    fn emit(&mut self, record_type: u8, payload: &[&[u8]], hashed: usize) -> Result<()> {
+        let len: usize = payload.iter().map(|p| p.len()).sum();
+        let len32 = u32::try_from(len)
+            .map_err(|_| Error::limit(format!("protocol: record of {len} bytes")))?;
+        let mut header = [0u8; HEADER_LEN];
+        header[0] = record_type;
+        header[1..].copy_from_slice(&len32.to_be_bytes());
+        if record_type != t::SUMMARY {
+            self.transcript.update(header);
+            let mut left = hashed;
+            for p in payload {
+                let n = left.min(p.len());
+                self.transcript.update(&p[..n]);
+                left -= n;
+            }
+        }
+        let mut write = || -> std::io::Result<()> {
+            self.out.write_all(&header)?;
+            for p in payload {
+                self.out.write_all(p)?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            self.broken = true;
+            Error::new(ErrorClass::Io, format!("protocol: writing: {e}"))
+        })
+    }
+
+    fn emit_payload(&mut self, record_type: u8) -> Result<()> {
+        let payload = std::mem::take(&mut self.payload);
+        let r = self.emit(record_type, &[&payload], payload.len());
+        self.payload = payload;
+        self.payload.clear();
+        r
+    }
+
+    /// PROTO-1: the first record.
+    pub fn hello(&mut self) -> Result<()> {
+        self.usable()?;
+        self.checker.hello(VERSION)?;
+        self.payload.clear();
+        codec::put_hello(&mut self.payload, VERSION);
+        self.emit_payload(t::HELLO)
+    }
+
+    /// PROTO-3: exactly once, after hello.
+    pub fn manifest(&mut self, m: &Manifest) -> Result<()> {
+        self.usable()?;
+        self.payload.clear();
+        codec::put_manifest(&mut self.payload, m)?;
+        if self.payload.len() > crate::limits::MAX_PROTO_MANIFEST_LEN {
+            return Err(Error::limit(format!(
+                "protocol: manifest of {} bytes exceeds LIM-29",
+                self.payload.len()
+            )));
+        }
+        self.checker.accept_manifest(m.clone())?;
+        self.emit_payload(t::MANIFEST)
+    }
+
+    /// PROTO-4: opens the next manifest file.
+    pub fn begin(&mut self, b: &Begin) -> Result<()> {
+        self.usable()?;
+        self.payload.clear();
+        codec::put_begin(&mut self.payload, b)?;
+        self.checker.begin(b)?;
+        self.hasher = Some(FileHasher::new(b.size));
+        self.emit_payload(t::BEGIN)
+    }
+
+    /// PROTO-5: file bytes at `offset`, split into records of at most LIM-28 bytes; an
+    /// empty slice writes nothing.
+    pub fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.usable()?;
+        let mut offset = offset;
+        for piece in bytes.chunks(MAX_PROTO_DATA_LEN) {
+            self.checker.data(offset, piece.len())?;
+            if let Some(h) = &mut self.hasher {
+                h.data(offset, piece)?;
+            }
+            let off = offset.to_be_bytes();
+            self.emit(t::DATA, &[&off, piece], off.len())?;
+            offset = offset.saturating_add(piece.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// PROTO-6: closes the file; returns the SHA-256 it sent (of what [`Encoder::data`] got).
+    pub fn end(&mut self) -> Result<[u8; 32]> {
+        self.usable()?;
+        self.checker.end()?;
+        let digest = self
+            .hasher
+            .take()
+            .map(FileHasher::finish)
+            .unwrap_or_default();
+        self.emit(t::END, &[&digest], digest.len())?;
+        Ok(digest)
+    }
+
+    /// PROTO-7: the last record; totals and transcript are computed here.
+    pub fn summary(&mut self) -> Result<Summary> {
+        self.usable()?;
+        let mut s = self.checker.totals();
+        s.transcript = self.transcript.clone().finalize().into();
+        self.checker.summary(&s)?;
+        self.payload.clear();
+        codec::put_summary(&mut self.payload, &s);
+        self.emit_payload(t::SUMMARY)?;
+        Ok(s)
+    }
+
+    /// PROTO-8: gives up. The message is made safe to send: control characters become
+    /// `?` and it is cut to LIM-31 bytes.
+    pub fn error(&mut self, class: ErrorClass, message: &str) -> Result<()> {
+        self.usable()?;
+        let mut clean = String::new();
+        for c in message.chars() {
+            let c = if c.is_control() { '?' } else { c };
+            if clean.len() + c.len_utf8() > MAX_PROTO_MESSAGE_LEN {
+                break;
+            }
+            clean.push(c);
+        }
+        self.checker.error(&clean)?;
+        self.payload.clear();
+        codec::put_error(&mut self.payload, class, &clean)?;
+        self.emit_payload(t::ERROR)
+    }
+}

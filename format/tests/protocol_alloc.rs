@@ -1,0 +1,88 @@
+//! PROTO-2 / GEN-4: the decoder never sizes an allocation from a claimed length. A
+//! counting global allocator records the largest single request while hostile streams
+//! that claim huge lengths and counts are decoded. (One test in this binary, so no other
+//! test thread allocates meanwhile.)
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use qbackup_format::protocol::read::Decoder;
+use qbackup_format::protocol::record_type as t;
+use qbackup_format::protocol::write::Encoder;
+use qbackup_format::ErrorClass;
+
+struct Counting;
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn hello() -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    e.hello().unwrap();
+    e.into_inner()
+}
+
+fn decode_class(bytes: &[u8]) -> ErrorClass {
+    let mut d = Decoder::new(bytes);
+    loop {
+        match d.read_record() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("hostile stream accepted"),
+            Err(e) => return e.class(),
+        }
+    }
+}
+
+#[test]
+fn claimed_lengths_and_counts_do_not_allocate() {
+    let mut cases: Vec<(Vec<u8>, ErrorClass)> = Vec::new();
+    // A manifest claiming 64 MiB (the limit) that sends 100 bytes.
+    let mut s = hello();
+    s.push(t::MANIFEST);
+    s.extend_from_slice(&(64u32 << 20).to_be_bytes());
+    s.extend_from_slice(&[0u8; 100]);
+    cases.push((s, ErrorClass::Truncated));
+    // Lengths beyond every limit.
+    for ty in [t::MANIFEST, t::DATA, t::BEGIN, t::ERROR] {
+        let mut s = hello();
+        s.push(ty);
+        s.extend_from_slice(&u32::MAX.to_be_bytes());
+        cases.push((s, ErrorClass::LimitExceeded));
+    }
+    // 10 000 VMs claimed, none sent; then u32::MAX files for one VM.
+    let mut s = hello();
+    s.push(t::MANIFEST);
+    s.extend_from_slice(&8u32.to_be_bytes());
+    s.extend_from_slice(&10_000u32.to_be_bytes());
+    s.extend_from_slice(&[0, 0, 0, 0]);
+    cases.push((s, ErrorClass::Malformed));
+
+    let before = LARGEST.swap(0, Ordering::Relaxed);
+    assert!(before > 0, "allocator not counting");
+    for (s, want) in &cases {
+        assert_eq!(decode_class(s), *want);
+    }
+    let largest = LARGEST.load(Ordering::Relaxed);
+    assert!(
+        largest <= 64 << 10,
+        "largest allocation {largest} bytes while decoding hostile lengths"
+    );
+}

@@ -1,0 +1,204 @@
+//! Test helper for verifier/tests/sandbox_*.rs: applies the sandbox policy of a command,
+//! then attempts one action and reports whether the kernel allowed it.
+//!
+//! `sandbox-probe MODE [--dest DIR] [--given FILE] [--simulate no-landlock|no-seccomp] ACTION [ARG]`
+//! MODE: verify | emit | extract. ACTION: open PATH | create PATH | socket | exec PATH |
+//! read-given | threads | run-verify PASS | run-extract PASS | none
+//! (run-*: the real driver over the `--given` archive, extracting to `--dest`).
+//! Exit: 0 the action succeeded, 1 it was refused (errno printed), 2 the sandbox could not
+//! be applied (error printed), 3 usage.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use qbackup_format::archive::authenticate::Credentials;
+use qbackup_format::crypto::scrypt_container::KdfLimit;
+use qbackup_verify::extract::Extractor;
+use qbackup_verify::output::VerifyOnly;
+use qbackup_verify::sandbox::{apply, output_is_regular_file, policy, Mode, SandboxRequest};
+use seccompiler::{SeccompAction, SeccompFilter, SeccompRule};
+
+fn usage() -> ! {
+    eprintln!("usage: sandbox-probe verify|emit|extract [--dest DIR] [--given FILE] [--simulate no-landlock|no-seccomp] ACTION [ARG]");
+    std::process::exit(3)
+}
+
+/// Pretend the kernel lacks a feature: a pre-installed filter makes its syscall ENOSYS.
+fn simulate(what: &str) {
+    let nr = match what {
+        "no-landlock" => libc::SYS_landlock_create_ruleset,
+        "no-seccomp" => libc::SYS_seccomp,
+        _ => usage(),
+    };
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(nr, vec![])].into_iter().collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        std::env::consts::ARCH.try_into().expect("arch"),
+    )
+    .expect("filter");
+    let prog: seccompiler::BpfProgram = filter.try_into().expect("compile");
+    seccompiler::apply_filter(&prog).expect("install simulation filter");
+}
+
+fn outcome(what: &str, r: std::io::Result<()>) -> ! {
+    match r {
+        Ok(()) => {
+            println!("allowed: {what}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            println!(
+                "refused: {what}: {e} (errno {})",
+                e.raw_os_error().unwrap_or(0)
+            );
+            std::process::exit(1)
+        }
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| usage());
+    let mut dest = None;
+    let mut given = None;
+    let mut sim = None;
+    let mut rest = Vec::new();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--dest" => dest = args.next().map(PathBuf::from),
+            "--given" => given = args.next().map(PathBuf::from),
+            "--simulate" => sim = args.next(),
+            _ => rest.push(a),
+        }
+    }
+    let mode = match (mode.as_str(), &dest) {
+        ("verify", _) => Mode::Verify,
+        ("emit", _) => Mode::Emit,
+        ("extract", Some(d)) => Mode::Extract { dest: d.clone() },
+        _ => usage(),
+    };
+    // Resources opened before the sandbox, as main.rs does with the archive.
+    let mut given_file = given.map(|p| std::fs::File::open(p).expect("open --given"));
+    let mut extractor = match (&dest, rest.first().map(String::as_str)) {
+        (Some(d), Some("run-extract")) => Some(Extractor::open(d).expect("open --dest")),
+        _ => None,
+    };
+    let dest_owner = dest.as_ref().map(|d| {
+        let m = std::fs::metadata(d).expect("stat --dest");
+        let empty = std::fs::read_dir(d)
+            .map(|mut r| r.next().is_none())
+            .unwrap_or(false);
+        (m.uid(), m.gid(), empty)
+    });
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let req = SandboxRequest {
+        mode,
+        euid,
+        pid: std::process::id(),
+        dest_owner,
+        kdf_memory_budget: 64 << 20,
+        jobs: 2,
+        output_is_regular_file: output_is_regular_file(),
+    };
+    if let Some(s) = sim {
+        simulate(&s);
+    }
+    if rest.first().map(String::as_str) == Some("check") {
+        let report = qbackup_verify::sandbox::check(&req);
+        print!("{}", report.render());
+        std::process::exit(if report.ok { 0 } else { 1 });
+    }
+    match apply(&policy(&req)) {
+        Ok(enforced) => eprintln!("{}", enforced.summary()),
+        Err(e) => {
+            println!("sandbox failed: {e}");
+            std::process::exit(2)
+        }
+    }
+    let action = rest.first().map(String::as_str).unwrap_or("none");
+    let arg = rest.get(1).cloned().unwrap_or_default();
+    match action {
+        "none" => outcome("nothing", Ok(())),
+        "open" => outcome(&format!("open {arg}"), std::fs::File::open(&arg).map(drop)),
+        "create" => outcome(&format!("create {arg}"), std::fs::write(&arg, b"x")),
+        "socket" => {
+            // SAFETY: plain syscall.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            let r = if fd >= 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            };
+            outcome("socket", r)
+        }
+        "unix-socket" => {
+            // SAFETY: plain syscall.
+            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            let r = if fd >= 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            };
+            outcome("unix socket", r)
+        }
+        "exec" => outcome(
+            &format!("exec {arg}"),
+            std::process::Command::new(&arg).status().map(drop),
+        ),
+        "read-given" => {
+            let mut s = String::new();
+            let r = given_file
+                .as_mut()
+                .map_or(Err(std::io::Error::other("no --given")), |f| {
+                    f.read_to_string(&mut s).map(drop)
+                });
+            outcome("read the file opened before the sandbox", r)
+        }
+        "run-verify" | "run-extract" => {
+            // The real driver over the archive opened before the sandbox.
+            let input = given_file.take().unwrap_or_else(|| usage());
+            let settings = qbackup_verify::driver::Settings {
+                credentials: Credentials::new(arg.into_bytes(), KdfLimit::default()),
+                jobs: 2,
+                kdf_budget: 64 << 20,
+                list_only: false,
+                ignore_backup_size: false,
+                select: None,
+                progress: None,
+            };
+            let report = match (&extractor, action) {
+                (Some(_), "run-extract") => {
+                    let out = extractor.as_mut().unwrap_or_else(|| usage());
+                    qbackup_verify::driver::run(input, settings, out)
+                }
+                _ => qbackup_verify::driver::run(input, settings, &mut VerifyOnly),
+            };
+            let r = match report.first_class() {
+                None => Ok(()),
+                Some(c) => Err(std::io::Error::other(format!(
+                    "{c}: {}",
+                    report.human("verify", false)
+                ))),
+            };
+            outcome(action, r)
+        }
+        "threads" => {
+            let handles: Vec<_> = (0..4)
+                .map(|i| {
+                    std::thread::spawn(move || {
+                        let v = vec![i as u8; 8 << 20];
+                        v.iter().map(|b| u64::from(*b)).sum::<u64>()
+                    })
+                })
+                .collect();
+            let sum: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+            outcome(&format!("threads (sum {sum})"), Ok(()))
+        }
+        _ => usage(),
+    }
+}

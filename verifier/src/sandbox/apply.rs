@@ -1,0 +1,354 @@
+//! Applying a [`Policy`]: resource limits, privilege drop, `PR_SET_NO_NEW_PRIVS`, Landlock,
+//! seccomp — in that order, each verified, failing closed.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+
+use landlock::{
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+use qbackup_format::{Error, ErrorClass, Result};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use super::policy::{Ids, Policy};
+use super::syscalls::SyscallRule;
+
+/// What [`apply`] enforced, for the report and `sandbox-check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enforced {
+    /// The identity the process runs as now.
+    pub uid: u32,
+    pub gid: u32,
+    /// True when privileges were dropped from root.
+    pub dropped: bool,
+    pub no_new_privs: bool,
+    /// The kernel's Landlock ABI version.
+    pub landlock_abi: i32,
+    /// True when every Landlock restriction requested exists in this kernel's ABI
+    /// (false: the filesystem part is enforced, newer ones such as network or scoping are not).
+    pub landlock_full: bool,
+    pub seccomp_syscalls: usize,
+    pub rlimits: Vec<(&'static str, u64)>,
+}
+
+impl Enforced {
+    /// One line for logs and reports.
+    pub fn summary(&self) -> String {
+        format!(
+            "sandbox: uid {} gid {}{}, no_new_privs, landlock ABI {} ({}), seccomp {} syscalls, {}",
+            self.uid,
+            self.gid,
+            if self.dropped {
+                " (dropped from root)"
+            } else {
+                ""
+            },
+            self.landlock_abi,
+            if self.landlock_full {
+                "fully enforced"
+            } else {
+                "partially enforced"
+            },
+            self.seccomp_syscalls,
+            self.rlimits
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    }
+}
+
+fn unsupported(what: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorClass::Unsupported,
+        format!("sandbox: {what}; refusing to run unconfined (use --no-sandbox to override)"),
+    )
+}
+
+fn os_err(what: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorClass::Io,
+        format!("sandbox: {what}: {}", std::io::Error::last_os_error()),
+    )
+}
+
+/// The kernel's Landlock ABI version (≤ 0: unavailable).
+pub fn landlock_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a NULL attribute and size 0 this only queries the ABI version.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    i32::try_from(v).unwrap_or(-1)
+}
+
+/// Threads of this process (the sandbox must be applied while there is only one:
+/// `setuid` and Landlock act per thread or need all threads to agree).
+fn thread_count() -> Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::new(ErrorClass::Io, format!("sandbox: /proc/self/status: {e}")))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorClass::Io,
+                "sandbox: no thread count in /proc/self/status",
+            )
+        })
+}
+
+/// Apply `policy` to this process. Call once, at the top of `main`, before any thread is
+/// spawned and before any untrusted byte is read. On error the process may be partly
+/// confined and MUST exit: it never runs without the sandbox it asked for.
+pub fn apply(policy: &Policy) -> Result<Enforced> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(Error::new(
+            ErrorClass::Io,
+            format!("sandbox: apply() with {threads} threads running (must be 1)"),
+        ));
+    }
+    let mut enforced = Enforced {
+        uid: 0,
+        gid: 0,
+        dropped: false,
+        no_new_privs: false,
+        landlock_abi: landlock_abi(),
+        landlock_full: false,
+        seccomp_syscalls: 0,
+        rlimits: Vec::new(),
+    };
+
+    for r in &policy.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: r.value,
+            rlim_max: r.value,
+        };
+        // SAFETY: plain syscall on a valid struct.
+        if unsafe { libc::setrlimit(r.resource, &lim) } != 0 {
+            return Err(os_err(format!("setrlimit {} {}", r.name, r.value)));
+        }
+        enforced.rlimits.push((r.name, r.value));
+    }
+
+    if let (Some(ids), Some(dest)) = (policy.chown_dest, &policy.fs.write_beneath) {
+        chown_dir(dest, ids)?;
+    }
+    if let Some(ids) = policy.drop_to {
+        drop_privileges(ids)?;
+        enforced.dropped = true;
+    }
+    // SAFETY: identity queries have no preconditions.
+    (enforced.uid, enforced.gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+
+    if policy.no_new_privs {
+        // SAFETY: prctl with integer arguments.
+        let ok = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0
+            && unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1;
+        if !ok {
+            return Err(os_err("PR_SET_NO_NEW_PRIVS"));
+        }
+        enforced.no_new_privs = true;
+    }
+
+    enforced.landlock_full = apply_landlock(policy)?;
+
+    let filter = seccomp_program(&policy.syscalls)?;
+    seccompiler::apply_filter_all_threads(&filter)
+        .map_err(|e| unsupported(format!("cannot install the seccomp filter: {e}")))?;
+    enforced.seccomp_syscalls = policy.syscalls.len();
+    Ok(enforced)
+}
+
+fn chown_dir(dest: &std::path::Path, ids: Ids) -> Result<()> {
+    let c = CString::new(dest.as_os_str().as_bytes())
+        .map_err(|_| Error::new(ErrorClass::Io, "sandbox: destination path has a NUL"))?;
+    // SAFETY: valid C string; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(os_err(format!("opening {}", dest.display())));
+    }
+    // SAFETY: fd is ours.
+    let r = unsafe { libc::fchown(fd, ids.uid, ids.gid) };
+    // SAFETY: fd is ours, closed once.
+    unsafe { libc::close(fd) };
+    if r != 0 {
+        return Err(os_err(format!("chown {} to {}", dest.display(), ids.uid)));
+    }
+    Ok(())
+}
+
+fn drop_privileges(ids: Ids) -> Result<()> {
+    // SAFETY: plain syscalls; single-threaded (checked), so glibc's cross-thread setxid
+    // broadcast is not involved.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(os_err("setgroups"));
+        }
+        if libc::setresgid(ids.gid, ids.gid, ids.gid) != 0 {
+            return Err(os_err(format!("setresgid {}", ids.gid)));
+        }
+        if libc::setresuid(ids.uid, ids.uid, ids.uid) != 0 {
+            return Err(os_err(format!("setresuid {}", ids.uid)));
+        }
+        // Root must be gone for good.
+        if ids.uid != 0 && (libc::setuid(0) == 0 || libc::geteuid() == 0) {
+            return Err(Error::new(ErrorClass::Io, "sandbox: could regain root"));
+        }
+    }
+    Ok(())
+}
+
+/// Landlock: every filesystem right handled; none granted except beneath the extraction
+/// destination. ABI 1 is required; later rights (truncate, ioctl, network, scoping) are
+/// added where the kernel has them. Returns whether everything requested is enforced.
+fn apply_landlock(policy: &Policy) -> Result<bool> {
+    let abi = landlock_abi();
+    if abi < policy.fs.min_abi {
+        return Err(unsupported(format!(
+            "the kernel has no Landlock (ABI {abi}, need {}): enable CONFIG_SECURITY_LANDLOCK and lsm=landlock",
+            policy.fs.min_abi
+        )));
+    }
+    let ll = |e: landlock::RulesetError| unsupported(format!("Landlock: {e}"));
+    let newest = ABI::V7;
+    let ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(ABI::V1))
+        .map_err(ll)?
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(newest))
+        .map_err(ll)?
+        .handle_access(AccessNet::from_all(newest))
+        .map_err(ll)?
+        .scope(Scope::from_all(newest))
+        .map_err(ll)?;
+    let mut created = ruleset.create().map_err(ll)?;
+    if let Some(dest) = &policy.fs.write_beneath {
+        let fd = PathFd::new(dest).map_err(|e| unsupported(format!("Landlock: {e}")))?;
+        let denied = AccessFs::Execute
+            | AccessFs::MakeChar
+            | AccessFs::MakeBlock
+            | AccessFs::MakeFifo
+            | AccessFs::MakeSock
+            | AccessFs::IoctlDev;
+        let allowed = AccessFs::from_all(newest) & !denied;
+        created = created
+            .add_rule(PathBeneath::new(fd, allowed))
+            .map_err(ll)?;
+    }
+    let status = created.restrict_self().map_err(ll)?;
+    match status.ruleset {
+        RulesetStatus::FullyEnforced => Ok(true),
+        RulesetStatus::PartiallyEnforced => Ok(false),
+        RulesetStatus::NotEnforced => Err(unsupported("Landlock ruleset not enforced")),
+    }
+}
+
+fn target_arch() -> Result<TargetArch> {
+    std::env::consts::ARCH
+        .try_into()
+        .map_err(|_| unsupported(format!("no seccomp filter for {}", std::env::consts::ARCH)))
+}
+
+/// Compile the allowlist: listed syscalls (with their argument conditions) are allowed,
+/// all others fail with `EPERM`; the filter checks the architecture too.
+pub fn seccomp_program(rules: &[SyscallRule]) -> Result<BpfProgram> {
+    let bad = |e: seccompiler::BackendError| {
+        Error::new(ErrorClass::Io, format!("sandbox: seccomp filter: {e}"))
+    };
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for r in rules {
+        let mut alternatives = Vec::new();
+        for c in &r.any_of {
+            let op = if c.mask == u64::MAX {
+                SeccompCmpOp::Eq
+            } else {
+                SeccompCmpOp::MaskedEq(c.mask)
+            };
+            let cond = SeccompCondition::new(c.index, SeccompCmpArgLen::Qword, op, c.value)
+                .map_err(bad)?;
+            alternatives.push(SeccompRule::new(vec![cond]).map_err(bad)?);
+        }
+        map.entry(r.nr).or_default().extend(alternatives);
+    }
+    let filter = SeccompFilter::new(
+        map,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        target_arch()?,
+    )
+    .map_err(bad)?;
+    filter.try_into().map_err(bad)
+}
+
+/// Whether stdout or stderr is a regular file (for [`super::SandboxRequest`]: a redirected
+/// report or log must stay writable under `RLIMIT_FSIZE`).
+pub fn output_is_regular_file() -> bool {
+    [libc::STDOUT_FILENO, libc::STDERR_FILENO]
+        .into_iter()
+        .any(|fd| {
+            // SAFETY: fstat into a zeroed struct; an invalid fd just fails.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            unsafe { libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::syscalls::allowlist;
+
+    #[test]
+    fn allowlists_compile_to_bpf() {
+        for extract in [false, true] {
+            let rules = allowlist(extract, 1);
+            let prog = seccomp_program(&rules).unwrap();
+            // At least one comparison per syscall plus the architecture check.
+            assert!(prog.len() > rules.len(), "{} instructions", prog.len());
+        }
+    }
+
+    #[test]
+    fn summary_names_every_layer() {
+        let e = Enforced {
+            uid: 65534,
+            gid: 65534,
+            dropped: true,
+            no_new_privs: true,
+            landlock_abi: 7,
+            landlock_full: true,
+            seccomp_syscalls: 47,
+            rlimits: vec![("RLIMIT_CORE", 0)],
+        };
+        let s = e.summary();
+        for w in [
+            "uid 65534",
+            "dropped from root",
+            "no_new_privs",
+            "landlock ABI 7",
+            "seccomp 47",
+            "RLIMIT_CORE=0",
+        ] {
+            assert!(s.contains(w), "{s}");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The verifier's sandbox (glycin-style): a [`Policy`] produced by a pure function of the
+//! command ([`policy`]), unit-tested as data, then applied once by [`apply`] at the top of
+//! `main` — after the archive and the extraction directory are opened and the passphrase
+//! is read, before any thread starts and before any archive byte is read. It fails
+//! closed: if the kernel cannot enforce the policy, [`apply`] returns an error and the
+//! binary exits (unless the user passed `--no-sandbox`).
+//!
+//! Layers, in the order applied: resource limits (`RLIMIT_AS` sized for KDF memory and
+//! chunk buffers, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, `RLIMIT_CORE`); when root, a drop to an
+//! unprivileged uid/gid with no supplementary groups; `PR_SET_NO_NEW_PRIVS`; Landlock with
+//! every filesystem right handled and none granted (extract: read/write beneath the
+//! destination); a seccomp allowlist ([`syscalls`]) where everything else is `EPERM`.
+
+mod apply;
+mod check;
+mod policy;
+pub mod syscalls;
+
+pub use apply::{apply, landlock_abi, output_is_regular_file, seccomp_program, Enforced};
+pub use check::{check, describe, CheckReport};
+pub use policy::{
+    address_space_limit, policy, FsPolicy, Ids, Mode, Policy, Rlimit, SandboxRequest, NOBODY,
+};
