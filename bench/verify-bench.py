@@ -33,7 +33,7 @@ def make_image(path, size_mib):
     total = size_mib * 2 << 20  # logical size: twice the data, the rest holes
     with open(path, "wb") as f:
         f.truncate(total)
-    rnd = size_mib * 6 // 10
+    rnd = size_mib * 85 // 100
     comp = size_mib - rnd
     # pseudo-random, deterministic
     sh(f"openssl enc -aes-128-ctr -nosalt -K 00112233445566778899aabbccddeeff "
