@@ -9,6 +9,8 @@
 use std::io::Read;
 
 use crate::error::{Error, Result};
+use crate::inner_tar::header::{is_zero, parse_header};
+use crate::inner_tar::pax::PaxValues;
 use crate::limits::{MAX_MEMBERS, MAX_PATH_LEN, MAX_TAR_EXTENSION_LEN};
 use crate::paths::escape;
 
@@ -65,40 +67,32 @@ impl<R: Read> OuterReader<R> {
                 }
                 return Ok(None);
             }
-            if block.iter().all(|&b| b == 0) {
+            if is_zero(&block) {
                 continue;
             }
-            verify_checksum(&block)?;
-            if &block[257..262] != b"ustar" {
-                return Err(Error::malformed(format!(
-                    "outer tar header at offset {} has no ustar magic",
+            // OUT-5: checksum, magic and numeric fields, with the inner tar's header parser.
+            let header = parse_header(&block).map_err(|e| {
+                e.context(format!(
+                    "outer tar header at offset {}",
                     self.position - BLOCK as u64
-                )));
-            }
-            let size = parse_number(&block[124..136])
-                .ok_or_else(|| Error::malformed("outer tar header has a bad size field"))?;
-            match block[156] {
+                ))
+            })?;
+            match header.typeflag {
                 b'x' | b'g' => {
-                    if size > MAX_TAR_EXTENSION_LEN {
+                    if header.size > MAX_TAR_EXTENSION_LEN {
                         return Err(Error::limit(format!(
-                            "outer pax header of {size} bytes exceeds LIM-10"
+                            "outer pax header of {} bytes exceeds LIM-10",
+                            header.size
                         )));
                     }
-                    let mut data = vec![0u8; size as usize];
+                    let mut data = vec![0u8; header.size as usize];
                     self.read_exact(&mut data)?;
-                    self.skip(pad(size))?;
-                    if block[156] == b'x' {
-                        for (key, value) in parse_pax_records(&data)? {
-                            match key {
-                                b"path" => pax_path = Some(value.to_vec()),
-                                b"size" => {
-                                    pax_size = Some(parse_decimal(value).ok_or_else(|| {
-                                        Error::malformed("outer pax header has a bad size")
-                                    })?)
-                                }
-                                _ => {}
-                            }
-                        }
+                    self.skip(pad(header.size))?;
+                    if header.typeflag == b'x' {
+                        // OUT-3: `path` and `size` override the ustar fields.
+                        let values = PaxValues::parse(&data)?;
+                        pax_path = values.path;
+                        pax_size = values.size;
                     }
                 }
                 b'0' | 0 => {
@@ -108,14 +102,11 @@ impl<R: Read> OuterReader<R> {
                             "more than LIM-7 ({MAX_MEMBERS}) members"
                         )));
                     }
-                    let name = match pax_path.take() {
-                        Some(p) => p,
-                        None => ustar_name(&block),
-                    };
+                    let name = pax_path.take().unwrap_or(header.name);
                     if name.len() > MAX_PATH_LEN {
                         return Err(Error::limit("outer member name exceeds LIM-8"));
                     }
-                    let size = pax_size.take().unwrap_or(size);
+                    let size = pax_size.take().unwrap_or(header.size);
                     self.remaining = size;
                     self.padding = pad(size);
                     return Ok(Some(Member {
@@ -126,7 +117,7 @@ impl<R: Read> OuterReader<R> {
                 other => {
                     return Err(Error::malformed(format!(
                         "outer member {} has type {:?}; only regular files are allowed (OUT-2)",
-                        escape(&ustar_name(&block)),
+                        escape(&header.name),
                         other as char
                     )))
                 }
@@ -205,99 +196,6 @@ impl<R: Read> OuterReader<R> {
 
 fn pad(size: u64) -> u64 {
     (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
-}
-
-fn cstr(field: &[u8]) -> &[u8] {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    &field[..end]
-}
-
-/// The ustar name: `prefix/name` when the prefix field is set.
-fn ustar_name(block: &[u8; BLOCK]) -> Vec<u8> {
-    let name = cstr(&block[0..100]);
-    let prefix = cstr(&block[345..500]);
-    if prefix.is_empty() || &block[257..263] != b"ustar\0" {
-        return name.to_vec();
-    }
-    let mut full = prefix.to_vec();
-    full.push(b'/');
-    full.extend_from_slice(name);
-    full
-}
-
-/// OUT-5: the unsigned header checksum (GNU tar also accepts the signed sum).
-fn verify_checksum(block: &[u8; BLOCK]) -> Result<()> {
-    let stored = parse_number(&block[148..156])
-        .ok_or_else(|| Error::malformed("outer tar header has a bad checksum field"))?;
-    let (mut unsigned, mut signed) = (0u64, 0i64);
-    for (i, &b) in block.iter().enumerate() {
-        let b = if (148..156).contains(&i) { b' ' } else { b };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
-    }
-    if stored != unsigned && i64::try_from(stored).ok() != Some(signed) {
-        return Err(Error::malformed("outer tar header checksum mismatch"));
-    }
-    Ok(())
-}
-
-/// A numeric header field: octal (NUL/space terminated, leading spaces allowed) or
-/// base-256 (high bit set).
-pub(crate) fn parse_number(field: &[u8]) -> Option<u64> {
-    if let Some((&first, rest)) = field.split_first() {
-        if first & 0x80 != 0 {
-            if first & 0x40 != 0 {
-                return None; // negative
-            }
-            let mut v: u64 = u64::from(first & 0x3f);
-            for &b in rest {
-                v = v.checked_mul(256)?.checked_add(u64::from(b))?;
-            }
-            return Some(v);
-        }
-    }
-    let text = field
-        .iter()
-        .skip_while(|&&b| b == b' ')
-        .take_while(|&&b| b != 0 && b != b' ');
-    let mut v: u64 = 0;
-    let mut digits = 0;
-    for &b in text {
-        if !(b'0'..=b'7').contains(&b) {
-            return None;
-        }
-        v = v.checked_mul(8)?.checked_add(u64::from(b - b'0'))?;
-        digits += 1;
-    }
-    (digits > 0).then_some(v)
-}
-
-fn parse_decimal(text: &[u8]) -> Option<u64> {
-    if text.is_empty() || text.len() > 20 || !text.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(text).ok()?.parse().ok()
-}
-
-/// Pax records `LEN key=value\n` (OUT-3); every length is checked exactly.
-pub(crate) fn parse_pax_records(mut data: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
-    let bad = || Error::malformed("malformed pax record");
-    let mut records = Vec::new();
-    // GNU tar pads nothing inside the data, but tolerate trailing NULs.
-    while !data.is_empty() && data.iter().any(|&b| b != 0) {
-        let space = data.iter().position(|&b| b == b' ').ok_or_else(bad)?;
-        let len = parse_decimal(&data[..space]).ok_or_else(bad)?;
-        let len = usize::try_from(len).map_err(|_| bad())?;
-        if len <= space + 1 || len > data.len() {
-            return Err(bad());
-        }
-        let record = &data[space + 1..len];
-        let record = record.strip_suffix(b"\n").ok_or_else(bad)?;
-        let eq = record.iter().position(|&b| b == b'=').ok_or_else(bad)?;
-        records.push((&record[..eq], &record[eq + 1..]));
-        data = &data[len..];
-    }
-    Ok(records)
 }
 
 #[cfg(test)]
@@ -404,17 +302,5 @@ mod tests {
             ErrorClass::LimitExceeded
         );
         assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn numbers_octal_and_base256() {
-        assert_eq!(parse_number(b"00000001750\0"), Some(1000));
-        assert_eq!(parse_number(b"   17 \0"), Some(15));
-        assert_eq!(
-            parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]),
-            Some(1 << 33)
-        );
-        assert_eq!(parse_number(b"12x"), None);
-        assert_eq!(parse_number(&[0xff; 12]), None);
     }
 }

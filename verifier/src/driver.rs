@@ -25,7 +25,9 @@ use qbackup_format::archive::sequencer::{Sequencer, Step};
 use qbackup_format::crypto::hmac_file::Digest;
 use qbackup_format::crypto::scrypt_container;
 use qbackup_format::header::{Header, Version};
-use qbackup_format::inner_tar::{DataSink, Entry, MultiVolumeReader, TarReader};
+use qbackup_format::inner_tar::{
+    DataSink, Entry, EntryKind, EntrySource, MultiVolumeReader, TarReader,
+};
 use qbackup_format::limits::{
     BACKUP_SIZE_SLACK, MAX_CHUNK_LEN, MAX_HEADER_LEN, MAX_HMAC_LEN, MAX_INNER_ENTRIES,
     MAX_QUBES_XML_CHUNK_LEN, MAX_QUBES_XML_LEN,
@@ -695,19 +697,16 @@ fn decode_file(
             })
         });
         let mut tar = MultiVolumeReader::new(volumes)?;
-        let mut ordinal = 0;
-        while let Some(entry) = tar.next_entry()? {
-            handle_entry(ctx, &entry, ordinal, output, &mut |sink| {
-                tar.read_data(sink)
-            })?;
-            ordinal += 1;
-        }
-        tar.finish()?;
-        return finish_file(ordinal);
+        walk(ctx, &mut tar, output)?;
+        return tar.finish();
     }
     let payload = ChunkReader::new(|| chunks.next());
     let stream = file_stream(header, credentials, payload)?;
-    let mut tar = TarReader::new(stream);
+    walk(ctx, &mut TarReader::new(stream), output)
+}
+
+/// Every entry of one file's inner tar, to its end (VER-1, VER-3).
+fn walk(ctx: &mut FileCtx<'_>, tar: &mut dyn EntrySource, output: &mut dyn Output) -> Result<()> {
     let mut ordinal = 0;
     while let Some(entry) = tar.next_entry()? {
         handle_entry(ctx, &entry, ordinal, output, &mut |sink| {
@@ -771,63 +770,49 @@ fn handle_entry(
 }
 
 fn decode_qubes_xml(header: &Header, credentials: &Credentials, chunk: Vec<u8>) -> Result<Vec<u8>> {
-    let read_entry = |next: &mut dyn FnMut() -> Result<Option<Entry>>,
-                      data: &mut dyn FnMut(&mut dyn DataSink) -> Result<()>|
-     -> Result<Vec<u8>> {
-        let entry = next()?
-            .ok_or_else(|| Error::new(ErrorClass::MissingData, "qubes.xml chunk holds no file"))?;
-        if entry.path != QUBES_XML.as_bytes() {
-            return Err(Error::malformed(format!(
-                "qubes.xml chunk holds {} instead (TAR-11)",
-                qbackup_format::paths::escape(&entry.path)
-            )));
-        }
-        if entry.size > MAX_QUBES_XML_LEN {
-            return Err(Error::limit("qubes.xml exceeds LIM-4"));
-        }
-        let mut bytes = Vec::new();
-        data(&mut |offset: u64, b: &[u8]| {
-            let end = usize::try_from(offset).map_err(|_| Error::limit("qubes.xml offset"))?;
-            if bytes.len() < end {
-                bytes.resize(end, 0);
-            }
-            bytes.extend_from_slice(b);
-            Ok(())
-        })?;
-        bytes.resize(entry.size as usize, 0);
-        if next()?.is_some() {
-            return Err(Error::malformed("qubes.xml chunk holds more than one file"));
-        }
-        Ok(bytes)
-    };
     if header.version == Version::V2 {
         let volume = decode_v2_volume(header, credentials, chunk)?;
         let mut tar = MultiVolumeReader::new(std::iter::once(std::io::Cursor::new(volume)))?;
-        let tar = std::cell::RefCell::new(&mut tar);
-        let bytes = read_entry(&mut || tar.borrow_mut().next_entry(), &mut |s| {
-            tar.borrow_mut().read_data(s)
-        })?;
+        let bytes = read_qubes_xml(&mut tar)?;
+        tar.finish()?;
         return Ok(bytes);
     }
-    let mut once = Some(Ok(chunk));
-    let stream = file_stream(header, credentials, ChunkReader::new(|| once.take()))?;
-    let tar = std::cell::RefCell::new(TarReader::new(stream));
-    read_entry(&mut || tar.borrow_mut().next_entry(), &mut |s| {
-        tar.borrow_mut().read_data(s)
-    })
-    .map_err(|e| e.context("qubes.xml"))
+    let stream = file_stream(header, credentials, std::io::Cursor::new(chunk))?;
+    read_qubes_xml(&mut TarReader::new(stream)).map_err(|e| e.context("qubes.xml"))
+}
+
+/// The single `qubes.xml` entry of its chunk (ORD-2, TAR-11), bounded by LIM-4.
+fn read_qubes_xml(tar: &mut dyn EntrySource) -> Result<Vec<u8>> {
+    let entry = tar
+        .next_entry()?
+        .ok_or_else(|| Error::new(ErrorClass::MissingData, "qubes.xml chunk holds no file"))?;
+    if entry.path != QUBES_XML.as_bytes() || entry.kind != EntryKind::Regular {
+        return Err(Error::malformed(format!(
+            "qubes.xml chunk holds {} instead (TAR-11)",
+            qbackup_format::paths::escape(&entry.path)
+        )));
+    }
+    if entry.size > MAX_QUBES_XML_LEN {
+        return Err(Error::limit("qubes.xml exceeds LIM-4"));
+    }
+    // entry.size <= LIM-4, so this allocation is bounded.
+    let mut bytes = vec![0u8; entry.size as usize];
+    tar.read_data(&mut |offset: u64, b: &[u8]| {
+        let start = usize::try_from(offset).map_err(|_| Error::limit("qubes.xml offset"))?;
+        let end = start.checked_add(b.len()).filter(|&e| e <= bytes.len());
+        let end = end.ok_or_else(|| Error::malformed("qubes.xml data beyond its size"))?;
+        bytes[start..end].copy_from_slice(b);
+        Ok(())
+    })?;
+    if tar.next_entry()?.is_some() {
+        return Err(Error::malformed("qubes.xml chunk holds more than one file"));
+    }
+    Ok(bytes)
 }
 
 fn archive_info(h: &Header, kdf: Option<(u8, u32, u32)>) -> ArchiveInfo {
     ArchiveInfo {
-        version: h.version.number(),
-        header_present: h.present,
-        encrypted: h.encrypted,
-        compressed: h.compressed,
-        compression_filter: h.compression_filter.clone(),
-        crypto_algorithm: h.crypto_algorithm.clone(),
-        hmac_algorithm: h.hmac_algorithm.clone(),
-        backup_id: h.backup_id.clone(),
+        header: h.clone(),
         kdf,
         qubes_xml_flavor: None,
     }

@@ -1,20 +1,14 @@
 //! What a run found, per VM and per file, in human and JSON form (SPEC.md VER-1, ERR-1).
 
+use qbackup_format::header::Header;
 use qbackup_format::{Error, ErrorClass};
 use serde_json::{json, Value};
 
 /// Facts about the archive from its authenticated header.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ArchiveInfo {
-    pub version: u8,
-    pub header_present: bool,
-    pub encrypted: bool,
-    pub compressed: bool,
-    pub compression_filter: Option<String>,
-    pub crypto_algorithm: Option<String>,
-    pub hmac_algorithm: String,
-    pub backup_id: Option<String>,
-    /// scrypt parameters of `backup-header.hmac` (v4).
+    pub header: Header,
+    /// scrypt parameters of `backup-header.hmac` (v4): logN, r, p.
     pub kdf: Option<(u8, u32, u32)>,
     pub qubes_xml_flavor: Option<String>,
 }
@@ -87,15 +81,16 @@ impl Report {
 
     pub fn to_json(&self, command: &str) -> Value {
         let archive = self.archive.as_ref().map(|a| {
+            let h = &a.header;
             json!({
-                "version": a.version,
-                "header_present": a.header_present,
-                "encrypted": a.encrypted,
-                "compressed": a.compressed,
-                "compression_filter": a.compression_filter,
-                "crypto_algorithm": a.crypto_algorithm,
-                "hmac_algorithm": a.hmac_algorithm,
-                "backup_id": a.backup_id,
+                "version": h.version.number(),
+                "header_present": h.present,
+                "encrypted": h.encrypted,
+                "compressed": h.compressed,
+                "compression_filter": h.compression_filter,
+                "crypto_algorithm": h.crypto_algorithm,
+                "hmac_algorithm": h.hmac_algorithm,
+                "backup_id": h.backup_id,
                 "kdf": a.kdf.map(|(log_n, r, p)| json!({"log_n": log_n, "r": r, "p": p})),
                 "qubes_xml": a.qubes_xml_flavor,
             })
@@ -147,23 +142,24 @@ impl Report {
     pub fn human(&self, command: &str, listing: bool) -> String {
         let mut out = String::new();
         if let Some(a) = &self.archive {
+            let h = &a.header;
             out += &format!(
                 "Backup format {}{}, {}, {}, hmac {}",
-                a.version,
-                if a.header_present { "" } else { " (no header)" },
-                if a.encrypted {
+                h.version.number(),
+                if h.present { "" } else { " (no header)" },
+                if h.encrypted {
                     "encrypted"
                 } else {
                     "not encrypted"
                 },
-                match (&a.compressed, &a.compression_filter) {
+                match (&h.compressed, &h.compression_filter) {
                     (true, Some(f)) => format!("compressed ({f})"),
                     (true, None) => "compressed".to_string(),
                     _ => "not compressed".to_string(),
                 },
-                a.hmac_algorithm
+                h.hmac_algorithm
             );
-            if let Some(id) = &a.backup_id {
+            if let Some(id) = &h.backup_id {
                 out += &format!(", backup-id {id}");
             }
             if let Some((n, r, p)) = a.kdf {

@@ -4,11 +4,11 @@ use crate::bail;
 use crate::error::Result;
 
 /// The tar block size.
-pub(super) const BLOCK: usize = 512;
+pub(crate) const BLOCK: usize = 512;
 
 /// Which magic a header carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Magic {
+pub(crate) enum Magic {
     /// POSIX `ustar\0` + `00`: the prefix field at 345 extends the name.
     Ustar,
     /// Old GNU `ustar  \0`: bytes 345.. hold atime/ctime/offset/sparse fields.
@@ -19,7 +19,7 @@ pub(super) enum Magic {
 
 /// The fields of one header block, before extended headers are applied.
 #[derive(Debug, Clone)]
-pub(super) struct RawHeader {
+pub(crate) struct RawHeader {
     pub typeflag: u8,
     /// Name field, joined with the ustar prefix (`prefix/name`) when there is one.
     pub name: Vec<u8>,
@@ -33,12 +33,12 @@ pub(super) struct RawHeader {
     pub mtime: Option<i64>,
 }
 
-pub(super) fn is_zero(b: &[u8]) -> bool {
+pub(crate) fn is_zero(b: &[u8]) -> bool {
     b.iter().all(|&x| x == 0)
 }
 
 /// Bytes of `field` up to the first NUL.
-pub(super) fn cstr(field: &[u8]) -> &[u8] {
+pub(crate) fn cstr(field: &[u8]) -> &[u8] {
     match field.iter().position(|&b| b == 0) {
         Some(n) => field.get(..n).unwrap_or(field),
         None => field,
@@ -110,7 +110,7 @@ fn parse_numeric(f: &[u8], what: &str) -> Result<Option<i128>> {
 }
 
 /// An unsigned numeric field; empty reads as 0, negative values are malformed.
-pub(super) fn parse_u64(f: &[u8], what: &str) -> Result<u64> {
+pub(crate) fn parse_u64(f: &[u8], what: &str) -> Result<u64> {
     match parse_numeric(f, what)? {
         None => Ok(0),
         Some(v) => u64::try_from(v)
@@ -128,7 +128,7 @@ fn parse_i64(f: &[u8], what: &str) -> Result<Option<i64>> {
 }
 
 /// Unsigned numeric field at `start..start+len` of `block`.
-pub(super) fn num_at(block: &[u8; BLOCK], start: usize, len: usize, what: &str) -> Result<u64> {
+pub(crate) fn num_at(block: &[u8; BLOCK], start: usize, len: usize, what: &str) -> Result<u64> {
     parse_u64(field(block, start, len), what)
 }
 
@@ -149,7 +149,7 @@ fn verify_checksum(block: &[u8; BLOCK]) -> Result<()> {
 }
 
 /// Parse a non-zero header block (TAR-1): checksum, magic and the common fields.
-pub(super) fn parse_header(block: &[u8; BLOCK]) -> Result<RawHeader> {
+pub(crate) fn parse_header(block: &[u8; BLOCK]) -> Result<RawHeader> {
     verify_checksum(block)?;
     let typeflag = block[156];
     let magic = match field(block, 257, 8) {

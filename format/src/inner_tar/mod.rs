@@ -31,8 +31,8 @@
 //! current sparse map twice (reader and [`Entry`], 16 bytes per entry, ≤
 //! `MAX_SPARSE_ENTRIES`), grown as entries are read, never sized from a count.
 
-mod header;
-mod pax;
+pub(crate) mod header;
+pub(crate) mod pax;
 mod reader;
 
 #[cfg(test)]
@@ -195,5 +195,32 @@ where
     /// (data after the end of the set).
     pub fn finish(self) -> Result<()> {
         self.core.finish()
+    }
+}
+
+/// Either reader, as a stream of entries (one walk serves single- and multi-volume tars).
+pub trait EntrySource {
+    fn next_entry(&mut self) -> Result<Option<Entry>>;
+    fn read_data(&mut self, sink: &mut dyn DataSink) -> Result<()>;
+}
+
+impl<R: Read> EntrySource for TarReader<R> {
+    fn next_entry(&mut self) -> Result<Option<Entry>> {
+        TarReader::next_entry(self)
+    }
+    fn read_data(&mut self, sink: &mut dyn DataSink) -> Result<()> {
+        TarReader::read_data(self, sink)
+    }
+}
+
+impl<I: Iterator> EntrySource for MultiVolumeReader<I>
+where
+    I::Item: Read,
+{
+    fn next_entry(&mut self) -> Result<Option<Entry>> {
+        MultiVolumeReader::next_entry(self)
+    }
+    fn read_data(&mut self, sink: &mut dyn DataSink) -> Result<()> {
+        MultiVolumeReader::read_data(self, sink)
     }
 }

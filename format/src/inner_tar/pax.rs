@@ -6,7 +6,7 @@ use crate::limits::{MAX_PATH_LEN, MAX_SPARSE_ENTRIES};
 
 /// Call `f(key, value)` for every `LEN key=value\n` record of `data`, in order. The length
 /// must be exact and the records must fill `data` completely.
-pub(super) fn for_each_record(
+pub(crate) fn for_each_record(
     data: &[u8],
     mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
 ) -> Result<()> {
@@ -45,7 +45,7 @@ pub(super) fn for_each_record(
 }
 
 /// A decimal unsigned number: 1 to 20 ASCII digits, checked.
-pub(super) fn parse_dec(s: &[u8], what: &str) -> Result<u64> {
+pub(crate) fn parse_dec(s: &[u8], what: &str) -> Result<u64> {
     if s.is_empty() || s.len() > 20 {
         bail!(Malformed, "{what}: not a decimal number");
     }
@@ -85,7 +85,7 @@ fn parse_time(s: &[u8]) -> Result<i64> {
 
 /// The values of one `x` header that this reader uses; others are ignored.
 #[derive(Debug, Default)]
-pub(super) struct PaxValues {
+pub(crate) struct PaxValues {
     pub path: Option<Vec<u8>>,
     pub linkpath: Option<Vec<u8>>,
     pub size: Option<u64>,
@@ -114,7 +114,7 @@ fn bounded_path(v: &[u8], what: &str) -> Result<Vec<u8>> {
 
 impl PaxValues {
     /// Parse the records of an `x` header (TAR-5). An empty value unsets the key.
-    pub(super) fn parse(data: &[u8]) -> Result<PaxValues> {
+    pub(crate) fn parse(data: &[u8]) -> Result<PaxValues> {
         let mut p = PaxValues::default();
         for_each_record(data, |k, v| p.apply(k, v))?;
         if p.pending_offset.is_some() {
