@@ -1,7 +1,11 @@
 //! `qbackup-verify`: the unprivileged reader of Qubes OS backups. Thin: parse arguments,
 //! run, map the outcome to an exit code (SPEC.md ERR-3; README "Exit codes").
 
+mod bigalloc;
 mod cli;
+
+#[global_allocator]
+static ALLOCATOR: bigalloc::BigAlloc = bigalloc::BigAlloc;
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
@@ -24,6 +28,9 @@ const EXIT_OK: i32 = 0;
 const EXIT_INTERNAL: i32 = 1;
 
 fn main() {
+    if std::env::var_os("QBACKUP_NO_HUGEPAGES").is_some() {
+        bigalloc::DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let cli = Cli::parse();
     let code = match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(code)) => code,
