@@ -33,7 +33,7 @@ fn mapped_len(size: usize) -> usize {
 fn take_cached(len: usize) -> Option<*mut u8> {
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let slot = cache.iter_mut().find(|(addr, l)| *addr != 0 && *l == len)?;
-    let addr = std::mem::replace(slot, (0, 0)).0;
+    let addr = std::mem::take(slot).0;
     Some(addr as *mut u8)
 }
 
