@@ -16,8 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use qbackup_format::archive::authenticate::{
-    authenticate_header, authenticate_headerless_v2, chunk_digest, open_v4_chunk,
-    verify_chunk_hmac, Credentials,
+    authenticate_header, authenticate_headerless_v2, backup_id_hint, chunk_digest, open_v4_chunk,
+    verify_chunk_hmac, AuthenticatedArchive, Credentials,
 };
 use qbackup_format::archive::decode::{decode_v2_volume, file_stream, ChunkReader};
 use qbackup_format::archive::plan::{BackupPlan, FileSpec};
@@ -117,6 +117,14 @@ struct Run<'a, R: Read> {
     report: &'a mut Report,
 }
 
+/// The member after the header MAC, read early (MAC-7): its name, its stored bytes, and
+/// its plaintext as opened with the claimed backup-id.
+struct Prefetched {
+    name: Vec<u8>,
+    data: Vec<u8>,
+    opened: Option<(String, Result<Vec<u8>>)>,
+}
+
 /// A chunk's payload once authenticated (or why not).
 type Slot = Receiver<Result<Vec<u8>>>;
 
@@ -162,6 +170,7 @@ impl<R: Read> Run<'_, R> {
             return Err(Error::truncated("the archive is empty"));
         };
         let mut pending_name = None;
+        let mut prefetched: Option<Prefetched> = None;
         let header = match MemberName::parse(&first) {
             Ok(MemberName::Header) => {
                 let header_bytes = self.read(MAX_HEADER_LEN, "backup-header")?;
@@ -178,7 +187,9 @@ impl<R: Read> Run<'_, R> {
                     ));
                 }
                 let mac = self.read(MAX_HMAC_LEN, "backup-header.hmac")?;
-                let auth = authenticate_header(&header_bytes, &mac, &self.credentials)?;
+                let (auth, prefetch) = self.authenticate_with_prefetch(&header_bytes, &mac)?;
+                prefetched = prefetch;
+                let auth = auth?;
                 let kdf = scrypt_container::parse_header(&mac)
                     .ok()
                     .map(|h| (h.params.log_n, h.params.r, h.params.p));
@@ -205,20 +216,24 @@ impl<R: Read> Run<'_, R> {
         let mut sequencer = Sequencer::new(header.as_ref().map_or(Version::V2, |h| h.version));
 
         // ORD-2: qubes.xml, one chunk, authenticated and decoded before anything else.
-        let name = match pending_name {
-            Some(n) => n,
-            None => match self.next()? {
-                Some((n, _)) => n,
+        let (name, mut xml_chunk, speculative) = match (pending_name, prefetched) {
+            (Some(n), _) => (n, self.read(MAX_QUBES_XML_CHUNK_LEN, "qubes.xml")?, None),
+            (None, Some(p)) => (p.name, p.data, p.opened),
+            (None, None) => match self.next()? {
+                Some((n, _)) => (n, self.read(MAX_QUBES_XML_CHUNK_LEN, "qubes.xml")?, None),
                 None => return Err(Error::truncated("archive ends before qubes.xml")),
             },
         };
         sequencer.on_member(&name)?;
-        let mut xml_chunk = self.read(MAX_QUBES_XML_CHUNK_LEN, "qubes.xml")?;
         let xml_name = chunk_name(QUBES_XML, 0);
         let header = match header {
             Some(h) if h.version == Version::V4 => {
                 let id = h.backup_id.as_deref().unwrap_or_default();
-                open_v4_chunk(id, &xml_name, &self.credentials, &mut xml_chunk)?;
+                match speculative {
+                    // MAC-7: keys from the claimed id count only if it is the real one.
+                    Some((hint, Ok(plain))) if hint == id => xml_chunk = plain,
+                    _ => open_v4_chunk(id, &xml_name, &self.credentials, &mut xml_chunk)?,
+                }
                 h
             }
             header => {
@@ -273,6 +288,55 @@ impl<R: Read> Run<'_, R> {
             return Ok(());
         }
         self.data_members(&header, &mut sequencer, &mut plan, output)
+    }
+
+    /// Authenticate the header; for a v4 archive, meanwhile read the next member (which
+    /// ORD-2 says is qubes.xml) and open it on a second thread with the backup-id the
+    /// header claims (MAC-7), so the two KDFs run in parallel.
+    fn authenticate_with_prefetch(
+        &mut self,
+        header_bytes: &[u8],
+        mac: &[u8],
+    ) -> Result<(Result<AuthenticatedArchive>, Option<Prefetched>)> {
+        let hint = if mac.starts_with(scrypt_container::MAGIC) && self.jobs > 1 {
+            backup_id_hint(header_bytes)
+        } else {
+            None
+        };
+        let Some(hint) = hint else {
+            return Ok((
+                authenticate_header(header_bytes, mac, &self.credentials),
+                None,
+            ));
+        };
+        let Some((name, _)) = self.next()? else {
+            return Ok((
+                authenticate_header(header_bytes, mac, &self.credentials),
+                None,
+            ));
+        };
+        let data = self.read(MAX_QUBES_XML_CHUNK_LEN, "qubes.xml")?;
+        let credentials = &self.credentials;
+        // Both KDFs at once must fit the KDF memory budget (RES-1).
+        let memory = |c: &[u8]| {
+            scrypt_container::parse_header(c).map_or(u64::MAX, |h| h.params.memory_bytes())
+        };
+        let fits = memory(mac).saturating_add(memory(&data)) <= self.kdf_budget;
+        let (auth, opened) = std::thread::scope(|scope| {
+            let is_xml = name == format!("{}.enc", chunk_name(QUBES_XML, 0)).as_bytes();
+            let speculative = (is_xml && fits).then(|| {
+                let mut copy = data.clone();
+                let hint = hint.clone();
+                scope.spawn(move || {
+                    open_v4_chunk(&hint, &chunk_name(QUBES_XML, 0), credentials, &mut copy)
+                        .map(|()| copy)
+                })
+            });
+            let auth = authenticate_header(header_bytes, mac, credentials);
+            let opened = speculative.and_then(|h| h.join().ok()).map(|r| (hint, r));
+            (auth, opened)
+        });
+        Ok((auth, Some(Prefetched { name, data, opened })))
     }
 
     /// ORD-3 … ORD-7 and VER-1 … VER-5: every member after qubes.xml.

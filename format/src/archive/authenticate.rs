@@ -246,3 +246,44 @@ pub fn authenticate_headerless_v2(
         ..Header::headerless_v2()
     })
 }
+
+/// MAC-7 (KDF prefetch): the `backup-id` a header *claims*, read before it is
+/// authenticated, so the qubes.xml KDF can run in parallel with the header's. The value
+/// is only ever compared with the authenticated header's `backup-id`: keys derived from it
+/// are discarded unless the two are equal. Nothing else is taken from unauthenticated
+/// bytes.
+pub fn backup_id_hint(untrusted_header: &[u8]) -> Option<String> {
+    untrusted_header
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"backup-id="))
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= crate::limits::MAX_BACKUP_ID_LEN
+                && id.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        })
+        .and_then(|id| String::from_utf8(id.to_vec()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_id_hint_takes_only_a_well_formed_claim() {
+        let h = b"version=4\nbackup-id=20161020T123455-1234\n";
+        assert_eq!(backup_id_hint(h).as_deref(), Some("20161020T123455-1234"));
+        assert_eq!(backup_id_hint(b"backup-id=a b\n"), None);
+        assert_eq!(backup_id_hint(b"backup-id=\n"), None);
+        assert_eq!(backup_id_hint(b"backup-id=x\r\n"), None);
+        assert_eq!(backup_id_hint(b"version=4\n"), None);
+    }
+
+    #[test]
+    fn composite_passphrases_are_bounded() {
+        let long = vec![b'p'; MAX_PASSPHRASE_LEN];
+        let creds = Credentials::new(long, KdfLimit::default());
+        let mut container = vec![0u8; 200];
+        let e = open_v4_chunk("id", "vm3/private.img.000", &creds, &mut container).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::LimitExceeded);
+    }
+}
