@@ -19,7 +19,7 @@ use qbackup_format::archive::authenticate::{
     authenticate_header, authenticate_headerless_v2, backup_id_hint, chunk_digest, open_v4_chunk,
     verify_chunk_hmac, AuthenticatedArchive, Credentials,
 };
-use qbackup_format::archive::decode::{decode_v2_volume, file_stream, ChunkReader};
+use qbackup_format::archive::decode::{file_stream, v2_volume, ChunkReader};
 use qbackup_format::archive::plan::{BackupPlan, FileSpec};
 use qbackup_format::archive::sequencer::{Sequencer, Step};
 use qbackup_format::crypto::hmac_file::Digest;
@@ -145,7 +145,6 @@ enum Job {
         name: String,
         data: Vec<u8>,
         mac: Vec<u8>,
-        v2_volume: bool,
         done: Sender<Result<Vec<u8>>>,
     },
 }
@@ -548,7 +547,6 @@ impl<R: Read> Run<'_, R> {
                         name: chunk,
                         data,
                         mac,
-                        v2_volume: header.version == Version::V2,
                         done,
                     })
                     .map_err(|_| closed())?;
@@ -619,18 +617,10 @@ fn worker(jobs: Receiver<Job>, credentials: &Credentials, header: &Header, budge
                 name,
                 data,
                 mac,
-                v2_volume,
                 done,
             } => {
                 let result =
-                    verify_chunk_hmac(digest, credentials, &name, &data, &mac).and_then(|()| {
-                        if v2_volume {
-                            decode_v2_volume(header, credentials, data)
-                                .map_err(|e| e.context(&name))
-                        } else {
-                            Ok(data)
-                        }
-                    });
+                    verify_chunk_hmac(digest, credentials, &name, &data, &mac).map(|()| data);
                 let _ = done.send(result);
             }
         }
@@ -754,8 +744,8 @@ fn decode_file(
     if header.version == Version::V2 {
         let volumes = std::iter::from_fn(|| {
             chunks.next().map(|r| -> Box<dyn Read + Send> {
-                match r {
-                    Ok(v) => Box::new(std::io::Cursor::new(v)),
+                match r.and_then(|v| v2_volume(header, credentials, v)) {
+                    Ok(volume) => volume,
                     Err(e) => Box::new(FailingReader(Some(e))),
                 }
             })
@@ -835,8 +825,8 @@ fn handle_entry(
 
 fn decode_qubes_xml(header: &Header, credentials: &Credentials, chunk: Vec<u8>) -> Result<Vec<u8>> {
     if header.version == Version::V2 {
-        let volume = decode_v2_volume(header, credentials, chunk)?;
-        let mut tar = MultiVolumeReader::new(std::iter::once(std::io::Cursor::new(volume)))?;
+        let volume = v2_volume(header, credentials, chunk)?;
+        let mut tar = MultiVolumeReader::new(std::iter::once(volume))?;
         let bytes = read_qubes_xml(&mut tar)?;
         tar.finish()?;
         return Ok(bytes);

@@ -99,35 +99,32 @@ pub fn file_stream<'a, R: Read + Send + 'a>(
     }
 }
 
-/// v2: one chunk (after its HMAC verified) to one tar volume (V3-4, V3-5). `openssl enc -z`
-/// puts its zlib layer *outside* the cipher (the zlib BIO sits below the cipher BIO), so an
-/// encrypted and compressed chunk is zlib(`Salted__` ‖ salt ‖ ciphertext): inflate, then
-/// decrypt. A compressed-only chunk is one gzip stream.
-pub fn decode_v2_volume(
+/// v2: one chunk (after its HMAC verified) as a streaming tar volume (V3-4, V3-5): nothing is
+/// inflated ahead of the tar reader, so a compressed volume costs no more memory than any
+/// other stream. `openssl enc -z` puts its zlib layer *outside* the cipher (the zlib BIO sits
+/// below the cipher BIO), so an encrypted and compressed chunk is
+/// zlib(`Salted__` ‖ salt ‖ ciphertext): inflate, then decrypt. A compressed-only chunk is
+/// one gzip stream.
+pub fn v2_volume<'a>(
     header: &Header,
     credentials: &Credentials,
     chunk: Vec<u8>,
-) -> Result<Vec<u8>> {
-    let read_all = |r: &mut dyn Read| -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        r.read_to_end(&mut out)
-            .map_err(|e| Error::from_read(e, "v2 volume"))?;
-        Ok(out)
-    };
-    let stored = match (header.encrypted, header.compressed) {
-        (true, true) => read_all(&mut flate2::read::ZlibDecoder::new(&chunk[..]))?,
-        (false, true) => return read_all(&mut flate2::read::MultiGzDecoder::new(&chunk[..])),
-        (_, false) => chunk,
-    };
-    if !header.encrypted {
-        return Ok(stored);
-    }
-    let cipher = header_cipher(header)?;
-    read_all(&mut CbcDecryptReader::new(
-        &stored[..],
-        cipher,
-        credentials.passphrase(),
-    ))
+) -> Result<Box<dyn Read + Send + 'a>> {
+    let stored = io::Cursor::new(chunk);
+    Ok(match (header.encrypted, header.compressed) {
+        (true, true) => Box::new(CbcDecryptReader::new(
+            flate2::read::ZlibDecoder::new(stored),
+            header_cipher(header)?,
+            credentials.passphrase(),
+        )),
+        (true, false) => Box::new(CbcDecryptReader::new(
+            stored,
+            header_cipher(header)?,
+            credentials.passphrase(),
+        )),
+        (false, true) => Box::new(flate2::read::MultiGzDecoder::new(stored)),
+        (false, false) => Box::new(stored),
+    })
 }
 
 #[cfg(test)]
