@@ -28,5 +28,6 @@ pub mod member_name;
 pub mod outer_tar;
 pub mod paths;
 pub mod qubes_xml;
+pub mod writer;
 
 pub use error::{Error, ErrorClass, Result};
