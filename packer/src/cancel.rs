@@ -54,7 +54,10 @@ fn cancel_now() -> ! {
     match guard.as_ref().ok().and_then(|g| g.as_ref()) {
         Some(p) => match std::fs::remove_file(p) {
             Ok(()) => eprintln!("qbackup-pack: cancelled; removed {}", p.display()),
-            Err(e) => eprintln!("qbackup-pack: cancelled; could not remove {}: {e}", p.display()),
+            Err(e) => eprintln!(
+                "qbackup-pack: cancelled; could not remove {}: {e}",
+                p.display()
+            ),
         },
         None => eprintln!("qbackup-pack: cancelled"),
     }

@@ -3,8 +3,8 @@
 //! compressed. Requests are served lowest archive position first; at most `threads`
 //! KDFs (each 128·r·N bytes) run at once.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 

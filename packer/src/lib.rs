@@ -69,7 +69,10 @@ fn normalize(mut p: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, Failure> {
             p.pop();
         }
     }
-    if p.is_empty() || p.len() > MAX_PASSPHRASE_LEN || p.iter().any(|&b| matches!(b, 0 | b'\n' | b'\r')) {
+    if p.is_empty()
+        || p.len() > MAX_PASSPHRASE_LEN
+        || p.iter().any(|&b| matches!(b, 0 | b'\n' | b'\r'))
+    {
         return Err(Failure::Usage(format!(
             "the passphrase must be 1 to {MAX_PASSPHRASE_LEN} bytes without NUL or line breaks"
         )));
@@ -141,7 +144,11 @@ pub fn run(c: Create) -> Result<(), Failure> {
             plan::from_json(&text)?
         }
         (None, Some(d)) => plan::from_qubes_dir(d, &c.vms, c.dom0_home.as_deref())?,
-        _ => return Err(Failure::Usage("give --plan PLAN.json or --qubes-dir DIR".into())),
+        _ => {
+            return Err(Failure::Usage(
+                "give --plan PLAN.json or --qubes-dir DIR".into(),
+            ))
+        }
     };
     let filter = Filter::parse(&c.compression).ok_or_else(|| {
         Failure::Usage(format!(
@@ -149,11 +156,21 @@ pub fn run(c: Create) -> Result<(), Failure> {
             c.compression
         ))
     })?;
-    let format = if c.format == 3 { Format::V3 } else { Format::V4 };
+    let format = if c.format == 3 {
+        Format::V3
+    } else {
+        Format::V4
+    };
     let params = match (c.scrypt_log_n, c.scrypt_r, c.scrypt_p) {
-        (None, None, None) if format == Format::V4 => params::calibrate(),
+        // v3 runs no KDF: the parameters are unused.
+        _ if format == Format::V3 => Params {
+            log_n: 1,
+            r: 1,
+            p: 1,
+        },
+        (None, None, None) => params::calibrate(),
         (n, r, p) => Params {
-            log_n: n.unwrap_or(params::calibrate_log_n_default()),
+            log_n: n.unwrap_or_else(params::calibrate_log_n_default),
             r: r.unwrap_or(8),
             p: p.unwrap_or(1),
         },
@@ -162,7 +179,9 @@ pub fn run(c: Create) -> Result<(), Failure> {
         .validate()
         .map_err(|e| Failure::Usage(format!("scrypt parameters: {e}")))?;
     if c.chunk_size == 0 || c.chunk_size as u64 > qbackup_format::limits::MAX_CHUNK_LEN - 128 {
-        return Err(Failure::Usage("--chunk-size must be 1 .. 128 MiB - 128".into()));
+        return Err(Failure::Usage(
+            "--chunk-size must be 1 .. 128 MiB - 128".into(),
+        ));
     }
     let pass = passphrase(c.passphrase_file.as_deref())?;
     let ram = params::physical_memory();
@@ -196,7 +215,10 @@ pub fn run(c: Create) -> Result<(), Failure> {
     let mut child = if c.verify {
         let path = c.verifier.clone().unwrap_or_else(output::default_verifier);
         let ch = output::spawn_verifier(&path, &settings.passphrase)?;
-        cancel::CHILD.store(i32::try_from(ch.id()).unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+        cancel::CHILD.store(
+            i32::try_from(ch.id()).unwrap_or(0),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         Some(ch)
     } else {
         None
@@ -246,7 +268,9 @@ pub fn run(c: Create) -> Result<(), Failure> {
             Ok(())
         }
     };
-    let mut guard = cancel::PARTIAL.lock().map_err(|_| Failure::io("lock poisoned"))?;
+    let mut guard = cancel::PARTIAL
+        .lock()
+        .map_err(|_| Failure::io("lock poisoned"))?;
     if cancel::signalled() {
         drop(guard);
         loop {
@@ -258,7 +282,11 @@ pub fn run(c: Create) -> Result<(), Failure> {
         (Ok(()), false) => {
             std::fs::rename(&partial, &c.out).map_err(|e| {
                 let _ = std::fs::remove_file(&partial);
-                Failure::io(format!("renaming {} to {}: {e}", partial.display(), c.out.display()))
+                Failure::io(format!(
+                    "renaming {} to {}: {e}",
+                    partial.display(),
+                    c.out.display()
+                ))
             })?;
             *guard = None;
         }
@@ -271,14 +299,18 @@ pub fn run(c: Create) -> Result<(), Failure> {
         }
     }
     if outcome.is_ok() {
+        let kdf = match format {
+            Format::V4 => format!(
+                ", scrypt logN {} r {} p {}",
+                settings.params.log_n, settings.params.r, settings.params.p
+            ),
+            Format::V3 => String::new(),
+        };
         eprintln!(
-            "qbackup-pack: wrote {} ({} bytes, format {}, scrypt logN {} r {} p {})",
+            "qbackup-pack: wrote {} ({} bytes, format {}{kdf})",
             c.out.display(),
             progress.written(),
             c.format,
-            settings.params.log_n,
-            settings.params.r,
-            settings.params.p
         );
     }
     outcome

@@ -140,7 +140,10 @@ fn writer(
             }
         }
     }
-    Err(Error::new(ErrorClass::Io, "archive incomplete: producer stopped"))
+    Err(Error::new(
+        ErrorClass::Io,
+        "archive incomplete: producer stopped",
+    ))
 }
 
 /// One file of the archive, in order.
@@ -167,11 +170,7 @@ fn produce(
     let mut files: Vec<ArchiveFile<'_>> = Vec::new();
     let mut total = 0u64;
     let mut xml_vms: Vec<Vm> = Vec::new();
-    let mut dom0 = plan
-        .others
-        .iter()
-        .find(|v| v.class == "AdminVM")
-        .cloned();
+    let mut dom0 = plan.others.iter().find(|v| v.class == "AdminVM").cloned();
     if let Some((home, user)) = &plan.dom0_home {
         let size = source::tree_size(home).map_err(io_err(home.display()))?;
         total = total.saturating_add(size);
@@ -289,7 +288,16 @@ fn produce(
                     Failure::Error(Error::new(ErrorClass::Io, format!("no random salt: {e}")))
                 })?;
                 let enc = CbcEncryptor::new(Cipher::Aes256Cbc, &s.passphrase, salt);
-                let chunker = Chunker::new(f, i, s, tx, Tail::V3 { enc: Some(enc), digest });
+                let chunker = Chunker::new(
+                    f,
+                    i,
+                    s,
+                    tx,
+                    Tail::V3 {
+                        enc: Some(enc),
+                        digest,
+                    },
+                );
                 notes.extend(file_stream(f, s, chunker, progress)?);
             }
             send(Member::End)?;
@@ -319,11 +327,13 @@ fn file_stream(
     let mut notes = Vec::new();
     match &f.what {
         What::Xml(xml) => {
-            enc.write_all(&tar::regular(QUBES_XML, xml.len() as u64, &Meta::FILE).map_err(Failure::Error)?)
-                .and_then(|()| enc.write_all(xml))
-                .and_then(|()| enc.write_all(&[0u8; 512][..padding(xml.len() as u64)]))
-                .and_then(|()| enc.write_all(&END_OF_ARCHIVE))
-                .map_err(ctx)?;
+            enc.write_all(
+                &tar::regular(QUBES_XML, xml.len() as u64, &Meta::FILE).map_err(Failure::Error)?,
+            )
+            .and_then(|()| enc.write_all(xml))
+            .and_then(|()| enc.write_all(&[0u8; 512][..padding(xml.len() as u64)]))
+            .and_then(|()| enc.write_all(&END_OF_ARCHIVE))
+            .map_err(ctx)?;
         }
         What::Source(src) => match &src.path {
             None => source::write_file_tar(&f.path, None, &mut enc, progress).map_err(ctx)?,
@@ -340,7 +350,10 @@ fn file_stream(
         },
         What::Home(home, user) => {
             notes = source::write_home_tar(home, user, &mut enc, progress).map_err(|e| {
-                Failure::Error(Error::new(ErrorClass::Io, format!("{}: {e}", home.display())))
+                Failure::Error(Error::new(
+                    ErrorClass::Io,
+                    format!("{}: {e}", home.display()),
+                ))
             })?;
         }
     }

@@ -121,13 +121,15 @@ fn check_source(vm: &str, path: &Path, allow_device: bool) -> Result<(), Failure
 }
 
 fn home_user(home: &Path) -> Result<String, Failure> {
-    let md = fs::metadata(home)
-        .map_err(|e| usage(format!("dom0 home {}: {e}", home.display())))?;
+    let md = fs::metadata(home).map_err(|e| usage(format!("dom0 home {}: {e}", home.display())))?;
     if !md.is_dir() {
-        return Err(usage(format!("dom0 home {} is not a directory", home.display())));
+        return Err(usage(format!(
+            "dom0 home {} is not a directory",
+            home.display()
+        )));
     }
-    let canon = fs::canonicalize(home)
-        .map_err(|e| usage(format!("dom0 home {}: {e}", home.display())))?;
+    let canon =
+        fs::canonicalize(home).map_err(|e| usage(format!("dom0 home {}: {e}", home.display())))?;
     let user = canon
         .file_name()
         .and_then(|n| n.to_str())
@@ -149,8 +151,7 @@ fn home_user(home: &Path) -> Result<String, Failure> {
 
 /// Read and validate a JSON plan.
 pub fn from_json(text: &[u8]) -> Result<Plan, Failure> {
-    let jp: JsonPlan =
-        serde_json::from_slice(text).map_err(|e| usage(format!("plan: {e}")))?;
+    let jp: JsonPlan = serde_json::from_slice(text).map_err(|e| usage(format!("plan: {e}")))?;
     let mut names = HashSet::new();
     let mut qids: HashSet<u32> = jp.vms.iter().filter_map(|v| v.qid).collect();
     if qids.len() != jp.vms.iter().filter(|v| v.qid.is_some()).count() {
@@ -162,10 +163,16 @@ pub fn from_json(text: &[u8]) -> Result<Plan, Failure> {
     let mut next_qid = 1u32;
     let mut vms = Vec::new();
     for v in jp.vms {
-        qubes_xml::validate_vm_name(&v.name)
-            .map_err(|_| usage(format!("plan: invalid VM name {:?} (a letter, then up to 30 of A-Z a-z 0-9 _ . -)", v.name)))?;
+        qubes_xml::validate_vm_name(&v.name).map_err(|_| {
+            usage(format!(
+                "plan: invalid VM name {:?} (a letter, then up to 30 of A-Z a-z 0-9 _ . -)",
+                v.name
+            ))
+        })?;
         if v.name == "dom0" {
-            return Err(usage("plan: dom0 is backed up with \"dom0_home\", not as a VM"));
+            return Err(usage(
+                "plan: dom0 is backed up with \"dom0_home\", not as a VM",
+            ));
         }
         if !names.insert(v.name.clone()) {
             return Err(usage(format!("plan: duplicate VM name {:?}", v.name)));
@@ -178,10 +185,22 @@ pub fn from_json(text: &[u8]) -> Result<Plan, Failure> {
                 CLASSES.join(", ")
             )));
         }
-        if v.label.is_empty() || !v.label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') || v.label.starts_with("label-") {
-            return Err(usage(format!("VM {}: invalid label {:?} (a colour name such as red, blue)", v.name, v.label)));
+        if v.label.is_empty()
+            || !v
+                .label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || v.label.starts_with("label-")
+        {
+            return Err(usage(format!(
+                "VM {}: invalid label {:?} (a colour name such as red, blue)",
+                v.name, v.label
+            )));
         }
-        for other in [&v.template, &v.netvm.clone().flatten()].into_iter().flatten() {
+        for other in [&v.template, &v.netvm.clone().flatten()]
+            .into_iter()
+            .flatten()
+        {
             qubes_xml::validate_vm_name(other)
                 .map_err(|_| usage(format!("VM {}: invalid VM name {other:?}", v.name)))?;
         }
@@ -203,7 +222,10 @@ pub fn from_json(text: &[u8]) -> Result<Plan, Failure> {
         for f in &v.volumes {
             check_volume_name(&v.name, &f.name)?;
             if !seen.insert(format!("{}.img", f.name)) {
-                return Err(usage(format!("VM {}: duplicate volume {:?}", v.name, f.name)));
+                return Err(usage(format!(
+                    "VM {}: duplicate volume {:?}",
+                    v.name, f.name
+                )));
             }
             check_source(&v.name, &f.path, true)?;
             volumes.push(f.name.clone());
@@ -298,19 +320,23 @@ pub fn from_qubes_dir(
     dom0_home: Option<&Path>,
 ) -> Result<Plan, Failure> {
     let xml_path = dir.join("qubes.xml");
-    let text = fs::read(&xml_path)
-        .map_err(|e| usage(format!("{}: {e}", xml_path.display())))?;
-    let xml = qubes_xml::parse(&text)
-        .map_err(|e| usage(format!("{}: {e}", xml_path.display())))?;
+    let text = fs::read(&xml_path).map_err(|e| usage(format!("{}: {e}", xml_path.display())))?;
+    let xml = qubes_xml::parse(&text).map_err(|e| usage(format!("{}: {e}", xml_path.display())))?;
     if xml.flavor != Flavor::Core3 {
-        return Err(usage(format!("{}: not an R4 qubes.xml", xml_path.display())));
+        return Err(usage(format!(
+            "{}: not an R4 qubes.xml",
+            xml_path.display()
+        )));
     }
     for name in selected {
         if name == "dom0" {
             return Err(usage("use --dom0-home to back up dom0's home"));
         }
         if xml.vm(name).is_none() {
-            return Err(usage(format!("VM {name:?} is not in {}", xml_path.display())));
+            return Err(usage(format!(
+                "VM {name:?} is not in {}",
+                xml_path.display()
+            )));
         }
     }
     let mut vms = Vec::new();
@@ -325,13 +351,20 @@ pub fn from_qubes_dir(
             others.push(vm);
             continue;
         }
-        let sub = if vm.class == "TemplateVM" { "vm-templates" } else { "appvms" };
+        let sub = if vm.class == "TemplateVM" {
+            "vm-templates"
+        } else {
+            "appvms"
+        };
         let vm_dir = dir.join(sub).join(&vm.name);
-        let volumes = vm.volumes_saved.clone().unwrap_or_else(|| match vm.class.as_str() {
-            "TemplateVM" | "StandaloneVM" => vec!["private".into(), "root".into()],
-            "AppVM" => vec!["private".into()],
-            _ => Vec::new(),
-        });
+        let volumes = vm
+            .volumes_saved
+            .clone()
+            .unwrap_or_else(|| match vm.class.as_str() {
+                "TemplateVM" | "StandaloneVM" => vec!["private".into(), "root".into()],
+                "AppVM" => vec!["private".into()],
+                _ => Vec::new(),
+            });
         let mut files = Vec::new();
         let mut missing = Vec::new();
         for v in &volumes {

@@ -35,9 +35,7 @@ impl Layout {
 }
 
 fn too_many() -> io::Error {
-    io::Error::other(format!(
-        "more than {MAX_SPARSE_ENTRIES} data runs (LIM-11)"
-    ))
+    io::Error::other(format!("more than {MAX_SPARSE_ENTRIES} data runs (LIM-11)"))
 }
 
 /// Data runs from SEEK_DATA/SEEK_HOLE; `None` when the file system cannot tell.
@@ -285,7 +283,10 @@ fn walk(
             continue;
         };
         if base.chars().any(char::is_control) {
-            notes.push(format!("skipped {} (control character in name)", path.display()));
+            notes.push(format!(
+                "skipped {} (control character in name)",
+                path.display()
+            ));
             continue;
         }
         let child = format!("{name}/{base}");
@@ -297,7 +298,10 @@ fn walk(
         } else if ft.is_symlink() {
             let target = fs::read_link(&path)?;
             let Some(t) = target.to_str() else {
-                notes.push(format!("skipped symlink {} (target not UTF-8)", path.display()));
+                notes.push(format!(
+                    "skipped symlink {} (target not UTF-8)",
+                    path.display()
+                ));
                 continue;
             };
             out.write_all(&tar::symlink(&child, t, &meta_of(&md)).map_err(to_io)?)?;
@@ -315,7 +319,10 @@ fn walk(
             progress.advance(size);
             out.write_all(&[0u8; 512][..padding(size)])?;
         } else {
-            notes.push(format!("skipped {} (not a file, directory or symlink)", path.display()));
+            notes.push(format!(
+                "skipped {} (not a file, directory or symlink)",
+                path.display()
+            ));
         }
     }
     Ok(())

@@ -74,7 +74,10 @@ mod tests {
     fn members_read_back() {
         let long = format!("{}/{}", "d".repeat(120), "f".repeat(90));
         let mut bytes = Vec::new();
-        for (name, data) in [("backup-header", &b"abc"[..]), (long.as_str(), &[7u8; 600][..])] {
+        for (name, data) in [
+            ("backup-header", &b"abc"[..]),
+            (long.as_str(), &[7u8; 600][..]),
+        ] {
             bytes.extend_from_slice(&member_header(name, data.len() as u64, 1).unwrap());
             bytes.extend_from_slice(data);
             bytes.resize(bytes.len() + super::super::padding(data.len() as u64), 0);

@@ -135,7 +135,10 @@ pub fn sparse(name: &str, realsize: u64, runs: &[(u64, u64)], meta: &Meta) -> Re
     let mut end = 0u64;
     let mut stored = 0u64;
     for &(off, len) in runs {
-        let Some(run_end) = off.checked_add(len).filter(|&e| off >= end && e <= realsize) else {
+        let Some(run_end) = off
+            .checked_add(len)
+            .filter(|&e| off >= end && e <= realsize)
+        else {
             bail!(
                 Malformed,
                 "{name:?}: sparse run ({off}, {len}) out of order or beyond {realsize} (TAR-9)"

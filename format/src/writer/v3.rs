@@ -72,9 +72,15 @@ impl CbcEncryptor {
             unreachable!("key/iv lengths match the cipher")
         }
         let enc = match cipher {
-            Cipher::Aes128Cbc => Enc::A128(KeyIvInit::new_from_slices(&key, &iv).unwrap_or_else(|_| bad())),
-            Cipher::Aes192Cbc => Enc::A192(KeyIvInit::new_from_slices(&key, &iv).unwrap_or_else(|_| bad())),
-            Cipher::Aes256Cbc => Enc::A256(KeyIvInit::new_from_slices(&key, &iv).unwrap_or_else(|_| bad())),
+            Cipher::Aes128Cbc => {
+                Enc::A128(KeyIvInit::new_from_slices(&key, &iv).unwrap_or_else(|_| bad()))
+            }
+            Cipher::Aes192Cbc => {
+                Enc::A192(KeyIvInit::new_from_slices(&key, &iv).unwrap_or_else(|_| bad()))
+            }
+            Cipher::Aes256Cbc => {
+                Enc::A256(KeyIvInit::new_from_slices(&key, &iv).unwrap_or_else(|_| bad()))
+            }
         };
         CbcEncryptor {
             enc,

@@ -141,7 +141,10 @@ impl SealingKey {
     /// container (plaintext length + 128 bytes).
     pub fn seal_in_place(&self, buf: &mut Vec<u8>) -> Result<()> {
         let Some(head) = buf.get_mut(..HEADER_LEN) else {
-            bail!(Malformed, "sealing buffer lacks the reserved container header");
+            bail!(
+                Malformed,
+                "sealing buffer lacks the reserved container header"
+            );
         };
         head.copy_from_slice(&self.prefix);
         if let Some(body) = buf.get_mut(HEADER_LEN..) {
