@@ -255,7 +255,7 @@ pub fn run(c: Create) -> Result<(), Failure> {
         None => Ok(()),
     };
     let outcome = match (result, verdict) {
-        (Err(e), Err(v)) if matches!(e, Failure::Error(ref x) if x.class() == ErrorClass::Io) => {
+        (Err(Failure::Error(ref x)), Err(v)) if x.class() == ErrorClass::Io => {
             // The verifier stopped reading: its verdict is the better explanation.
             Err(v)
         }

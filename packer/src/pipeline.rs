@@ -294,7 +294,7 @@ fn produce(
                     s,
                     tx,
                     Tail::V3 {
-                        enc: Some(enc),
+                        enc: Some(Box::new(enc)),
                         digest,
                     },
                 );
@@ -373,7 +373,7 @@ enum Tail<'a> {
         next: Option<Receiver<KeyResult>>,
     },
     V3 {
-        enc: Option<CbcEncryptor>,
+        enc: Option<Box<CbcEncryptor>>,
         digest: Digest,
     },
 }
@@ -460,7 +460,7 @@ impl<'a> Chunker<'a> {
             )));
         }
         let name = chunk_name(&self.path, self.index);
-        let data = std::mem::replace(&mut self.buf, Vec::new());
+        let data = std::mem::take(&mut self.buf);
         match &mut self.tail {
             Tail::V4 { pool, next } => {
                 let key = match next.take() {

@@ -51,10 +51,9 @@ fn split_name(name: &str) -> Result<(&str, &str)> {
         return Ok(("", name));
     }
     let found = name
-        .match_indices('/')
+        .rmatch_indices('/')
         .map(|(i, _)| i)
-        .filter(|&i| i <= 155 && name.len() - i - 1 <= 100 && i + 1 < name.len())
-        .last();
+        .find(|&i| i <= 155 && name.len() - i - 1 <= 100 && i + 1 < name.len());
     match found {
         Some(i) => Ok((&name[..i], &name[i + 1..])),
         None => bail!(
