@@ -39,10 +39,11 @@ struct Shared {
     params: Params,
 }
 
-/// A pool of KDF threads.
+/// A pool of KDF threads. Dropping it lets the threads finish the requests already
+/// made (their results are still awaited by the writer) and then exit; it does not wait.
 pub struct KdfPool {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    _threads: Vec<JoinHandle<()>>,
 }
 
 fn salt() -> Result<[u8; 32]> {
@@ -67,7 +68,10 @@ impl KdfPool {
                 std::thread::spawn(move || worker(&s))
             })
             .collect();
-        KdfPool { shared, threads }
+        KdfPool {
+            shared,
+            _threads: threads,
+        }
     }
 
     /// Ask for the keys of chunk `name` (`None`: `backup-header.hmac`); `priority` is its
@@ -89,13 +93,8 @@ impl Drop for KdfPool {
     fn drop(&mut self) {
         if let Ok(mut q) = self.shared.queue.lock() {
             q.closed = true;
-            q.heap.clear();
-            q.jobs.clear();
         }
         self.shared.ready.notify_all();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }
 
@@ -104,14 +103,14 @@ fn worker(s: &Shared) {
         let job = {
             let Ok(mut q) = s.queue.lock() else { return };
             loop {
-                if q.closed {
-                    return;
-                }
                 if let Some(Reverse((_, seq))) = q.heap.pop() {
                     if let Some(job) = q.jobs.remove(&seq) {
                         break job;
                     }
                     continue;
+                }
+                if q.closed {
+                    return;
                 }
                 q = match s.ready.wait(q) {
                     Ok(q) => q,

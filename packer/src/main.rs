@@ -3,6 +3,9 @@
 use clap::Parser;
 use qbackup_pack::cli::{Cli, Command};
 
+#[global_allocator]
+static ALLOC: qbackup_pack::alloc::HugeAlloc = qbackup_pack::alloc::HugeAlloc;
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {

@@ -112,7 +112,11 @@ impl Fixture {
             .arg(self.path("pass"))
             .arg("--out")
             .arg(self.path(out))
-            .args(["--scrypt-log-n", "10", "--no-progress"])
+            .args(if extra.contains(&"--scrypt-log-n") {
+                &["--no-progress"][..]
+            } else {
+                &["--scrypt-log-n", "10", "--no-progress"][..]
+            })
             .args(extra)
             .output()
             .unwrap()
@@ -683,4 +687,14 @@ mod props {
             }
         }
     }
+}
+
+/// Regression: the KDF pool was dropped when the producer finished, cancelling the KDFs
+/// the writer was still waiting for ("KDF worker stopped").
+#[test]
+fn kdfs_outlive_the_producer() {
+    let f = Fixture::new();
+    let a = f.pack_ok("slow.bin", &["--scrypt-log-n", "15", "--jobs", "1"]);
+    let r = driver::run(fs::File::open(&a).unwrap(), settings(), &mut VerifyOnly);
+    assert!(r.ok(), "{:?}", r.findings);
 }
