@@ -53,7 +53,8 @@ fn large(layout: &Layout) -> bool {
 }
 
 fn rounded(size: usize) -> Option<usize> {
-    size.checked_add(HUGE_PAGE - 1).map(|s| s & !(HUGE_PAGE - 1))
+    size.checked_add(HUGE_PAGE - 1)
+        .map(|s| s & !(HUGE_PAGE - 1))
 }
 
 unsafe fn map(size: usize) -> *mut u8 {

@@ -184,6 +184,12 @@ pub fn run(c: Create) -> Result<(), Failure> {
             "--chunk-size must be 1 .. 128 MiB - 128".into(),
         ));
     }
+    if c.out != Path::new("-") && c.out.exists() {
+        return Err(Failure::Usage(format!(
+            "{} exists; not overwriting a backup",
+            c.out.display()
+        )));
+    }
     let pass = passphrase(c.passphrase_file.as_deref())?;
     let ram = params::physical_memory();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -327,3 +327,25 @@ fn walk(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_block_scan_finds_runs() {
+        let dir = std::env::temp_dir().join(format!("qbp-scan-{}", std::process::id()));
+        let mut data = vec![0u8; 5000];
+        data[600] = 1; // block 1
+        data[1100] = 2; // block 2: joins block 1
+        data[4999] = 3; // trailing partial block (4608..5000)
+        fs::write(&dir, &data).unwrap();
+        let f = File::open(&dir).unwrap();
+        let runs = scan_runs(&f, 5000, &Progress::default()).unwrap();
+        fs::remove_file(&dir).unwrap();
+        assert_eq!(runs, vec![(512, 1024), (4608, 392)]);
+        let l = Layout { size: 5000, runs };
+        assert_eq!(l.data_bytes(), 1416);
+        assert!(!l.dense());
+    }
+}
