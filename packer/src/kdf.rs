@@ -118,6 +118,7 @@ fn worker(s: &Shared) {
                 };
             }
         };
+        crate::trace(format_args!("kdf start {:?}", job.name));
         let result = salt().and_then(|salt| {
             let binding = match &job.name {
                 None => Binding::Header,
@@ -128,6 +129,7 @@ fn worker(s: &Shared) {
             };
             SealingKey::derive(&s.passphrase, &binding, s.params, salt)
         });
+        crate::trace(format_args!("kdf done {:?}", job.name));
         let _ = job.tx.send(result);
     }
 }

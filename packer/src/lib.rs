@@ -13,6 +13,20 @@ pub mod plan;
 pub mod progress;
 pub mod source;
 
+/// `QBACKUP_PACK_TRACE=1`: timestamped pipeline events on stderr (for tuning).
+pub fn trace(what: std::fmt::Arguments<'_>) {
+    static START: std::sync::OnceLock<(bool, std::time::Instant)> = std::sync::OnceLock::new();
+    let (on, t0) = START.get_or_init(|| {
+        (
+            std::env::var_os("QBACKUP_PACK_TRACE").is_some(),
+            std::time::Instant::now(),
+        )
+    });
+    if *on {
+        eprintln!("[{:8.3}] {what}", t0.elapsed().as_secs_f64());
+    }
+}
+
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -304,6 +318,21 @@ pub fn run(c: Create) -> Result<(), Failure> {
             }
             *guard = None;
         }
+    }
+    if c.progress_json {
+        let line = match &outcome {
+            Ok(()) => serde_json::json!({
+                "event": "done",
+                "out": c.out.display().to_string(),
+                "written_bytes": progress.written(),
+            }),
+            Err(e) => serde_json::json!({
+                "event": "failed",
+                "exit_code": e.exit_code(),
+                "message": e.to_string(),
+            }),
+        };
+        eprintln!("{line}");
     }
     if outcome.is_ok() {
         let kdf = match format {

@@ -125,11 +125,13 @@ fn writer(
                 mut data,
                 key,
             } => {
+                crate::trace(format_args!("writer waits key {name}"));
                 let key = key
                     .recv()
                     .map_err(|_| Error::new(ErrorClass::Io, "KDF worker stopped"))??;
                 key.seal_in_place(&mut data)?;
                 put(&name, &data)?;
+                crate::trace(format_args!("writer wrote {name}"));
             }
             Member::End => {
                 out.write_all(&END_OF_ARCHIVE)
@@ -460,6 +462,7 @@ impl<'a> Chunker<'a> {
             )));
         }
         let name = chunk_name(&self.path, self.index);
+        crate::trace(format_args!("chunk filled {name}"));
         let data = std::mem::take(&mut self.buf);
         match &mut self.tail {
             Tail::V4 { pool, next } => {

@@ -415,9 +415,13 @@ fn stdout_stream_and_verify_flag() {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let last = events.last().expect("progress lines");
+    let (done, progress) = events.split_last().expect("progress lines");
+    assert_eq!(done["event"], "done");
+    let last = progress.last().expect("a progress line");
     assert_eq!(last["event"], "progress");
     assert_eq!(last["done_bytes"], last["total_bytes"]);
+    assert_eq!(last["written_bytes"], done["written_bytes"]);
+    assert_eq!(done["written_bytes"], o.stdout.len());
 }
 
 /// target/<profile>/qbackup-verify, built if missing.
