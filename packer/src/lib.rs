@@ -216,6 +216,7 @@ pub fn run(c: Create) -> Result<(), Failure> {
         chunk_size: c.chunk_size,
         params,
         kdf_threads,
+        compress_threads: cpus,
         passphrase: pass,
         backup_id: backup_id(now()),
         mtime: now(),

@@ -29,7 +29,7 @@ use qbackup_format::writer::{outer, padding, END_OF_ARCHIVE};
 use qbackup_format::{Error, ErrorClass};
 use zeroize::Zeroizing;
 
-use crate::compress::Filter;
+use crate::compress::{FileEncoder, Filter, ParallelEncoder, Pool};
 use crate::kdf::{KdfPool, KeyResult};
 use crate::plan::Plan;
 use crate::progress::Progress;
@@ -55,6 +55,8 @@ pub struct Settings {
     pub chunk_size: usize,
     pub params: Params,
     pub kdf_threads: usize,
+    /// Compression threads.
+    pub compress_threads: usize,
     pub passphrase: Zeroizing<Vec<u8>>,
     pub backup_id: String,
     /// mtime of outer members.
@@ -234,6 +236,7 @@ fn produce(
         )),
         Format::V3 => None,
     };
+    let cpool = Pool::new(s.compress_threads);
     let send = |m: Member| {
         tx.send(m)
             .map_err(|_| Failure::Error(Error::new(ErrorClass::Io, "archive writer stopped")))
@@ -266,7 +269,7 @@ fn produce(
             for (i, f) in files.iter().enumerate() {
                 let first = firsts.get_mut(i).and_then(Option::take);
                 let chunker = Chunker::new(f, i, s, tx, Tail::V4 { pool, next: first });
-                notes.extend(file_stream(f, s, chunker, progress)?);
+                notes.extend(file_stream(f, s, chunker, &cpool, progress)?);
             }
             send(Member::End)?;
             Ok(notes)
@@ -300,7 +303,7 @@ fn produce(
                         digest,
                     },
                 );
-                notes.extend(file_stream(f, s, chunker, progress)?);
+                notes.extend(file_stream(f, s, chunker, &cpool, progress)?);
             }
             send(Member::End)?;
             Ok(notes)
@@ -318,6 +321,7 @@ fn file_stream(
     f: &ArchiveFile<'_>,
     s: &Settings,
     chunker: Chunker<'_>,
+    pool: &Pool,
     progress: &Progress,
 ) -> Result<Vec<String>, Failure> {
     progress.set_vm(&f.vm);
@@ -325,7 +329,10 @@ fn file_stream(
         // A classified error from the chunker (writer gone) keeps its class.
         Failure::Error(Error::from_read(e, &f.path).reclass(ErrorClass::Io))
     };
-    let mut enc = s.filter.encoder(chunker, s.level).map_err(ctx)?;
+    let mut enc = match s.filter {
+        Filter::None => FileEncoder::Plain(chunker),
+        f => FileEncoder::Parallel(ParallelEncoder::new(pool, f, s.level, chunker)),
+    };
     let mut notes = Vec::new();
     match &f.what {
         What::Xml(xml) => {
