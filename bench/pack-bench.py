@@ -138,7 +138,8 @@ def main():
           f"peak RSS {ref_rss:6.0f} MiB  archive {os.path.getsize(ref_arch) / 2**20:.0f} MiB")
     print(f"qbackup-pack create:                     {ours:7.1f} s  cpu {ours_cpu:6.1f} s  "
           f"peak RSS {ours_rss:6.0f} MiB  archive {size / 2**20:.0f} MiB (verified)")
-    print(f"speed-up: {ref / ours:.2f}x")
+    print(f"speed-up: {ref / ours:.2f}x (wall)  CPU ratio: {ref_cpu / ours_cpu:.2f}x  "
+          f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if not args.keep:
         os.remove(ours_arch)
         os.remove(ref_arch)
