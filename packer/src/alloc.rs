@@ -1,7 +1,8 @@
 //! A global allocator that maps large blocks (scrypt's 128·r·N-byte arrays, 100 MiB
-//! chunk buffers) directly with `mmap`, 2 MiB aligned and `MADV_HUGEPAGE`, so that a
-//! KDF's gigabytes fault in as huge pages: page-fault time was about 40 % of a logN 21
-//! KDF's CPU with 4 KiB pages. Freed large blocks are kept for reuse (at most
+//! chunk buffers) directly with `mmap` (2 MiB aligned) and keeps freed ones for reuse:
+//! faulting in 2 GiB of fresh memory cost about as much as a logN 21 KDF itself on the
+//! test machine (a VM), and `MADV_HUGEPAGE` made it worse (direct compaction), so
+//! each KDF thread faults its memory in once per archive. Freed large blocks are kept (at most
 //! [`CACHE_SLOTS`] blocks, [`CACHE_BYTES`] in all), so the next KDF of the same size
 //! does not fault its memory in again. Smaller blocks go to the system allocator.
 
@@ -82,8 +83,8 @@ unsafe fn map(size: usize) -> *mut u8 {
     let aligned = (start + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
     let head = aligned - start;
     let tail = total - head - len;
-    // SAFETY: trimming the unaligned head and the unused tail of our own mapping, then
-    // advising the kernel about the rest; both calls only affect [p, p + total).
+    // SAFETY: trimming the unaligned head and the unused tail of our own mapping; the
+    // calls only affect [p, p + total).
     unsafe {
         if head > 0 {
             libc::munmap(p, head);
@@ -91,7 +92,6 @@ unsafe fn map(size: usize) -> *mut u8 {
         if tail > 0 {
             libc::munmap((aligned + len) as *mut libc::c_void, tail);
         }
-        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
     aligned as *mut u8
 }
