@@ -232,7 +232,7 @@ grep -q 'backup-path">vm3/<' qubes.xml
 for f in vm3/private.img vm3/firewall.xml vm3/notes.txt vm4/root.img vm4/private.img vm5/empty dom0-home/user; do
   find "$(dirname $f)" -name "$(basename $f).*.enc" | sort -V | while read f_enc; do
     echo "$BID!${f_enc%.enc}!$PASS" | scrypt dec -P "$f_enc" || exit 1
-  done | $DEC | tar -xS
+  done | $DEC | tar -x
 done
 "#;
 
@@ -320,7 +320,7 @@ grep -q '^version=3$' backup-header
 for f in vm3/private.img vm3/firewall.xml vm3/notes.txt vm4/root.img vm4/private.img vm5/empty dom0-home/user; do
   for c in $(find "$(dirname $f)" -name "$(basename $f).*[0-9]" | sort -V); do check "$c"; done
   find "$(dirname $f)" -name "$(basename $f).*[0-9]" | sort -V | xargs cat \
-    | openssl enc -d -md MD5 -pass pass:"$PASS" -aes-256-cbc 2>/dev/null | gzip -d | tar -xS
+    | openssl enc -d -md MD5 -pass pass:"$PASS" -aes-256-cbc 2>/dev/null | gzip -d | tar -x
 done
 "#,
             a.display()
