@@ -29,5 +29,6 @@ pub mod outer_tar;
 pub mod paths;
 pub mod protocol;
 pub mod qubes_xml;
+pub mod writer;
 
 pub use error::{Error, ErrorClass, Result};

@@ -1,5 +1,21 @@
-//! `qbackup-pack`: the privileged half (create, restore). Built in a later issue.
+//! `qbackup-pack`: thin shell around [`qbackup_pack::run`]; exit codes in `cli.rs`.
+
+use clap::Parser;
+use qbackup_pack::cli::{Cli, Command};
+
+#[global_allocator]
+static ALLOC: qbackup_pack::alloc::HugeAlloc = qbackup_pack::alloc::HugeAlloc;
+
 fn main() {
-    eprintln!("qbackup-pack: not built yet; see the packer issue");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Create(c) => match qbackup_pack::run(c) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("qbackup-pack: {e}");
+                e.exit_code()
+            }
+        },
+    };
+    std::process::exit(code);
 }

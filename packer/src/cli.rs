@@ -1,0 +1,83 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Write Qubes OS backups (format 4, or 3 for compatibility tests) that upstream restores.
+///
+/// Exit codes: 0 written (and verified with --verify); 1 internal error; 2 usage or plan
+/// error; 20 I/O error; 130 cancelled; with --verify, the verifier's code (10-20) when it
+/// rejects the archive.
+#[derive(Debug, Parser)]
+#[command(name = "qbackup-pack", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a backup archive.
+    Create(Create),
+}
+
+#[derive(Debug, Args)]
+pub struct Create {
+    /// The backup plan (JSON, see packer/PLAN.md).
+    #[arg(long, value_name = "PLAN.json", conflicts_with = "qubes_dir")]
+    pub plan: Option<PathBuf>,
+    /// A directory laid out like dom0's /var/lib/qubes, with an R4 qubes.xml.
+    #[arg(long, value_name = "DIR")]
+    pub qubes_dir: Option<PathBuf>,
+    /// With --qubes-dir: also back up this dom0 home directory.
+    #[arg(long, value_name = "DIR", requires = "qubes_dir")]
+    pub dom0_home: Option<PathBuf>,
+    /// With --qubes-dir: the VMs to back up (default: every VM with files under DIR).
+    #[arg(value_name = "VM", requires = "qubes_dir")]
+    pub vms: Vec<String>,
+    /// Output file (written as FILE.partial, renamed on success), or `-` for stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Read the passphrase from this file (one trailing newline removed); else
+    /// $QBACKUP_PASSPHRASE; else a prompt.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Archive format version: 4 (default) or 3.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(3..=4))]
+    pub format: u8,
+    /// Compression: gzip (default), bzip2, xz, zstd, none.
+    #[arg(long, default_value = "gzip", value_name = "FILTER")]
+    pub compression: String,
+    /// Compression level (default: the program's own default).
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<u32>,
+    /// scrypt log2(N) (default: as strong as `scrypt enc` picks on this machine: ~5 s of
+    /// CPU, at most 1/8 of RAM).
+    #[arg(long, value_name = "N")]
+    pub scrypt_log_n: Option<u8>,
+    /// scrypt r (default 8).
+    #[arg(long = "scrypt-r", value_name = "R")]
+    pub scrypt_r: Option<u32>,
+    /// scrypt p (default 1, or what the cost calibration picks).
+    #[arg(long = "scrypt-p", value_name = "P")]
+    pub scrypt_p: Option<u32>,
+    /// Chunk size in bytes (default 104857600 = 100 MiB, as upstream).
+    #[arg(long, value_name = "BYTES", default_value_t = 104_857_600)]
+    pub chunk_size: usize,
+    /// KDF threads (default: number of CPUs, within half of the RAM).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Verify the archive while it is written with `qbackup-verify verify -`.
+    #[arg(long)]
+    pub verify: bool,
+    /// The verifier binary (default: qbackup-verify next to this program).
+    #[arg(long, value_name = "PATH", requires = "verify")]
+    pub verifier: Option<PathBuf>,
+    /// Progress as one JSON object per line on stderr.
+    #[arg(long, conflicts_with = "no_progress")]
+    pub progress_json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}

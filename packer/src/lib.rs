@@ -1,0 +1,360 @@
+//! `qbackup-pack`: writes Qubes OS backup archives (SPEC.md WRT-1 … WRT-4) from a plan.
+//! The binary (`main.rs`) is a thin shell around [`run`].
+
+pub mod alloc;
+pub mod cancel;
+pub mod cli;
+pub mod compress;
+pub mod kdf;
+pub mod output;
+pub mod params;
+pub mod pipeline;
+pub mod plan;
+pub mod progress;
+pub mod source;
+
+/// `QBACKUP_PACK_TRACE=1`: timestamped pipeline events on stderr (for tuning).
+pub fn trace(what: std::fmt::Arguments<'_>) {
+    static START: std::sync::OnceLock<(bool, std::time::Instant)> = std::sync::OnceLock::new();
+    let (on, t0) = START.get_or_init(|| {
+        (
+            std::env::var_os("QBACKUP_PACK_TRACE").is_some(),
+            std::time::Instant::now(),
+        )
+    });
+    if *on {
+        eprintln!("[{:8.3}] {what}", t0.elapsed().as_secs_f64());
+    }
+}
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use qbackup_format::crypto::scrypt_container::Params;
+use qbackup_format::limits::MAX_PASSPHRASE_LEN;
+use qbackup_format::{Error, ErrorClass};
+use zeroize::Zeroizing;
+
+use cli::Create;
+use compress::Filter;
+use pipeline::{Format, Settings};
+
+/// Why a run did not produce an archive.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad arguments or plan: exit 2.
+    Usage(String),
+    /// A classified error (mostly I/O): the class's exit code.
+    Error(Error),
+    /// The verifier rejected the archive: its exit code and report.
+    Verify { code: i32, report: String },
+}
+
+impl Failure {
+    pub fn io(msg: impl Into<String>) -> Failure {
+        Failure::Error(Error::new(ErrorClass::Io, msg))
+    }
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Error(e) => e.class().exit_code(),
+            Failure::Verify { code, .. } => *code,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(m) => f.write_str(m),
+            Failure::Error(e) => write!(f, "{e}"),
+            Failure::Verify { code, report } => {
+                write!(f, "verification failed (exit {code}):\n{report}")
+            }
+        }
+    }
+}
+
+/// PASS-1: one trailing LF or CRLF removed; 1..=LIM-21 bytes; no NUL, CR, LF.
+fn normalize(mut p: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    if p.ends_with(b"\n") {
+        p.pop();
+        if p.ends_with(b"\r") {
+            p.pop();
+        }
+    }
+    if p.is_empty()
+        || p.len() > MAX_PASSPHRASE_LEN
+        || p.iter().any(|&b| matches!(b, 0 | b'\n' | b'\r'))
+    {
+        return Err(Failure::Usage(format!(
+            "the passphrase must be 1 to {MAX_PASSPHRASE_LEN} bytes without NUL or line breaks"
+        )));
+    }
+    Ok(p)
+}
+
+fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    if let Some(f) = file {
+        let mut buf = Zeroizing::new(Vec::new());
+        std::fs::File::open(f)
+            .and_then(|h| h.take(MAX_PASSPHRASE_LEN as u64 + 3).read_to_end(&mut buf))
+            .map_err(|e| Failure::Usage(format!("passphrase file {}: {e}", f.display())))?;
+        return normalize(buf);
+    }
+    if let Some(v) = std::env::var_os("QBACKUP_PASSPHRASE") {
+        return normalize(Zeroizing::new(
+            std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec(),
+        ));
+    }
+    let read = |prompt: &str| {
+        rpassword::prompt_password(prompt)
+            .map(|s| Zeroizing::new(s.into_bytes()))
+            .map_err(|e| Failure::Usage(format!("reading the passphrase: {e}")))
+    };
+    let a = read("Backup passphrase: ")?;
+    let b = read("Confirm passphrase: ")?;
+    if *a != *b {
+        return Err(Failure::Usage("the passphrases differ".into()));
+    }
+    normalize(a)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `YYYYMMDDTHHMMSS-PID` in UTC, like upstream's (which uses local time).
+fn backup_id(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}-{}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        std::process::id()
+    )
+}
+
+/// `qbackup-pack create`.
+pub fn run(c: Create) -> Result<(), Failure> {
+    let plan = match (&c.plan, &c.qubes_dir) {
+        (Some(p), None) => {
+            let text = std::fs::read(p)
+                .map_err(|e| Failure::Usage(format!("plan {}: {e}", p.display())))?;
+            plan::from_json(&text)?
+        }
+        (None, Some(d)) => plan::from_qubes_dir(d, &c.vms, c.dom0_home.as_deref())?,
+        _ => {
+            return Err(Failure::Usage(
+                "give --plan PLAN.json or --qubes-dir DIR".into(),
+            ))
+        }
+    };
+    let filter = Filter::parse(&c.compression).ok_or_else(|| {
+        Failure::Usage(format!(
+            "unknown compression {:?} (gzip, bzip2, xz, zstd, none)",
+            c.compression
+        ))
+    })?;
+    let format = if c.format == 3 {
+        Format::V3
+    } else {
+        Format::V4
+    };
+    let params = match (c.scrypt_log_n, c.scrypt_r, c.scrypt_p) {
+        // v3 runs no KDF: the parameters are unused.
+        _ if format == Format::V3 => Params {
+            log_n: 1,
+            r: 1,
+            p: 1,
+        },
+        (None, None, None) => params::calibrate(),
+        (n, r, p) => Params {
+            log_n: n.unwrap_or_else(params::calibrate_log_n_default),
+            r: r.unwrap_or(8),
+            p: p.unwrap_or(1),
+        },
+    };
+    params
+        .validate()
+        .map_err(|e| Failure::Usage(format!("scrypt parameters: {e}")))?;
+    if c.chunk_size == 0 || c.chunk_size as u64 > qbackup_format::limits::MAX_CHUNK_LEN - 128 {
+        return Err(Failure::Usage(
+            "--chunk-size must be 1 .. 128 MiB - 128".into(),
+        ));
+    }
+    if c.out != Path::new("-") && c.out.exists() {
+        return Err(Failure::Usage(format!(
+            "{} exists; not overwriting a backup",
+            c.out.display()
+        )));
+    }
+    let pass = passphrase(c.passphrase_file.as_deref())?;
+    let ram = params::physical_memory();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let by_memory = usize::try_from((ram / 2) / params.memory_bytes().max(1)).unwrap_or(usize::MAX);
+    let kdf_threads = c.jobs.unwrap_or(cpus).min(by_memory).max(1);
+    let settings = Settings {
+        format,
+        filter,
+        level: c.compression_level.unwrap_or(filter.default_level()),
+        chunk_size: c.chunk_size,
+        params,
+        kdf_threads,
+        compress_threads: cpus,
+        passphrase: pass,
+        backup_id: backup_id(now()),
+        mtime: now(),
+    };
+
+    cancel::install();
+    let to_stdout = c.out == Path::new("-");
+    let partial = output::partial_name(&c.out);
+    let dest: Box<dyn Write + Send> = if to_stdout {
+        Box::new(std::io::stdout())
+    } else {
+        let f = output::create_partial(&partial)?;
+        if let Ok(mut g) = cancel::PARTIAL.lock() {
+            *g = Some(partial.clone());
+        }
+        Box::new(std::io::BufWriter::with_capacity(1 << 20, f))
+    };
+    let mut child = if c.verify {
+        let path = c.verifier.clone().unwrap_or_else(output::default_verifier);
+        let ch = output::spawn_verifier(&path, &settings.passphrase)?;
+        cancel::CHILD.store(
+            i32::try_from(ch.id()).unwrap_or(0),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Some(ch)
+    } else {
+        None
+    };
+    let tee = output::Tee {
+        dest,
+        verifier: child.as_mut().and_then(|ch| ch.stdin.take()),
+    };
+    let progress = Arc::new(progress::Progress::default());
+    let mode = if c.progress_json {
+        progress::Mode::Json
+    } else if !c.no_progress && std::io::stderr().is_terminal() {
+        progress::Mode::Bar
+    } else {
+        progress::Mode::Off
+    };
+    let reporter = progress::Reporter::start(progress.clone(), mode);
+    let result = pipeline::write_archive(&plan, &settings, Box::new(tee), progress.clone());
+    reporter.finish();
+    // The writer thread has dropped the tee: the verifier sees EOF.
+    let verdict = match child {
+        Some(ch) => {
+            let out = ch.wait_with_output();
+            cancel::CHILD.store(0, std::sync::atomic::Ordering::SeqCst);
+            match out {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => Err(Failure::Verify {
+                    code: o.status.code().unwrap_or(1),
+                    report: String::from_utf8_lossy(&o.stdout).into_owned(),
+                }),
+                Err(e) => Err(Failure::io(format!("waiting for the verifier: {e}"))),
+            }
+        }
+        None => Ok(()),
+    };
+    let outcome = match (result, verdict) {
+        (Err(Failure::Error(ref x)), Err(v)) if x.class() == ErrorClass::Io => {
+            // The verifier stopped reading: its verdict is the better explanation.
+            Err(v)
+        }
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(v)) => Err(v),
+        (Ok(notes), Ok(())) => {
+            for n in notes {
+                eprintln!("qbackup-pack: note: {n}");
+            }
+            Ok(())
+        }
+    };
+    let mut guard = cancel::PARTIAL
+        .lock()
+        .map_err(|_| Failure::io("lock poisoned"))?;
+    if cancel::signalled() {
+        drop(guard);
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    match (&outcome, to_stdout) {
+        (_, true) => {}
+        (Ok(()), false) => {
+            std::fs::rename(&partial, &c.out).map_err(|e| {
+                let _ = std::fs::remove_file(&partial);
+                Failure::io(format!(
+                    "renaming {} to {}: {e}",
+                    partial.display(),
+                    c.out.display()
+                ))
+            })?;
+            *guard = None;
+        }
+        (Err(_), false) => {
+            match std::fs::remove_file(&partial) {
+                Ok(()) => eprintln!("qbackup-pack: removed {}", partial.display()),
+                Err(e) => eprintln!("qbackup-pack: could not remove {}: {e}", partial.display()),
+            }
+            *guard = None;
+        }
+    }
+    if c.progress_json {
+        let line = match &outcome {
+            Ok(()) => serde_json::json!({
+                "event": "done",
+                "out": c.out.display().to_string(),
+                "written_bytes": progress.written(),
+            }),
+            Err(e) => serde_json::json!({
+                "event": "failed",
+                "exit_code": e.exit_code(),
+                "message": e.to_string(),
+            }),
+        };
+        eprintln!("{line}");
+    }
+    if outcome.is_ok() {
+        let kdf = match format {
+            Format::V4 => format!(
+                ", scrypt logN {} r {} p {}",
+                settings.params.log_n, settings.params.r, settings.params.p
+            ),
+            Format::V3 => String::new(),
+        };
+        eprintln!(
+            "qbackup-pack: wrote {} ({} bytes, format {}{kdf})",
+            c.out.display(),
+            progress.written(),
+            c.format,
+        );
+    }
+    outcome
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Error(e)
+    }
+}

@@ -1,0 +1,548 @@
+//! The archive writer (SPEC.md WRT-1 … WRT-4).
+//!
+//! ```text
+//! producer (this thread): source → inner tar → compressor → chunker ──members──▶ writer thread
+//!                                                              │ key requests      ▲ keys
+//!                                                              ▼                   │
+//!                                                    KDF pool (all cores, lowest position first)
+//! ```
+//! A chunk's KDF starts as soon as the chunk is known to exist (every file's `.000` at
+//! once, `.N+1` when `.N` fills), so KDFs run while data is read and compressed. Memory:
+//! the chunk being filled, [`MEMBER_QUEUE`] queued chunks, the one being written, plus
+//! the KDFs in flight; no temporary files.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use qbackup_format::crypto::hmac_file::Digest;
+use qbackup_format::crypto::openssl_enc::Cipher;
+use qbackup_format::crypto::scrypt_container::{Params, OVERHEAD};
+use qbackup_format::limits::{MAX_CHUNK_INDEX, MAX_QUBES_XML_CHUNK_LEN};
+use qbackup_format::member_name::{chunk_name, HEADER, HEADER_MAC, QUBES_XML};
+use qbackup_format::qubes_xml::{self, BackupInfo, Vm};
+use qbackup_format::writer::tar::{self, Meta};
+use qbackup_format::writer::v3::{self, CbcEncryptor};
+use qbackup_format::writer::v4::{self, sealing_buffer};
+use qbackup_format::writer::{outer, padding, END_OF_ARCHIVE};
+use qbackup_format::{Error, ErrorClass};
+use zeroize::Zeroizing;
+
+use crate::compress::{FileEncoder, Filter, ParallelEncoder, Pool};
+use crate::kdf::{KdfPool, KeyResult};
+use crate::plan::Plan;
+use crate::progress::Progress;
+use crate::source;
+use crate::Failure;
+
+/// Chunks queued between the producer and the writer.
+const MEMBER_QUEUE: usize = 1;
+
+/// Archive format version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    V3,
+    V4,
+}
+
+/// How an archive is written.
+pub struct Settings {
+    pub format: Format,
+    pub filter: Filter,
+    pub level: u32,
+    /// Bytes of stored stream per chunk (v4: plaintext; v3: ciphertext).
+    pub chunk_size: usize,
+    pub params: Params,
+    pub kdf_threads: usize,
+    /// Compression threads.
+    pub compress_threads: usize,
+    pub passphrase: Zeroizing<Vec<u8>>,
+    pub backup_id: String,
+    /// mtime of outer members.
+    pub mtime: u64,
+}
+
+enum Member {
+    Plain {
+        name: String,
+        data: Vec<u8>,
+    },
+    Sealed {
+        name: String,
+        data: Vec<u8>,
+        key: Receiver<KeyResult>,
+    },
+    End,
+}
+
+fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Error {
+    move |e| Error::new(ErrorClass::Io, format!("{what}: {e}"))
+}
+
+/// Write the whole archive for `plan` into `out`. Returns notes (skipped entries).
+pub fn write_archive(
+    plan: &Plan,
+    settings: &Settings,
+    out: Box<dyn Write + Send>,
+    progress: Arc<Progress>,
+) -> Result<Vec<String>, Failure> {
+    let (tx, rx) = bounded::<Member>(MEMBER_QUEUE);
+    let wprog = progress.clone();
+    let mtime = settings.mtime;
+    let writer = std::thread::spawn(move || writer(rx, out, mtime, &wprog));
+    let produced = produce(plan, settings, &tx, &progress);
+    drop(tx);
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| Err(Error::new(ErrorClass::Io, "writer thread panicked")));
+    match (produced, written) {
+        // The writer's error explains why the producer could not send.
+        (_, Err(e)) => Err(Failure::Error(e)),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(notes), Ok(())) => Ok(notes),
+    }
+}
+
+fn writer(
+    rx: Receiver<Member>,
+    mut out: Box<dyn Write + Send>,
+    mtime: u64,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let mut put = |name: &str, data: &[u8]| -> Result<(), Error> {
+        let h = outer::member_header(name, data.len() as u64, mtime)?;
+        out.write_all(&h)
+            .and_then(|()| out.write_all(data))
+            .and_then(|()| out.write_all(&[0u8; 512][..padding(data.len() as u64)]))
+            .map_err(io_err("writing the archive"))?;
+        progress.wrote(512 + data.len() as u64 + padding(data.len() as u64) as u64);
+        Ok(())
+    };
+    for m in rx {
+        match m {
+            Member::Plain { name, data } => put(&name, &data)?,
+            Member::Sealed {
+                name,
+                mut data,
+                key,
+            } => {
+                crate::trace(format_args!("writer waits key {name}"));
+                let key = key
+                    .recv()
+                    .map_err(|_| Error::new(ErrorClass::Io, "KDF worker stopped"))??;
+                key.seal_in_place(&mut data)?;
+                put(&name, &data)?;
+                crate::trace(format_args!("writer wrote {name}"));
+            }
+            Member::End => {
+                out.write_all(&END_OF_ARCHIVE)
+                    .and_then(|()| out.flush())
+                    .map_err(io_err("writing the archive"))?;
+                progress.wrote(END_OF_ARCHIVE.len() as u64);
+                return Ok(());
+            }
+        }
+    }
+    Err(Error::new(
+        ErrorClass::Io,
+        "archive incomplete: producer stopped",
+    ))
+}
+
+/// One file of the archive, in order.
+struct ArchiveFile<'p> {
+    path: String,
+    vm: String,
+    what: What<'p>,
+}
+
+enum What<'p> {
+    Xml(Vec<u8>),
+    Source(&'p crate::plan::Source),
+    Home(&'p std::path::Path, &'p str),
+}
+
+fn produce(
+    plan: &Plan,
+    s: &Settings,
+    tx: &Sender<Member>,
+    progress: &Progress,
+) -> Result<Vec<String>, Failure> {
+    // qubes.xml with the backup features (XML-3), sizes = logical sizes (≥ stored data,
+    // VER-4).
+    let mut files: Vec<ArchiveFile<'_>> = Vec::new();
+    let mut total = 0u64;
+    let mut xml_vms: Vec<Vm> = Vec::new();
+    let mut dom0 = plan.others.iter().find(|v| v.class == "AdminVM").cloned();
+    if let Some((home, user)) = &plan.dom0_home {
+        let size = source::tree_size(home).map_err(io_err(home.display()))?;
+        total = total.saturating_add(size);
+        if let Some(d) = dom0.as_mut() {
+            d.backup = Some(BackupInfo {
+                path: format!("dom0-home/{user}"),
+                size,
+            });
+        }
+    }
+    xml_vms.extend(dom0);
+    for vp in &plan.vms {
+        let qid = vp.vm.qid.unwrap_or_default();
+        let mut size = 0u64;
+        for f in &vp.files {
+            if let Some(p) = &f.path {
+                size = size.saturating_add(source::logical_size(p).map_err(io_err(p.display()))?);
+            }
+            files.push(ArchiveFile {
+                path: format!("vm{qid}/{}", f.name),
+                vm: vp.vm.name.clone(),
+                what: What::Source(f),
+            });
+        }
+        total = total.saturating_add(size);
+        let mut vm = vp.vm.clone();
+        vm.backup = Some(BackupInfo {
+            path: format!("vm{qid}/"),
+            size,
+        });
+        xml_vms.push(vm);
+    }
+    xml_vms.extend(plan.others.iter().filter(|v| v.class != "AdminVM").cloned());
+    if let Some((home, user)) = &plan.dom0_home {
+        files.push(ArchiveFile {
+            path: format!("dom0-home/{user}"),
+            vm: "dom0".into(),
+            what: What::Home(home, user),
+        });
+    }
+    let mut xml = Vec::new();
+    qubes_xml::write_r4(&xml_vms, &[], &mut xml).map_err(Failure::Error)?;
+    files.insert(
+        0,
+        ArchiveFile {
+            path: QUBES_XML.into(),
+            vm: String::new(),
+            what: What::Xml(xml),
+        },
+    );
+    progress.set_total(total);
+
+    let pool = match s.format {
+        Format::V4 => Some(KdfPool::new(
+            &s.passphrase,
+            &s.backup_id,
+            s.params,
+            s.kdf_threads,
+        )),
+        Format::V3 => None,
+    };
+    let cpool = Pool::new(s.compress_threads);
+    let send = |m: Member| {
+        tx.send(m)
+            .map_err(|_| Failure::Error(Error::new(ErrorClass::Io, "archive writer stopped")))
+    };
+
+    // Header and its MAC.
+    let filter_name = s.filter.header_name();
+    match (&pool, s.format) {
+        (Some(pool), _) => {
+            let header = v4::header_text(filter_name, &s.backup_id).map_err(Failure::Error)?;
+            let key = pool.request(0, None);
+            // Keys of every file's first chunk, in archive order (V4-2).
+            let mut firsts: Vec<Option<Receiver<KeyResult>>> = files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| Some(pool.request(priority(i, 0), Some(chunk_name(&f.path, 0)))))
+                .collect();
+            let mut mac = sealing_buffer(header.len());
+            mac.extend_from_slice(&header);
+            send(Member::Plain {
+                name: HEADER.into(),
+                data: header,
+            })?;
+            send(Member::Sealed {
+                name: HEADER_MAC.into(),
+                data: mac,
+                key,
+            })?;
+            let mut notes = Vec::new();
+            for (i, f) in files.iter().enumerate() {
+                let first = firsts.get_mut(i).and_then(Option::take);
+                let chunker = Chunker::new(f, i, s, tx, Tail::V4 { pool, next: first });
+                notes.extend(file_stream(f, s, chunker, &cpool, progress)?);
+            }
+            send(Member::End)?;
+            Ok(notes)
+        }
+        (None, _) => {
+            let digest = Digest::Sha512;
+            let header = v3::header_text(filter_name, digest, Cipher::Aes256Cbc);
+            let mac = v3::hmac_member(digest, &s.passphrase, &header);
+            send(Member::Plain {
+                name: HEADER.into(),
+                data: header,
+            })?;
+            send(Member::Plain {
+                name: HEADER_MAC.into(),
+                data: mac,
+            })?;
+            let mut notes = Vec::new();
+            for (i, f) in files.iter().enumerate() {
+                let mut salt = [0u8; 8];
+                getrandom::fill(&mut salt).map_err(|e| {
+                    Failure::Error(Error::new(ErrorClass::Io, format!("no random salt: {e}")))
+                })?;
+                let enc = CbcEncryptor::new(Cipher::Aes256Cbc, &s.passphrase, salt);
+                let chunker = Chunker::new(
+                    f,
+                    i,
+                    s,
+                    tx,
+                    Tail::V3 {
+                        enc: Some(Box::new(enc)),
+                        digest,
+                    },
+                );
+                notes.extend(file_stream(f, s, chunker, &cpool, progress)?);
+            }
+            send(Member::End)?;
+            Ok(notes)
+        }
+    }
+}
+
+/// KDF priority: archive position (file ordinal, chunk index); the header is 0.
+fn priority(file: usize, index: u32) -> u64 {
+    ((file as u64 + 1) << 24) | u64::from(index)
+}
+
+/// Stream one file: inner tar → compressor → chunker.
+fn file_stream(
+    f: &ArchiveFile<'_>,
+    s: &Settings,
+    chunker: Chunker<'_>,
+    pool: &Pool,
+    progress: &Progress,
+) -> Result<Vec<String>, Failure> {
+    progress.set_vm(&f.vm);
+    let ctx = |e: io::Error| -> Failure {
+        // A classified error from the chunker (writer gone) keeps its class.
+        Failure::Error(Error::from_read(e, &f.path).reclass(ErrorClass::Io))
+    };
+    let mut enc = match s.filter {
+        Filter::None => FileEncoder::Plain(chunker),
+        f => FileEncoder::Parallel(ParallelEncoder::new(pool, f, s.level, chunker)),
+    };
+    let mut notes = Vec::new();
+    match &f.what {
+        What::Xml(xml) => {
+            enc.write_all(
+                &tar::regular(QUBES_XML, xml.len() as u64, &Meta::FILE).map_err(Failure::Error)?,
+            )
+            .and_then(|()| enc.write_all(xml))
+            .and_then(|()| enc.write_all(&[0u8; 512][..padding(xml.len() as u64)]))
+            .and_then(|()| enc.write_all(&END_OF_ARCHIVE))
+            .map_err(ctx)?;
+        }
+        What::Source(src) => match &src.path {
+            None => source::write_file_tar(&f.path, None, &mut enc, progress).map_err(ctx)?,
+            Some(p) => {
+                let (file, layout): (File, source::Layout) =
+                    source::open(p, progress).map_err(|e| {
+                        Failure::Error(Error::new(ErrorClass::Io, format!("{}: {e}", p.display())))
+                    })?;
+                source::write_file_tar(&f.path, Some((&file, &layout)), &mut enc, progress)
+                    .map_err(|e| {
+                        Failure::Error(Error::new(ErrorClass::Io, format!("{}: {e}", p.display())))
+                    })?;
+            }
+        },
+        What::Home(home, user) => {
+            notes = source::write_home_tar(home, user, &mut enc, progress).map_err(|e| {
+                Failure::Error(Error::new(
+                    ErrorClass::Io,
+                    format!("{}: {e}", home.display()),
+                ))
+            })?;
+        }
+    }
+    let chunker = enc.finish().map_err(ctx)?;
+    let chunks = chunker.finish().map_err(ctx)?;
+    if f.path == QUBES_XML && chunks != 1 {
+        return Err(Failure::Error(Error::limit(format!(
+            "qubes.xml does not fit one chunk of at most {MAX_QUBES_XML_CHUNK_LEN} bytes (ORD-2)"
+        ))));
+    }
+    Ok(notes)
+}
+
+enum Tail<'a> {
+    V4 {
+        pool: &'a KdfPool,
+        next: Option<Receiver<KeyResult>>,
+    },
+    V3 {
+        enc: Option<Box<CbcEncryptor>>,
+        digest: Digest,
+    },
+}
+
+/// Splits one file's stored stream into chunks and hands them to the writer (WRT-3).
+struct Chunker<'a> {
+    path: String,
+    ordinal: usize,
+    index: u32,
+    buf: Vec<u8>,
+    /// Bytes reserved at the start of `buf` for the scrypt prefix (v4).
+    reserve: usize,
+    chunk_size: usize,
+    tx: &'a Sender<Member>,
+    tail: Tail<'a>,
+    passphrase: &'a [u8],
+    scratch: Vec<u8>,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "archive writer stopped")
+}
+
+impl<'a> Chunker<'a> {
+    fn new(
+        f: &ArchiveFile<'_>,
+        ordinal: usize,
+        s: &'a Settings,
+        tx: &'a Sender<Member>,
+        tail: Tail<'a>,
+    ) -> Chunker<'a> {
+        let reserve = match tail {
+            Tail::V4 { .. } => qbackup_format::crypto::scrypt_container::HEADER_LEN,
+            Tail::V3 { .. } => 0,
+        };
+        let mut c = Chunker {
+            path: f.path.clone(),
+            ordinal,
+            index: 0,
+            buf: Vec::new(),
+            reserve,
+            // qubes.xml is exactly one chunk whatever the chunk size (ORD-2, LIM-3).
+            chunk_size: if f.path == QUBES_XML {
+                (MAX_QUBES_XML_CHUNK_LEN as usize) - OVERHEAD
+            } else {
+                s.chunk_size.max(1)
+            },
+            tx,
+            tail,
+            passphrase: &s.passphrase,
+            scratch: Vec::new(),
+        };
+        c.buf = c.fresh();
+        c
+    }
+
+    fn fresh(&self) -> Vec<u8> {
+        let cap = self.chunk_size.min(1 << 20);
+        match self.tail {
+            Tail::V4 { .. } => sealing_buffer(cap),
+            Tail::V3 { .. } => Vec::with_capacity(cap),
+        }
+    }
+
+    fn push(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let room = self.chunk_size - (self.buf.len() - self.reserve);
+            let take = room.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() - self.reserve == self.chunk_size {
+                self.emit(true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand the current chunk to the writer; `more` says another chunk follows.
+    fn emit(&mut self, more: bool) -> io::Result<()> {
+        if self.index > MAX_CHUNK_INDEX {
+            return Err(io::Error::other(format!(
+                "{}: more than {MAX_CHUNK_INDEX} chunks (LIM-6)",
+                self.path
+            )));
+        }
+        let name = chunk_name(&self.path, self.index);
+        crate::trace(format_args!("chunk filled {name}"));
+        let data = std::mem::take(&mut self.buf);
+        match &mut self.tail {
+            Tail::V4 { pool, next } => {
+                let key = match next.take() {
+                    Some(k) => k,
+                    None => pool.request(priority(self.ordinal, self.index), Some(name.clone())),
+                };
+                if more {
+                    // The next chunk exists (possibly empty, WRT-3): start its KDF now.
+                    let n = chunk_name(&self.path, self.index + 1);
+                    *next = Some(pool.request(priority(self.ordinal, self.index + 1), Some(n)));
+                }
+                self.tx
+                    .send(Member::Sealed {
+                        name: format!("{name}.enc"),
+                        data,
+                        key,
+                    })
+                    .map_err(|_| gone())?;
+            }
+            Tail::V3 { digest, .. } => {
+                let mac = v3::hmac_member(*digest, self.passphrase, &data);
+                self.tx
+                    .send(Member::Plain {
+                        name: name.clone(),
+                        data,
+                    })
+                    .map_err(|_| gone())?;
+                self.tx
+                    .send(Member::Plain {
+                        name: format!("{name}.hmac"),
+                        data: mac,
+                    })
+                    .map_err(|_| gone())?;
+            }
+        }
+        self.index += 1;
+        if more {
+            self.buf = self.fresh();
+        }
+        Ok(())
+    }
+
+    /// End the file: flush the cipher, emit the last (possibly empty) chunk. Returns the
+    /// number of chunks.
+    fn finish(mut self) -> io::Result<u32> {
+        if let Tail::V3 { enc, .. } = &mut self.tail {
+            if let Some(e) = enc.take() {
+                let mut out = std::mem::take(&mut self.scratch);
+                out.clear();
+                e.finish(&mut out);
+                self.push(&out)?;
+            }
+        }
+        self.emit(false)?;
+        Ok(self.index)
+    }
+}
+
+impl Write for Chunker<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Tail::V3 { enc: Some(e), .. } = &mut self.tail {
+            let mut out = std::mem::take(&mut self.scratch);
+            out.clear();
+            e.update(data, &mut out);
+            self.push(&out)?;
+            self.scratch = out;
+        } else {
+            self.push(data)?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
