@@ -135,14 +135,10 @@ impl Fixture {
 }
 
 fn settings() -> driver::Settings {
-    driver::Settings {
-        credentials: Credentials::new(PASS.as_bytes().to_vec(), KdfLimit::default()),
-        jobs: 2,
-        kdf_budget: 1 << 30,
-        list_only: false,
-        select: None,
-        progress: None,
-    }
+    driver::Settings::new(Credentials::new(
+        PASS.as_bytes().to_vec(),
+        KdfLimit::default(),
+    ))
 }
 
 /// Verify with the verifier library and extract; compare every file byte for byte.

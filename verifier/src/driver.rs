@@ -57,6 +57,21 @@ pub struct Settings {
     pub progress: Option<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
+impl Settings {
+    /// Defaults for library callers: two workers, a 1 GiB KDF budget, every VM, all checks.
+    pub fn new(credentials: Credentials) -> Settings {
+        Settings {
+            credentials,
+            jobs: 2,
+            kdf_budget: 1 << 30,
+            list_only: false,
+            ignore_backup_size: false,
+            select: None,
+            progress: None,
+        }
+    }
+}
+
 /// Reader wrapper that reports progress.
 struct Counting<R> {
     inner: R,

@@ -163,13 +163,11 @@ fn main() {
             // The real driver over the archive opened before the sandbox.
             let input = given_file.take().unwrap_or_else(|| usage());
             let settings = qbackup_verify::driver::Settings {
-                credentials: Credentials::new(arg.into_bytes(), KdfLimit::default()),
-                jobs: 2,
                 kdf_budget: 64 << 20,
-                list_only: false,
-                ignore_backup_size: false,
-                select: None,
-                progress: None,
+                ..qbackup_verify::driver::Settings::new(Credentials::new(
+                    arg.into_bytes(),
+                    KdfLimit::default(),
+                ))
             };
             let report = match (&extractor, action) {
                 (Some(_), "run-extract") => {
