@@ -75,7 +75,11 @@ fn replay_corpus_and_regressions() {
             }
         }
     }
-    assert!(failures.is_empty(), "inputs that panic:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "inputs that panic:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The archive seeds made with real keys verify without the fixed-key mode, so the

@@ -7,14 +7,14 @@
 use zeroize::Zeroizing;
 
 use crate::crypto::guess::{header_algorithm_agrees, header_mac_candidates, MacAlgorithm};
-use crate::crypto::hmac_file::{hmac, parse_hmac_file, Digest};
 #[cfg(not(fuzzing))]
 use crate::crypto::hmac_file::verify_mac;
+use crate::crypto::hmac_file::{hmac, parse_hmac_file, Digest};
+use crate::crypto::scrypt_container::{self, KdfLimit};
+use crate::error::{Error, ErrorClass, Result};
 // Fuzzing builds only: the fixed-key mode of `crate::fuzzing`.
 #[cfg(fuzzing)]
 use crate::fuzzing::{open_container, verify_mac};
-use crate::crypto::scrypt_container::{self, KdfLimit};
-use crate::error::{Error, ErrorClass, Result};
 use crate::header::{AuthenticatedHeader, Header};
 
 /// The secrets and cost limits a reader works with.
