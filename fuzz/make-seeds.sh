@@ -159,6 +159,14 @@ for c in aes-128-cbc aes-192-cbc aes-256-cbc; do
     i=$((i + 1))
 done
 
+# --- compression: first byte = filter (0 gzip, 1 bzip2, 2 xz, 3 lzma, 4 zstd, 5 none) --
+i=0
+for z in "gzip -n" "bzip2 -c" "xz -c" "xz --format=lzma -c" "zstd -q -c" cat; do
+    { printf "\\x0$i"; $z < src/dense.bin; } | seed compression "${z%% *}-$i"
+    { printf "\\x0$i"; $z < src/notes.txt; } | seed compression "${z%% *}-$i-notes"
+    i=$((i + 1))
+done
+
 # --- outer_tar --------------------------------------------------------------------------
 mkdir -p stage/vm3
 cp h4 stage/backup-header
@@ -181,14 +189,24 @@ append() { (cd "$1" && tar -cO --posix -b 1 "$2"); }
 append_real() { (cd "$1" && tar -cO --posix "$2"); }
 
 # v4, real scrypt (logN 10): verifies in the stable replay test.
-v4() { # v4 DIR ID CONTAINER-CMD APPEND-CMD
-    local d=$1 id=$2 seal=$3 append=$4
+v4() { # v4 DIR ID CONTAINER-CMD APPEND-CMD [FILTER|none]
+    local d=$1 id=$2 seal=$3 append=$4 filter=${5:-gzip}
     rm -rf "$d" && mkdir -p "$d/vm3"
-    hdr 4 True True gzip scrypt '' "$id" > "$d/backup-header"
+    if [ "$filter" = none ]; then
+        hdr 4 True False '' scrypt '' "$id" > "$d/backup-header"
+        z() { cat; }
+    else
+        hdr 4 True True "$filter" scrypt '' "$id" > "$d/backup-header"
+        case $filter in
+            gzip) z() { gzip -n; } ;;
+            lzma) z() { xz --format=lzma; } ;;
+            *) z() { "$filter" -c -q; } ;;
+        esac
+    fi
     $seal "backup-header!$PASS" "$d/backup-header" "$d/backup-header.hmac"
-    xml_inner qubes-r4.xml | gzip -n > "$d/qubes.xml.000"
-    inner vm3 private.img | gzip -n > "$d/vm3/private.img.000"
-    inner vm3 notes.txt | gzip -n > "$d/vm3/notes.txt.000"
+    xml_inner qubes-r4.xml | z > "$d/qubes.xml.000"
+    inner vm3 private.img --format=posix --sparse-version=1.0 | z > "$d/vm3/private.img.000"
+    inner vm3 notes.txt | z > "$d/vm3/notes.txt.000"
     for f in qubes.xml.000 vm3/private.img.000 vm3/notes.txt.000; do
         $seal "$id!$f!$PASS" "$d/$f" "$d/$f.enc"
     done
@@ -210,6 +228,9 @@ EOF
 }
 v4 v4real 20260101T000000-fuzz real_scrypt append_real | seed pipeline v4-real-scrypt
 v4 v4fuzz 20260101T000000-fuzz fuzz_container append | seed pipeline v4-fixed-key
+for f in none bzip2 xz lzma zstd; do
+    v4 "v4$f" 20260101T000000-fuzz fuzz_container append "$f" | seed pipeline "v4-fixed-key-$f"
+done
 # the same, header only and qubes.xml only (short inputs for the fuzzer)
 (append v4fuzz backup-header; append v4fuzz backup-header.hmac; append v4fuzz qubes.xml.000.enc) |
     seed pipeline v4-fixed-key-xml-only

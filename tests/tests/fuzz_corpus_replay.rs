@@ -1,7 +1,8 @@
 //! Replays every committed fuzz input through the same entry points cargo-fuzz runs
-//! (`qbackup_fuzz_targets`), on the stable toolchain and without the fixed-key mode:
-//! `fuzz/corpus/<target>/`, `fuzz/regressions/<target>/` and, when present,
-//! `fuzz/artifacts/<target>/`. No input may panic. See FUZZING.md.
+//! (`qbackup_fuzz_targets`), on the stable toolchain and without the fixed-key mode: the
+//! seeds `fuzz/corpus/<target>/seed-*` (what a fuzzing session adds there is not committed
+//! and not replayed), `fuzz/regressions/<target>/*` and, when present, libFuzzer's crash
+//! files `fuzz/artifacts/<target>/*`. No input may panic. See FUZZING.md.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,18 @@ use qbackup_fuzz_targets::{pipeline_verifies, TARGETS};
 
 /// Regression inputs of findings not fixed yet: `(target, file name, finding)`. They are
 /// skipped by `replay_corpus_and_regressions` and run by the ignored test `open_findings`.
-const OPEN_FINDINGS: &[(&str, &str, &str)] = &[];
+const OPEN_FINDINGS: &[(&str, &str, &str)] = &[
+    (
+        "header",
+        "F1-header-boolean-not-strict",
+        "open finding F1: header booleans not strict (HDR-5, DEV-9)",
+    ),
+    (
+        "header",
+        "F2-v3-header-hmac-algorithm-scrypt",
+        "open finding F2: v2/v3 header naming hmac-algorithm=scrypt accepted (HDR-5)",
+    ),
+];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,7 +40,8 @@ fn inputs(target: &str) -> Vec<PathBuf> {
         };
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_file() {
+            let seed = e.file_name().to_string_lossy().starts_with("seed-");
+            if p.is_file() && (dir != "corpus" || seed) {
                 files.push(p);
             }
         }

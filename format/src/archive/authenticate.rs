@@ -10,7 +10,9 @@ use crate::crypto::guess::{header_algorithm_agrees, header_mac_candidates, MacAl
 #[cfg(not(fuzzing))]
 use crate::crypto::hmac_file::verify_mac;
 use crate::crypto::hmac_file::{hmac, parse_hmac_file, Digest};
-use crate::crypto::scrypt_container::{self, KdfLimit};
+#[cfg(not(fuzzing))]
+use crate::crypto::scrypt_container;
+use crate::crypto::scrypt_container::KdfLimit;
 use crate::error::{Error, ErrorClass, Result};
 // Fuzzing builds only: the fixed-key mode of `crate::fuzzing`.
 #[cfg(fuzzing)]
