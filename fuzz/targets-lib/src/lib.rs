@@ -31,8 +31,11 @@ pub const PASSPHRASE: &[u8] = b"fuzz";
 /// Separates volumes in an `inner_tar_multivolume` input.
 pub const VOLUME_SEPARATOR: &[u8] = b"=QBACKUP-FUZZ-VOLUME=";
 
+/// A target body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its cargo-fuzz binary and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("header", header),
     ("hmac_file", hmac_file),
     ("member_name", member_name),
@@ -219,7 +222,7 @@ pub fn outer_tar(data: &[u8]) {
     let mut i = 0u64;
     while let Ok(Some(member)) = outer.next_member() {
         let _ = MemberName::parse(&member.untrusted_name);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             if outer.read_member(&mut buf, 1 << 16, "member").is_err() {
                 break;
             }
