@@ -17,6 +17,8 @@
 //! - [`archive`]: the member-order state machine and what "verified" means.
 
 pub mod error;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod limits;
 
 pub mod archive;

@@ -7,9 +7,16 @@
 use zeroize::Zeroizing;
 
 use crate::crypto::guess::{header_algorithm_agrees, header_mac_candidates, MacAlgorithm};
-use crate::crypto::hmac_file::{hmac, parse_hmac_file, verify_mac, Digest};
-use crate::crypto::scrypt_container::{self, KdfLimit};
+#[cfg(not(fuzzing))]
+use crate::crypto::hmac_file::verify_mac;
+use crate::crypto::hmac_file::{hmac, parse_hmac_file, Digest};
+#[cfg(not(fuzzing))]
+use crate::crypto::scrypt_container;
+use crate::crypto::scrypt_container::KdfLimit;
 use crate::error::{Error, ErrorClass, Result};
+// Fuzzing builds only: the fixed-key mode of `crate::fuzzing`.
+#[cfg(fuzzing)]
+use crate::fuzzing::{open_container, verify_mac};
 use crate::header::{AuthenticatedHeader, Header};
 use crate::limits::MAX_PASSPHRASE_LEN;
 
@@ -71,6 +78,7 @@ pub fn chunk_passphrase(backup_id: &str, name: &str, passphrase: &[u8]) -> Zeroi
 }
 
 /// Open a scrypt container in place after checking its KDF cost (V4-4) and both MACs.
+#[cfg(not(fuzzing))]
 fn open_container(passphrase: &[u8], container: &mut Vec<u8>, limit: &KdfLimit) -> Result<()> {
     let header = scrypt_container::parse_header(container)?;
     scrypt_container::check_cost(&header.params, limit)?;
