@@ -118,6 +118,27 @@ mod tests {
         assert_eq!(e.class(), crate::ErrorClass::Unsupported);
     }
 
+    /// Fuzz finding F4: a 13-byte `.lzma` header asking for a 4 GiB dictionary is refused
+    /// by LIM-26 instead of being allocated.
+    #[test]
+    fn decoder_memory_is_bounded() {
+        let mut alone = vec![0x5d, 0xff, 0xff, 0xff, 0xff];
+        alone.extend_from_slice(&[0xff; 8]);
+        alone.extend_from_slice(&[0u8; 32]);
+        let mut sink = Vec::new();
+        assert!(Filter::Lzma
+            .decoder(&alone[..])
+            .unwrap()
+            .read_to_end(&mut sink)
+            .is_err());
+        // An xz filter does not accept the legacy format at all.
+        assert!(Filter::Xz
+            .decoder(&alone[..])
+            .unwrap()
+            .read_to_end(&mut sink)
+            .is_err());
+    }
+
     #[test]
     fn gzip_members_concatenate_and_garbage_is_refused() {
         let gz = |data: &[u8]| {

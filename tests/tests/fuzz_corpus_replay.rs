@@ -12,16 +12,7 @@ use qbackup_fuzz_targets::{pipeline_verifies, TARGETS};
 /// Regression inputs of findings not fixed yet: `(target, file name, finding)`. They are
 /// skipped by `replay_corpus_and_regressions` and run by the ignored test `open_findings`.
 const OPEN_FINDINGS: &[(&str, &str, &str)] = &[
-    (
-        "header",
-        "F1-header-boolean-not-strict",
-        "open finding F1: header booleans not strict (HDR-5, DEV-9)",
-    ),
-    (
-        "header",
-        "F2-v3-header-hmac-algorithm-scrypt",
-        "open finding F2: v2/v3 header naming hmac-algorithm=scrypt accepted (HDR-5)",
-    ),
+    // F1 … F4 are fixed (FUZZING.md); their reproducers replay as regressions.
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -542,12 +542,9 @@ pub fn pipeline(data: &[u8]) {
 /// [`pipeline`], returning the report's first finding: `Ok` when the archive verified.
 pub fn pipeline_verifies(data: &[u8]) -> std::result::Result<(), String> {
     let settings = Settings {
-        credentials: credentials(),
         jobs: 1,
         kdf_budget: 4 << 20,
-        list_only: false,
-        select: None,
-        progress: None,
+        ..Settings::new(credentials())
     };
     let report = driver::run(data, settings, &mut VerifyOnly);
     let _ = report.to_json("verify");
