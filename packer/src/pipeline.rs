@@ -22,6 +22,7 @@ use qbackup_format::crypto::scrypt_container::{Params, OVERHEAD};
 use qbackup_format::limits::{MAX_CHUNK_INDEX, MAX_QUBES_XML_CHUNK_LEN};
 use qbackup_format::member_name::{chunk_name, HEADER, HEADER_MAC, QUBES_XML};
 use qbackup_format::qubes_xml::{self, BackupInfo, Vm};
+use qbackup_format::writer::backup_size_bound;
 use qbackup_format::writer::tar::{self, Meta};
 use qbackup_format::writer::v3::{self, CbcEncryptor};
 use qbackup_format::writer::v4::{self, sealing_buffer};
@@ -169,15 +170,15 @@ fn produce(
     tx: &Sender<Member>,
     progress: &Progress,
 ) -> Result<Vec<String>, Failure> {
-    // qubes.xml with the backup features (XML-3), sizes = logical sizes (≥ stored data,
-    // VER-4).
+    // qubes.xml with the backup features (XML-3); sizes bound the stored bytes (WRT-5).
     let mut files: Vec<ArchiveFile<'_>> = Vec::new();
     let mut total = 0u64;
     let mut xml_vms: Vec<Vm> = Vec::new();
     let mut dom0 = plan.others.iter().find(|v| v.class == "AdminVM").cloned();
     if let Some((home, user)) = &plan.dom0_home {
-        let size = source::tree_size(home).map_err(io_err(home.display()))?;
-        total = total.saturating_add(size);
+        let (bytes, entries) = source::tree_size(home).map_err(io_err(home.display()))?;
+        let size = backup_size_bound(bytes, entries);
+        total = total.saturating_add(bytes);
         if let Some(d) = dom0.as_mut() {
             d.backup = Some(BackupInfo {
                 path: format!("dom0-home/{user}"),
@@ -188,18 +189,20 @@ fn produce(
     xml_vms.extend(dom0);
     for vp in &plan.vms {
         let qid = vp.vm.qid.unwrap_or_default();
-        let mut size = 0u64;
+        let (mut bytes, mut entries) = (0u64, 0u64);
         for f in &vp.files {
             if let Some(p) = &f.path {
-                size = size.saturating_add(source::logical_size(p).map_err(io_err(p.display()))?);
+                bytes = bytes.saturating_add(source::logical_size(p).map_err(io_err(p.display()))?);
             }
+            entries += 1;
             files.push(ArchiveFile {
                 path: format!("vm{qid}/{}", f.name),
                 vm: vp.vm.name.clone(),
                 what: What::Source(f),
             });
         }
-        total = total.saturating_add(size);
+        let size = backup_size_bound(bytes, entries);
+        total = total.saturating_add(bytes);
         let mut vm = vp.vm.clone();
         vm.backup = Some(BackupInfo {
             path: format!("vm{qid}/"),

@@ -304,7 +304,9 @@ fn dom0_vm() -> Vm {
         class: "AdminVM".into(),
         label: Some("black".into()),
         template: None,
-        netvm: NetVm::None,
+        // dom0 has no netvm property at all: upstream's restore would try to set one and
+        // log an error (AdminVM has no `netvm`).
+        netvm: NetVm::Default,
         backup: None,
         volumes_saved: None,
         virt_mode: None,

@@ -234,19 +234,25 @@ pub fn write_file_tar(
     out.write_all(&END_OF_ARCHIVE)
 }
 
-/// Sum of regular file sizes under `dir` (its `backup-size`), not following symlinks.
-pub fn tree_size(dir: &Path) -> io::Result<u64> {
-    let mut total = 0u64;
+/// Sum of regular file sizes under `dir` and its count of entries (for its `backup-size`),
+/// not following symlinks.
+pub fn tree_size(dir: &Path) -> io::Result<(u64, u64)> {
+    let (mut total, mut entries) = (0u64, 1u64);
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let md = fs::symlink_metadata(entry.path())?;
         if md.is_dir() {
-            total = total.saturating_add(tree_size(&entry.path())?);
-        } else if md.is_file() {
-            total = total.saturating_add(md.len());
+            let (t, e) = tree_size(&entry.path())?;
+            total = total.saturating_add(t);
+            entries = entries.saturating_add(e);
+        } else {
+            if md.is_file() {
+                total = total.saturating_add(md.len());
+            }
+            entries = entries.saturating_add(1);
         }
     }
-    Ok(total)
+    Ok((total, entries))
 }
 
 /// The inner tar of dom0's home: the directory `dom0-home/USER` first, then every entry

@@ -108,3 +108,25 @@ mod tests {
         assert_eq!(padding(512), 0);
     }
 }
+
+/// WRT-5: the `backup-size` a writer declares for a VM whose files hold `logical` bytes in
+/// `entries` tar entries. It must cover what upstream's VM-side restore counts against it
+/// (the stored chunk bytes, `UPDATES_MAX_BYTES`) as well as VER-4's data bytes, even for
+/// incompressible data: compressors expand such data by well under 1/64 (bzip2, the worst,
+/// by about 0.5 %), and each entry adds a header, padding and at worst a 10 KiB tar record
+/// and a 128-byte container.
+pub fn backup_size_bound(logical: u64, entries: u64) -> u64 {
+    logical
+        .saturating_add(logical / 64)
+        .saturating_add(entries.saturating_mul(16 << 10))
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn bound_exceeds_data_and_overheads() {
+        assert_eq!(super::backup_size_bound(0, 0), 0);
+        let b = super::backup_size_bound(3_145_851, 1);
+        assert!(b > 3_160_343, "bzip2 of random data must fit: {b}");
+    }
+}
