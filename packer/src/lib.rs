@@ -1,7 +1,6 @@
 //! `qbackup-pack`: writes Qubes OS backup archives (SPEC.md WRT-1 … WRT-4) from a plan.
 //! The binary (`main.rs`) is a thin shell around [`run`].
 
-pub mod alloc;
 pub mod cancel;
 pub mod cli;
 pub mod compress;

@@ -4,9 +4,10 @@ use clap::Parser;
 use qbackup_pack::cli::{Cli, Command};
 
 #[global_allocator]
-static ALLOC: qbackup_pack::alloc::HugeAlloc = qbackup_pack::alloc::HugeAlloc;
+static ALLOC: qbackup_bigalloc::BigAlloc = qbackup_bigalloc::BigAlloc;
 
 fn main() {
+    qbackup_bigalloc::configure();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Create(c) => match qbackup_pack::run(c) {

@@ -1,11 +1,10 @@
 //! `qbackup-verify`: the unprivileged reader of Qubes OS backups. Thin: parse arguments,
 //! run, map the outcome to an exit code (SPEC.md ERR-3; README "Exit codes").
 
-mod bigalloc;
 mod cli;
 
 #[global_allocator]
-static ALLOCATOR: bigalloc::BigAlloc = bigalloc::BigAlloc;
+static ALLOCATOR: qbackup_bigalloc::BigAlloc = qbackup_bigalloc::BigAlloc;
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
@@ -28,9 +27,7 @@ const EXIT_OK: i32 = 0;
 const EXIT_INTERNAL: i32 = 1;
 
 fn main() {
-    if std::env::var_os("QBACKUP_NO_HUGEPAGES").is_some() {
-        bigalloc::DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+    qbackup_bigalloc::configure();
     let cli = Cli::parse();
     let code = match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(code)) => code,
