@@ -187,6 +187,20 @@ unsafe impl GlobalAlloc for BigAlloc {
     }
 }
 
+/// This machine's physical memory in bytes (the binaries size KDF budgets from it).
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let pages = u64::try_from(pages).ok().filter(|&p| p > 0)?;
+    let page = u64::try_from(page).ok().filter(|&p| p > 0)?;
+    Some(pages.saturating_mul(page))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,20 +21,9 @@ fn thread_cpu() -> Duration {
     )
 }
 
-/// Physical memory in bytes.
+/// Physical memory in bytes (1 GiB when the system does not say).
 pub fn physical_memory() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages > 0 && page > 0 {
-        (pages as u64).saturating_mul(page as u64)
-    } else {
-        1 << 30
-    }
+    qbackup_bigalloc::physical_memory().unwrap_or(1 << 30)
 }
 
 /// salsa20/8 cores per CPU second, measured with small scrypt runs.

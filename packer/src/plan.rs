@@ -298,20 +298,7 @@ fn finish_vm(vm: Vm, mut files: Vec<Source>) -> VmPlan {
 }
 
 fn dom0_vm() -> Vm {
-    Vm {
-        qid: Some(0),
-        name: "dom0".into(),
-        class: "AdminVM".into(),
-        label: Some("black".into()),
-        template: None,
-        // dom0 has no netvm property at all: upstream's restore would try to set one and
-        // log an error (AdminVM has no `netvm`).
-        netvm: NetVm::Default,
-        backup: None,
-        volumes_saved: None,
-        virt_mode: None,
-        provides_network: false,
-    }
+    Vm::dom0()
 }
 
 /// `--qubes-dir DIR [VM…]`: DIR is laid out like dom0's `/var/lib/qubes` with an R4

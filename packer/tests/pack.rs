@@ -552,7 +552,7 @@ fn plan_errors_are_clear() {
 
 #[test]
 fn qubes_dir_mode() {
-    use qbackup_format::qubes_xml::{write_r4, NetVm, Vm};
+    use qbackup_format::qubes_xml::{write_r4, Vm};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let vm = |qid: u32, name: &str, class: &str| Vm {
@@ -560,12 +560,7 @@ fn qubes_dir_mode() {
         name: name.into(),
         class: class.into(),
         label: Some("green".into()),
-        template: None,
-        netvm: NetVm::Default,
-        backup: None,
-        volumes_saved: None,
-        virt_mode: None,
-        provides_network: false,
+        ..Vm::dom0()
     };
     let vms = vec![
         vm(0, "dom0", "AdminVM"),

@@ -46,18 +46,8 @@ fn main() {
 }
 
 fn physical_memory() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages > 0 && page > 0 {
-        (pages as u64).saturating_mul(page as u64)
-    } else {
-        qbackup_format::limits::DEFAULT_SCRYPT_MAX_MEMORY * 2
-    }
+    qbackup_bigalloc::physical_memory()
+        .unwrap_or(qbackup_format::limits::DEFAULT_SCRYPT_MAX_MEMORY * 2)
 }
 
 fn run(cli: Cli) -> Result<i32, Error> {

@@ -68,18 +68,7 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
     let mut vms = Vec::with_capacity(elements.len().saturating_add(1));
     // R2 had no dom0 element; upstream synthesises one.
     if !qid_map.contains_key(&0) {
-        vms.push(Vm {
-            qid: Some(0),
-            name: "dom0".to_owned(),
-            class: "AdminVM".to_owned(),
-            label: Some("black".to_owned()),
-            template: None,
-            netvm: NetVm::Default,
-            backup: None,
-            volumes_saved: None,
-            virt_mode: None,
-            provides_network: false,
-        });
+        vms.push(Vm::dom0());
     }
 
     for el in elements {

@@ -113,6 +113,25 @@ pub struct BackupInfo {
 }
 
 /// Parse qubes.xml of either flavour, chosen by the root element (XML-1, XML-2).
+impl Vm {
+    /// dom0 as upstream describes it when nothing else is known: AdminVM, qid 0, label
+    /// black, no netvm property (AdminVM has none), not backed up.
+    pub fn dom0() -> Vm {
+        Vm {
+            qid: Some(0),
+            name: "dom0".to_owned(),
+            class: "AdminVM".to_owned(),
+            label: Some("black".to_owned()),
+            template: None,
+            netvm: NetVm::Default,
+            backup: None,
+            volumes_saved: None,
+            virt_mode: None,
+            provides_network: false,
+        }
+    }
+}
+
 pub fn parse(untrusted: &[u8]) -> Result<QubesXml> {
     let root = dom::parse(untrusted)?;
     let parsed = match root.name.as_str() {
