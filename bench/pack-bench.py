@@ -20,28 +20,8 @@ Needs: scrypt, gzip, GNU tar, split, /usr/bin/time, a release build
 """
 import argparse, json, os, shutil, subprocess, sys, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "bench", "out")
-PASS = "bench-passphrase"
-BID = "20261126T120000-4242"
-
-
-def sh(cmd, **kw):
-    subprocess.run(cmd, shell=True, check=True, executable="/bin/bash", **kw)
-
-
-def make_image(path, size_mib):
-    """A sparse VM image: random data, compressible data (text-like), and holes."""
-    total = size_mib * 2 << 20  # logical size: twice the data, the rest holes
-    with open(path, "wb") as f:
-        f.truncate(total)
-    rnd = size_mib * 6 // 10
-    comp = size_mib - rnd
-    sh(f"openssl enc -aes-128-ctr -nosalt -K 00112233445566778899aabbccddeeff "
-       f"-iv 0 </dev/zero 2>/dev/null | head -c {rnd << 20} | "
-       f"dd of={path} bs=1M seek=16 conv=notrunc status=none")
-    sh(f"seq 1 100000000 | sed 's/$/ kernel: audit ok user=qubes op=read/' | head -c {comp << 20} | "
-       f"dd of={path} bs=1M seek={16 + rnd + 64} conv=notrunc status=none")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import BID, OUT, PASS, ROOT, make_image, sh  # noqa: E402
 
 
 QUBES_XML = """<?xml version='1.0' encoding='utf-8'?>
@@ -103,7 +83,7 @@ def main():
     if not os.path.exists(img):
         os.makedirs(src, exist_ok=True)
         print(f"building {img} ...", file=sys.stderr)
-        make_image(img + ".tmp", args.size_mib)
+        make_image(img + ".tmp", args.size_mib, 60)
         os.rename(img + ".tmp", img)
     with open(os.path.join(src, "qubes.xml"), "w") as f:
         f.write(QUBES_XML.replace("SIZE", str(os.path.getsize(img))))

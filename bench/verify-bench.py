@@ -24,30 +24,8 @@ Needs: scrypt, openssl, gzip, GNU tar; builds the release binaries it needs.
 """
 import argparse, os, resource, shutil, subprocess, sys, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "bench", "out")
-PASS = "bench-passphrase"
-BID = "20261126T120000-4242"
-
-
-def sh(cmd, **kw):
-    subprocess.run(cmd, shell=True, check=True, executable="/bin/bash", **kw)
-
-
-def make_image(path, size_mib):
-    """A sparse VM image: random data, compressible data (text-like), and holes."""
-    total = size_mib * 2 << 20  # logical size: twice the data, the rest holes
-    with open(path, "wb") as f:
-        f.truncate(total)
-    rnd = size_mib * 85 // 100
-    comp = size_mib - rnd
-    # pseudo-random, deterministic
-    sh(f"openssl enc -aes-128-ctr -nosalt -K 00112233445566778899aabbccddeeff "
-       f"-iv 0 </dev/zero 2>/dev/null | head -c {rnd << 20} | "
-       f"dd of={path} bs=1M seek=16 conv=notrunc status=none")
-    # compressible: repeated log-like lines with varying numbers
-    sh(f"seq 1 100000000 | sed 's/$/ kernel: audit ok user=qubes op=read/' | head -c {comp << 20} | "
-       f"dd of={path} bs=1M seek={16 + rnd + 64} conv=notrunc status=none")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import BID, OUT, PASS, ROOT, make_image, sh  # noqa: E402
 
 
 def build(version, log_n, size_mib):
@@ -62,7 +40,7 @@ def build(version, log_n, size_mib):
     os.makedirs(os.path.join(stage, "vm3"))
     os.makedirs(src)
     print(f"building {arch} (this takes a while, once) ...", file=sys.stderr)
-    make_image(os.path.join(src, "private.img"), size_mib)
+    make_image(os.path.join(src, "private.img"), size_mib, 85)
     with open(os.path.join(src, "qubes.xml"), "w") as f:
         f.write((QUBES_XML if version == 4 else QUBES_XML_R3).replace("SIZE", str(size_mib << 21)))
     if version == 3:
