@@ -8,6 +8,17 @@ OUT = os.path.join(ROOT, "bench", "out")
 PASS = "bench-passphrase"
 BID = "20261126T120000-4242"
 
+# The R4 qubes.xml of the benchmark archives: one AppVM `work` (qid 3) whose `private`
+# volume is backed up; SIZE is replaced by the backup-size.
+QUBES_XML = """<?xml version='1.0' encoding='utf-8'?>
+<qubes><labels><label id="label-1" color="0xcc0000">red</label></labels><pools/><properties/>
+<domains><domain id="domain-3" class="AppVM"><properties><property name="qid">3</property>
+<property name="name">work</property><property name="label">label-1</property></properties>
+<features><feature name="backup-content">True</feature><feature name="backup-path">vm3/</feature>
+<feature name="backup-size">SIZE</feature></features><tags/>
+<volume-config><volume name="private" save_on_stop="True"/></volume-config></domain></domains></qubes>
+"""
+
 
 def sh(cmd, **kw):
     subprocess.run(cmd, shell=True, check=True, executable="/bin/bash", **kw)

@@ -21,17 +21,8 @@ Needs: scrypt, gzip, GNU tar, split, /usr/bin/time, a release build
 import argparse, json, os, shutil, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import BID, OUT, PASS, ROOT, make_image, sh  # noqa: E402
+from benchlib import BID, OUT, PASS, QUBES_XML, ROOT, make_image, sh  # noqa: E402
 
-
-QUBES_XML = """<?xml version='1.0' encoding='utf-8'?>
-<qubes><labels><label id="label-1" color="0xcc0000">red</label></labels><pools/><properties/>
-<domains><domain id="domain-3" class="AppVM"><properties><property name="qid">3</property>
-<property name="name">work</property><property name="label">label-1</property></properties>
-<features><feature name="backup-content">True</feature><feature name="backup-path">vm3/</feature>
-<feature name="backup-size">SIZE</feature></features><tags/>
-<volume-config><volume name="private" save_on_stop="True"/></volume-config></domain></domains></qubes>
-"""
 
 REFERENCE = r"""
 set -euo pipefail

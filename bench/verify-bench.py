@@ -25,7 +25,7 @@ Needs: scrypt, openssl, gzip, GNU tar; builds the release binaries it needs.
 import argparse, os, resource, shutil, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import BID, OUT, PASS, ROOT, make_image, sh  # noqa: E402
+from benchlib import BID, OUT, PASS, QUBES_XML, ROOT, make_image, sh  # noqa: E402
 
 
 def build(version, log_n, size_mib):
@@ -96,15 +96,6 @@ QUBES_XML_R3 = """<?xml version='1.0' encoding='utf-8'?>
 <QubesAppVm qid="3" name="work" label="red" template_qid="1" netvm_qid="none"
  uses_default_netvm="False" backup_content="True" backup_path="vm3" backup_size="SIZE"/>
 </QubesVmCollection>
-"""
-
-QUBES_XML = """<?xml version='1.0' encoding='utf-8'?>
-<qubes><labels><label id="label-1" color="0xcc0000">red</label></labels><pools/><properties/>
-<domains><domain id="domain-3" class="AppVM"><properties><property name="qid">3</property>
-<property name="name">work</property><property name="label">label-1</property></properties>
-<features><feature name="backup-content">True</feature><feature name="backup-path">vm3/</feature>
-<feature name="backup-size">SIZE</feature></features><tags/>
-<volume-config><volume name="private" save_on_stop="True"/></volume-config></domain></domains></qubes>
 """
 
 REFERENCE_V3 = r"""

@@ -3,51 +3,44 @@
 
 use std::io::{self, Write};
 
-/// A compression filter and its level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Filter {
-    None,
-    Gzip,
-    Bzip2,
-    Xz,
-    Zstd,
+pub use qbackup_format::compression::Filter;
+
+/// The writing side of a [`Filter`] (the format crate knows how to read each one).
+pub trait Encode: Sized {
+    /// The `--compression` values the packer writes: `none` and the four filters every
+    /// upstream restore knows (not the legacy `lzma`).
+    fn for_writing(name: &str) -> Option<Self>;
+    /// The header's `compression-filter` value, `None` when uncompressed.
+    fn header_name(self) -> Option<&'static str>;
+    /// The program's default level (`gzip` 6, `bzip2` 9, `xz` 6, `zstd` 3).
+    fn default_level(self) -> u32;
+    /// Wrap `w` in this filter's encoder.
+    fn encoder<W: Write>(self, w: W, level: u32) -> io::Result<Encoder<W>>;
 }
 
-impl Filter {
-    pub fn parse(s: &str) -> Option<Filter> {
-        Some(match s {
-            "none" => Filter::None,
-            "gzip" => Filter::Gzip,
-            "bzip2" => Filter::Bzip2,
-            "xz" => Filter::Xz,
-            "zstd" => Filter::Zstd,
-            _ => return None,
-        })
-    }
-
-    /// The header's `compression-filter` value, `None` when uncompressed.
-    pub fn header_name(self) -> Option<&'static str> {
-        match self {
-            Filter::None => None,
-            Filter::Gzip => Some("gzip"),
-            Filter::Bzip2 => Some("bzip2"),
-            Filter::Xz => Some("xz"),
-            Filter::Zstd => Some("zstd"),
+impl Encode for Filter {
+    fn for_writing(name: &str) -> Option<Filter> {
+        match name {
+            "none" => Some(Filter::None),
+            "gzip" | "bzip2" | "xz" | "zstd" => Filter::from_header(true, Some(name)).ok(),
+            _ => None,
         }
     }
 
-    /// The program's default level (`gzip` 6, `bzip2` 9, `xz` 6, `zstd` 3).
-    pub fn default_level(self) -> u32 {
+    fn header_name(self) -> Option<&'static str> {
+        (self != Filter::None).then(|| self.name())
+    }
+
+    fn default_level(self) -> u32 {
         match self {
             Filter::None => 0,
-            Filter::Gzip | Filter::Xz => 6,
+            Filter::Gzip | Filter::Xz | Filter::Lzma => 6,
             Filter::Bzip2 => 9,
             Filter::Zstd => 3,
         }
     }
 
-    /// Wrap `w` in this filter's encoder.
-    pub fn encoder<W: Write>(self, w: W, level: u32) -> io::Result<Encoder<W>> {
+    fn encoder<W: Write>(self, w: W, level: u32) -> io::Result<Encoder<W>> {
         Ok(match self {
             Filter::None => Encoder::None(w),
             Filter::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
@@ -60,6 +53,12 @@ impl Filter {
             )),
             Filter::Xz => Encoder::Xz(liblzma::write::XzEncoder::new(w, level.min(9))),
             Filter::Zstd => Encoder::Zstd(zstd::Encoder::new(w, level.min(19) as i32)?),
+            Filter::Lzma => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the packer does not write the legacy lzma format",
+                ))
+            }
         })
     }
 }

@@ -36,7 +36,7 @@ use qbackup_format::{Error, ErrorClass};
 use zeroize::Zeroizing;
 
 use cli::Create;
-use compress::Filter;
+use compress::{Encode, Filter};
 use pipeline::{Format, Settings};
 
 /// Why a run did not produce an archive.
@@ -164,7 +164,7 @@ pub fn run(c: Create) -> Result<(), Failure> {
             ))
         }
     };
-    let filter = Filter::parse(&c.compression).ok_or_else(|| {
+    let filter = Filter::for_writing(&c.compression).ok_or_else(|| {
         Failure::Usage(format!(
             "unknown compression {:?} (gzip, bzip2, xz, zstd, none)",
             c.compression

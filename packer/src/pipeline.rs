@@ -30,7 +30,7 @@ use qbackup_format::writer::{outer, padding, END_OF_ARCHIVE};
 use qbackup_format::{Error, ErrorClass};
 use zeroize::Zeroizing;
 
-use crate::compress::{FileEncoder, Filter, ParallelEncoder, Pool};
+use crate::compress::{Encode, FileEncoder, Filter, ParallelEncoder, Pool};
 use crate::kdf::{KdfPool, KeyResult};
 use crate::plan::Plan;
 use crate::progress::Progress;
