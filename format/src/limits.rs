@@ -123,3 +123,23 @@ pub const MAX_PROTO_MESSAGE_LEN: usize = 4096;
 
 /// LIM-32: longest VM label in a protocol manifest (a colour name such as `red`).
 pub const MAX_PROTO_LABEL_LEN: usize = 64;
+
+/// LIM-41: address space the sandboxed verifier may map besides KDF memory, chunk buffers,
+/// the allocator's cache and threads (SBX-5): code, libraries, decoder state (LIM-26),
+/// qubes.xml (LIM-4), bounded tables and the report.
+pub const SANDBOX_AS_BASE: u64 = 1 << 30;
+
+/// LIM-42: address space per thread of the sandboxed verifier besides its chunk buffer
+/// (SBX-5): a glibc malloc arena reserves up to 64 MiB, twice that when it grows a second
+/// heap, plus the thread's stack (8 MiB for main, 2 MiB for the others).
+pub const SANDBOX_AS_PER_THREAD: u64 = (128 + 8) << 20;
+
+/// LIM-43: largest regular file `verify`, `list` or `emit` may grow when stdout or stderr is
+/// redirected to one (a report, a log, an emitted stream saved for later; SBX-6). Without
+/// such a redirection they may not grow any file (`RLIMIT_FSIZE` 0).
+pub const SANDBOX_REPORT_FILE_MAX: u64 = 1 << 30;
+
+/// LIM-44: open file descriptors of the sandboxed verifier (`RLIMIT_NOFILE`, SBX-6): the
+/// archive, stdio, and for `extract` a few directories and one output file per file in
+/// flight. Nothing else is opened after the sandbox is applied.
+pub const SANDBOX_MAX_OPEN_FILES: u64 = 256;

@@ -7,10 +7,14 @@ use clap::{Args, Parser, Subcommand};
 /// Verify, list and extract Qubes OS backups (formats 2, 3 and 4) without Qubes.
 ///
 /// Every byte is authenticated before anything parses it. Exit codes: 0 verified,
-/// 2 usage, 10–20 by error class (see README "Exit codes").
+/// 2 usage, 10–20 by error class, 21 sandbox unavailable (see README "Exit codes").
 #[derive(Debug, Parser)]
 #[command(name = "qbackup-verify", version)]
 pub struct Cli {
+    /// Run without the sandbox (SPEC.md SBX-7): only for kernels without Landlock or
+    /// seccomp, where the commands otherwise refuse to run (exit 21).
+    #[arg(long, global = true)]
+    pub no_sandbox: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -38,6 +42,8 @@ pub enum Command {
         #[arg(value_name = "VM", trailing_var_arg = true)]
         vms: Vec<String>,
     },
+    /// Show what the sandbox enforces on this machine; exit 0 if all of it can be (else 21).
+    SandboxCheck,
 }
 
 #[derive(Debug, Args)]

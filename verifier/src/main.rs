@@ -18,13 +18,16 @@ use qbackup_format::{Error, ErrorClass};
 use cli::{Cli, Command, Common};
 use qbackup_verify::output::{Output, VerifyOnly};
 use qbackup_verify::report::Report;
-use qbackup_verify::{driver, extract, passphrase};
+use qbackup_verify::{driver, extract, passphrase, sandbox};
 
 /// Exit code when everything verified.
 const EXIT_OK: i32 = 0;
 
 /// Exit code for an internal error (a bug; ERR-3).
 const EXIT_INTERNAL: i32 = 1;
+
+/// Exit code when the kernel cannot enforce the sandbox (SBX-7).
+const EXIT_SANDBOX: i32 = 21;
 
 fn main() {
     qbackup_bigalloc::configure();
@@ -52,6 +55,7 @@ fn physical_memory() -> u64 {
 
 fn run(cli: Cli) -> Result<i32, Error> {
     let (name, common, extract_to, vms) = match cli.command {
+        Command::SandboxCheck => return Ok(sandbox_check()),
         Command::Verify { common } => ("verify", common, None, Vec::new()),
         Command::List { common } => ("list", common, None, Vec::new()),
         Command::Extract { common, to, vms } => ("extract", common, Some(to), vms),
@@ -71,19 +75,78 @@ fn run(cli: Cli) -> Result<i32, Error> {
     };
     let pass = passphrase::obtain(common.passphrase_file.as_deref(), on_stdin)?;
     let settings = settings(&common, pass.to_vec(), name == "list", vms, total);
-    let mut report = match extract_to {
-        Some(dir) => {
-            let mut out = extract::Extractor::open(&dir)?;
-            let mut r = driver::run(input, settings, &mut out);
-            r.notes.extend(Output::take_notes(&mut out));
+    let mut extractor = extract_to
+        .as_deref()
+        .map(extract::Extractor::open)
+        .transpose()?;
+    if let Some(code) = enter_sandbox(cli.no_sandbox, name, extract_to.as_deref(), &settings) {
+        return Ok(code);
+    }
+    let mut report = match (extract_to, extractor.as_mut()) {
+        (Some(dir), Some(out)) => {
+            let mut r = driver::run(input, settings, out);
+            r.notes.extend(Output::take_notes(out));
             r.extracted_to = Some(dir.display().to_string());
             r
         }
-        None => driver::run(input, settings, &mut VerifyOnly),
+        _ => driver::run(input, settings, &mut VerifyOnly),
     };
     finish_progress();
     emit(&mut report, name, common.json)?;
     Ok(report.first_class().map_or(EXIT_OK, ErrorClass::exit_code))
+}
+
+/// SBX-2: confine this process once the archive, the destination and the passphrase are
+/// open and before any thread starts or any archive byte is read. `Some(code)` to exit
+/// with: the kernel cannot enforce it (SBX-7).
+fn enter_sandbox(
+    no_sandbox: bool,
+    command: &str,
+    dest: Option<&Path>,
+    settings: &driver::Settings,
+) -> Option<i32> {
+    if no_sandbox {
+        eprintln!("qbackup-verify: --no-sandbox: running without the sandbox");
+        return None;
+    }
+    let mode = match (command, dest) {
+        (_, Some(d)) => sandbox::Mode::Extract { dest: d.into() },
+        ("list", None) => sandbox::Mode::List,
+        ("emit", None) => sandbox::Mode::Emit,
+        _ => sandbox::Mode::Verify,
+    };
+    let applied = sandbox::request(mode, settings.kdf_budget, settings.jobs)
+        .and_then(|req| sandbox::apply(&sandbox::policy(&req)));
+    match applied {
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("qbackup-verify: {e}");
+            Some(EXIT_SANDBOX)
+        }
+    }
+}
+
+/// `sandbox-check` (SBX-8): what this kernel enforces, tried in a child process.
+fn sandbox_check() -> i32 {
+    let budget = physical_memory() / 2;
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let report = match sandbox::request(sandbox::Mode::Verify, budget, jobs) {
+        Ok(req) => sandbox::check(&req),
+        Err(e) => {
+            eprintln!("qbackup-verify: {e}");
+            return EXIT_SANDBOX;
+        }
+    };
+    print!("{}", report.render());
+    println!(
+        "extract: landlock read/write beneath DIR only; as root: the owner of DIR, or uid 0 \
+         without capabilities when root owns DIR; RLIMIT_FSIZE = LIM-12"
+    );
+    if report.ok {
+        EXIT_OK
+    } else {
+        EXIT_SANDBOX
+    }
 }
 
 static PROGRESS: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();

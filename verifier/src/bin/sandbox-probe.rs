@@ -3,21 +3,24 @@
 //!
 //! `sandbox-probe MODE [--dest DIR] [--given FILE] [--simulate no-landlock|no-seccomp] ACTION [ARG]`
 //! MODE: verify | emit | extract. ACTION: open PATH | create PATH | socket | exec PATH |
-//! read-given | threads | run-verify PASS | run-extract PASS | none
-//! (run-*: the real driver over the `--given` archive, extracting to `--dest`).
+//! read-given | threads | status | sigint-cleanup | run-verify PASS | run-extract PASS | none
+//! (run-*: the real driver over the `--given` archive, extracting to `--dest`; status:
+//! /proc/self/status after the sandbox; sigint-cleanup: a SIGINT handler's watcher thread
+//! removes a temporary beneath `--dest` and exits 130), or, without applying the sandbox,
+//! `spawn PROGRAM ARGS…` (exec under `--simulate`).
 //! Exit: 0 the action succeeded, 1 it was refused (errno printed), 2 the sandbox could not
 //! be applied (error printed), 3 usage.
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 use qbackup_format::archive::authenticate::Credentials;
 use qbackup_format::crypto::scrypt_container::KdfLimit;
 use qbackup_verify::extract::Extractor;
 use qbackup_verify::output::VerifyOnly;
-use qbackup_verify::sandbox::{apply, output_is_regular_file, policy, Mode, SandboxRequest};
+use qbackup_verify::sandbox::{apply, output_is_regular_file, policy, request, Mode};
 use seccompiler::{SeccompAction, SeccompFilter, SeccompRule};
 
 fn usage() -> ! {
@@ -77,6 +80,7 @@ fn main() {
     }
     let mode = match (mode.as_str(), &dest) {
         ("verify", _) => Mode::Verify,
+        ("list", _) => Mode::List,
         ("emit", _) => Mode::Emit,
         ("extract", Some(d)) => Mode::Extract { dest: d.clone() },
         _ => usage(),
@@ -87,26 +91,21 @@ fn main() {
         (Some(d), Some("run-extract")) => Some(Extractor::open(d).expect("open --dest")),
         _ => None,
     };
-    let dest_owner = dest.as_ref().map(|d| {
-        let m = std::fs::metadata(d).expect("stat --dest");
-        let empty = std::fs::read_dir(d)
-            .map(|mut r| r.next().is_none())
-            .unwrap_or(false);
-        (m.uid(), m.gid(), empty)
-    });
-    // SAFETY: no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    let req = SandboxRequest {
-        mode,
-        euid,
-        pid: std::process::id(),
-        dest_owner,
-        kdf_memory_budget: 64 << 20,
-        jobs: 2,
-        output_is_regular_file: output_is_regular_file(),
-    };
+    // Read after the sandbox through a descriptor opened before it (Landlock refuses a
+    // new open of /proc/self/status).
+    let mut status = std::fs::File::open("/proc/self/status").expect("open /proc/self/status");
+    let mut req = request(mode, 64 << 20, 2).expect("sandbox request");
+    req.output_is_regular_file = output_is_regular_file();
     if let Some(s) = sim {
         simulate(&s);
+    }
+    if rest.first().map(String::as_str) == Some("spawn") {
+        // Run a program (the real qbackup-verify) under the simulation, unsandboxed here.
+        let err = std::process::Command::new(rest.get(1).unwrap_or_else(|| usage()))
+            .args(&rest[2..])
+            .exec();
+        println!("spawn failed: {err}");
+        std::process::exit(3)
     }
     if rest.first().map(String::as_str) == Some("check") {
         let report = qbackup_verify::sandbox::check(&req);
@@ -185,6 +184,13 @@ fn main() {
             };
             outcome(action, r)
         }
+        "status" => {
+            let mut s = String::new();
+            let r = std::io::Seek::rewind(&mut status).and_then(|()| status.read_to_string(&mut s));
+            print!("{s}");
+            outcome("read /proc/self/status", r.map(drop))
+        }
+        "sigint-cleanup" => sigint_cleanup(dest.as_deref().unwrap_or_else(|| usage())),
         "threads" => {
             let handles: Vec<_> = (0..4)
                 .map(|i| {
@@ -199,4 +205,52 @@ fn main() {
         }
         _ => usage(),
     }
+}
+
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// What extract's cancellation does (SBX-4): a handler sets a flag, a watcher thread
+/// started after the sandbox removes the temporaries and exits 130.
+fn sigint_cleanup(dest: &std::path::Path) -> ! {
+    let tmp_dir = dest.join(".qbackup-partial-dir");
+    let tmp = tmp_dir.join(".x.qbackup-partial-1");
+    let made = std::fs::create_dir(&tmp_dir).and_then(|()| std::fs::write(&tmp, b"partial"));
+    if let Err(e) = made {
+        outcome("create temporaries", Err(e))
+    }
+    // SAFETY: the handler only stores to an atomic; sigaction gets a zeroed, filled struct.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut()) != 0 {
+            outcome("sigaction", Err(std::io::Error::last_os_error()))
+        }
+    }
+    let watcher = std::thread::spawn(move || loop {
+        if SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+            let r = std::fs::remove_file(&tmp).and_then(|()| std::fs::remove_dir(&tmp_dir));
+            match r {
+                Ok(()) => {
+                    println!("cancelled; removed temporaries");
+                    std::process::exit(130)
+                }
+                Err(e) => outcome("remove temporaries", Err(e)),
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    });
+    // SAFETY: raise signals this thread (tgkill on our own pid).
+    if unsafe { libc::raise(libc::SIGINT) } != 0 {
+        outcome("raise", Err(std::io::Error::last_os_error()))
+    }
+    let _ = watcher.join();
+    outcome(
+        "watcher ended",
+        Err(std::io::Error::other("without exiting")),
+    )
 }

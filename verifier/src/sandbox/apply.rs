@@ -2,8 +2,7 @@
 //! seccomp — in that order, each verified, failing closed.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 
 use landlock::{
     Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
@@ -15,7 +14,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-use super::policy::{Ids, Policy};
+use super::policy::{Identity, Ids, Mode, Policy, SandboxRequest};
 use super::syscalls::SyscallRule;
 
 /// What [`apply`] enforced, for the report and `sandbox-check`.
@@ -24,8 +23,12 @@ pub struct Enforced {
     /// The identity the process runs as now.
     pub uid: u32,
     pub gid: u32,
-    /// True when privileges were dropped from root.
+    /// True when the process started as root (it then runs as another uid, or as uid 0
+    /// without capabilities).
     pub dropped: bool,
+    /// No capability left in the permitted, effective, inheritable and ambient sets (and
+    /// the bounding set, when started as root).
+    pub no_capabilities: bool,
     pub no_new_privs: bool,
     /// The kernel's Landlock ABI version.
     pub landlock_abi: i32,
@@ -40,11 +43,16 @@ impl Enforced {
     /// One line for logs and reports.
     pub fn summary(&self) -> String {
         format!(
-            "sandbox: uid {} gid {}{}, no_new_privs, landlock ABI {} ({}), seccomp {} syscalls, {}",
+            "sandbox: uid {} gid {}{}{}, no_new_privs, landlock ABI {} ({}), seccomp {} syscalls, {}",
             self.uid,
             self.gid,
-            if self.dropped {
-                " (dropped from root)"
+            match (self.dropped, self.uid) {
+                (true, 0) => " (root without capabilities)",
+                (true, _) => " (dropped from root)",
+                (false, _) => "",
+            },
+            if self.no_capabilities {
+                ", no capabilities"
             } else {
                 ""
             },
@@ -125,6 +133,7 @@ pub fn apply(policy: &Policy) -> Result<Enforced> {
         uid: 0,
         gid: 0,
         dropped: false,
+        no_capabilities: false,
         no_new_privs: false,
         landlock_abi: landlock_abi(),
         landlock_full: false,
@@ -144,13 +153,9 @@ pub fn apply(policy: &Policy) -> Result<Enforced> {
         enforced.rlimits.push((r.name, r.value));
     }
 
-    if let (Some(ids), Some(dest)) = (policy.chown_dest, &policy.fs.write_beneath) {
-        chown_dir(dest, ids)?;
-    }
-    if let Some(ids) = policy.drop_to {
-        drop_privileges(ids)?;
-        enforced.dropped = true;
-    }
+    drop_privileges(policy)?;
+    enforced.dropped = policy.started_as_root;
+    enforced.no_capabilities = true;
     // SAFETY: identity queries have no preconditions.
     (enforced.uid, enforced.gid) = unsafe { (libc::geteuid(), libc::getegid()) };
 
@@ -173,36 +178,137 @@ pub fn apply(policy: &Policy) -> Result<Enforced> {
     Ok(enforced)
 }
 
-fn chown_dir(dest: &std::path::Path, ids: Ids) -> Result<()> {
-    let c = CString::new(dest.as_os_str().as_bytes())
-        .map_err(|_| Error::new(ErrorClass::Io, "sandbox: destination path has a NUL"))?;
-    // SAFETY: valid C string; the descriptor is closed below.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
+/// securebits(7): uid 0 gets no capabilities at exec, and that cannot be undone.
+const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two 32-bit words.
+const CAP_VERSION_3: u32 = 0x2008_0522;
+/// Capability numbers probed in the bounding set (the kernel answers EINVAL above its
+/// `CAP_LAST_CAP`, 40 in Linux 6.x).
+const CAP_PROBE_MAX: libc::c_ulong = 63;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+fn capget() -> Result<[CapData; 2]> {
+    let mut h = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
     };
-    if fd < 0 {
-        return Err(os_err(format!("opening {}", dest.display())));
+    let mut d = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array of the kernel's layout.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) } != 0 {
+        return Err(os_err("capget"));
     }
-    // SAFETY: fd is ours.
-    let r = unsafe { libc::fchown(fd, ids.uid, ids.gid) };
-    // SAFETY: fd is ours, closed once.
-    unsafe { libc::close(fd) };
-    if r != 0 {
-        return Err(os_err(format!("chown {} to {}", dest.display(), ids.uid)));
+    Ok(d)
+}
+
+/// Capabilities still in the bounding set.
+fn bounding_set() -> Vec<libc::c_ulong> {
+    (0..=CAP_PROBE_MAX)
+        // SAFETY: prctl with integer arguments; EINVAL past the last capability.
+        .filter(|&c| unsafe { libc::prctl(libc::PR_CAPBSET_READ, c, 0, 0, 0) } == 1)
+        .collect()
+}
+
+/// SBX-3: supplementary groups, securebits, bounding set (when root), then the identity
+/// switch, then every remaining capability; each step verified. Single-threaded (checked
+/// by the caller), so glibc's cross-thread setxid broadcast is not involved.
+fn drop_privileges(policy: &Policy) -> Result<()> {
+    // Keep-caps off (it may be locked off already, then setting it fails harmlessly).
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        if libc::prctl(libc::PR_GET_KEEPCAPS, 0, 0, 0, 0) != 0 {
+            return Err(os_err("PR_SET_KEEPCAPS 0"));
+        }
+    }
+    if policy.started_as_root {
+        // SAFETY: plain syscalls with valid arguments.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                return Err(os_err("setgroups"));
+            }
+            let bits = SECBIT_NOROOT
+                | SECBIT_NOROOT_LOCKED
+                | SECBIT_KEEP_CAPS_LOCKED
+                | SECBIT_NO_CAP_AMBIENT_RAISE
+                | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+            if libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) != 0 {
+                return Err(os_err("PR_SET_SECUREBITS"));
+            }
+        }
+        for cap in bounding_set() {
+            // SAFETY: prctl with integer arguments (needs CAP_SETPCAP, still held).
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+                return Err(os_err(format!(
+                    "dropping capability {cap} from the bounding set"
+                )));
+            }
+        }
+        if !bounding_set().is_empty() {
+            return Err(Error::new(
+                ErrorClass::Io,
+                "sandbox: the capability bounding set is not empty",
+            ));
+        }
+    }
+    if let Identity::Switch(ids) = policy.identity {
+        switch_to(ids)?;
+    }
+    // SAFETY: prctl with integer arguments; ambient capabilities exist since Linux 4.3.
+    unsafe {
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(os_err("clearing ambient capabilities"));
+        }
+    }
+    let mut h = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let none = [CapData::default(); 2];
+    // SAFETY: header and a two-element data array of the kernel's layout; lowering
+    // capabilities needs no privilege.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut h, none.as_ptr()) } != 0 {
+        return Err(os_err("capset (dropping all capabilities)"));
+    }
+    let left = capget()?;
+    if left
+        .iter()
+        .any(|d| d.effective | d.permitted | d.inheritable != 0)
+    {
+        return Err(Error::new(
+            ErrorClass::Io,
+            "sandbox: capabilities remain after capset",
+        ));
     }
     Ok(())
 }
 
-fn drop_privileges(ids: Ids) -> Result<()> {
-    // SAFETY: plain syscalls; single-threaded (checked), so glibc's cross-thread setxid
-    // broadcast is not involved.
+fn switch_to(ids: Ids) -> Result<()> {
+    // SAFETY: plain syscalls.
     unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(os_err("setgroups"));
-        }
         if libc::setresgid(ids.gid, ids.gid, ids.gid) != 0 {
             return Err(os_err(format!("setresgid {}", ids.gid)));
         }
@@ -312,6 +418,34 @@ pub fn output_is_regular_file() -> bool {
         })
 }
 
+/// The [`SandboxRequest`] for `mode` in this process: its euid and pid, the owner of the
+/// extract destination (which must exist), whether a report goes to a regular file. Call
+/// after the destination is created and before [`apply`].
+pub fn request(mode: Mode, kdf_memory_budget: u64, jobs: usize) -> Result<SandboxRequest> {
+    let dest_owner = match &mode {
+        Mode::Extract { dest } => {
+            let m = std::fs::metadata(dest).map_err(|e| {
+                Error::new(
+                    ErrorClass::Io,
+                    format!("sandbox: destination {}: {e}", dest.display()),
+                )
+            })?;
+            Some((m.uid(), m.gid()))
+        }
+        _ => None,
+    };
+    Ok(SandboxRequest {
+        mode,
+        // SAFETY: no preconditions.
+        euid: unsafe { libc::geteuid() },
+        pid: std::process::id(),
+        dest_owner,
+        kdf_memory_budget,
+        jobs,
+        output_is_regular_file: output_is_regular_file(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +467,7 @@ mod tests {
             uid: 65534,
             gid: 65534,
             dropped: true,
+            no_capabilities: true,
             no_new_privs: true,
             landlock_abi: 7,
             landlock_full: true,
@@ -343,6 +478,7 @@ mod tests {
         for w in [
             "uid 65534",
             "dropped from root",
+            "no capabilities",
             "no_new_privs",
             "landlock ABI 7",
             "seccomp 47",

@@ -2,7 +2,7 @@
 //! trial that applies it in a forked child and proves a socket and an exec are refused.
 
 use super::apply::{apply, landlock_abi};
-use super::policy::{policy, Policy, SandboxRequest};
+use super::policy::{policy, Identity, Policy, SandboxRequest};
 
 /// The outcome of [`check`]: printable lines and whether the sandbox works here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,19 +32,14 @@ fn seccomp_available() -> bool {
 /// Describe `p` (one line per decision).
 pub fn describe(p: &Policy) -> Vec<String> {
     let mut l = vec![format!("command: {:?}", p.mode)];
-    l.push(match p.drop_to {
-        Some(ids) => format!(
-            "identity: drop to uid {} gid {}, no supplementary groups",
+    l.push(match p.identity {
+        Identity::Switch(ids) => format!(
+            "identity: drop from root to uid {} gid {}, no supplementary groups, no capabilities (bounding set empty)",
             ids.uid, ids.gid
         ),
-        None => "identity: unchanged (not root)".to_string(),
+        Identity::RootWithoutCapabilities => "identity: stay uid 0 with no capabilities at all (bounding set empty, securebits locked), no supplementary groups".to_string(),
+        Identity::Keep => "identity: unchanged (not root), all capabilities dropped".to_string(),
     });
-    if let Some(ids) = p.chown_dest {
-        l.push(format!(
-            "destination: chown to {}:{} before dropping",
-            ids.uid, ids.gid
-        ));
-    }
     l.push(format!("no_new_privs: {}", p.no_new_privs));
     l.push(match &p.fs.write_beneath {
         Some(d) => format!(
@@ -101,8 +96,8 @@ pub fn check(req: &SandboxRequest) -> CheckReport {
     }
 }
 
-/// Fork; the child applies the policy (for its own pid, without chowning anything), then
-/// must fail to create a socket and to exec.
+/// Fork; the child applies the policy (for its own pid), then must have left root (when
+/// the policy says so) and must fail to create a socket and to exec.
 fn trial(req: &SandboxRequest) -> Result<String, String> {
     // SAFETY: the caller is single-threaded; the child only makes syscalls and _exits.
     let pid = unsafe { libc::fork() };
@@ -113,10 +108,18 @@ fn trial(req: &SandboxRequest) -> Result<String, String> {
         let mut req = req.clone();
         // SAFETY: no preconditions.
         req.pid = unsafe { libc::getpid() } as u32;
-        let mut p = policy(&req);
-        p.chown_dest = None;
+        let p = policy(&req);
         let code = match apply(&p) {
-            Err(_) => 3,
+            Err(e) => {
+                eprintln!("sandbox-check trial: {e}");
+                3
+            }
+            // SAFETY: identity query.
+            Ok(_)
+                if matches!(p.identity, Identity::Switch(_)) && unsafe { libc::geteuid() } == 0 =>
+            {
+                6
+            }
             Ok(_) => {
                 // SAFETY: raw syscalls in the child.
                 let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
@@ -146,6 +149,7 @@ fn trial(req: &SandboxRequest) -> Result<String, String> {
         (true, 3) => Err("applying the policy failed".to_string()),
         (true, 4) => Err("applied, but a socket could still be created".to_string()),
         (true, 5) => Err("applied, but exec still worked".to_string()),
+        (true, 6) => Err("applied, but still running as root".to_string()),
         _ => Err(format!("child ended with status {status:#x}")),
     }
 }

@@ -16,8 +16,9 @@ mod check;
 mod policy;
 pub mod syscalls;
 
-pub use apply::{apply, landlock_abi, output_is_regular_file, seccomp_program, Enforced};
+pub use apply::{apply, landlock_abi, output_is_regular_file, request, seccomp_program, Enforced};
 pub use check::{check, describe, CheckReport};
 pub use policy::{
-    address_space_limit, policy, FsPolicy, Ids, Mode, Policy, Rlimit, SandboxRequest, NOBODY,
+    address_space_limit, policy, FsPolicy, Identity, Ids, Mode, Policy, Rlimit, SandboxRequest,
+    ALLOCATOR_CACHE, NOBODY,
 };

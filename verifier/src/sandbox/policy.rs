@@ -1,52 +1,47 @@
-//! The sandbox policy as data, produced by a pure function of the command being run.
+//! The sandbox policy as data, produced by a pure function of the command being run
+//! (SBX-1).
 
 use std::path::PathBuf;
 
-use qbackup_format::limits::{MAX_CHUNK_LEN, MAX_FILE_SIZE};
+use qbackup_format::limits::{
+    MAX_CHUNK_LEN, MAX_FILE_SIZE, SANDBOX_AS_BASE, SANDBOX_AS_PER_THREAD, SANDBOX_MAX_OPEN_FILES,
+    SANDBOX_REPORT_FILE_MAX,
+};
 
 use super::syscalls::{self, SyscallRule};
 
 /// The unprivileged identity a root process drops to (`nobody`/`nogroup`).
 pub const NOBODY: u32 = 65534;
 
-/// Address space allowed besides KDF memory and chunk buffers: code, libraries, decoder
-/// state (xz/zstd windows), qubes.xml, report.
-const AS_BASE: u64 = 1 << 30;
-/// Address space per thread besides its chunk buffer: a glibc malloc arena reserves up to
-/// 64 MiB (twice that when it grows a second heap) plus the thread's stack.
-const AS_PER_THREAD: u64 = (128 + 8) << 20;
-/// Largest output file when stdout or stderr is redirected to a regular file (a report, a
-/// log, an emitted stream saved for later); otherwise no regular file may grow at all.
-const REPORT_FILE_MAX: u64 = 1 << 30;
-/// File descriptors: verify/list/emit need none beyond those open before the sandbox.
-const NOFILE_STREAM: u64 = 32;
-/// Extract holds a few directories and one output file per worker.
-const NOFILE_EXTRACT: u64 = 256;
+/// Freed large mappings `qbackup-bigalloc` keeps for reuse (its `CACHE_BYTES`): they stay
+/// in the address space after the KDF or chunk buffer that used them is gone (SBX-5).
+pub const ALLOCATOR_CACHE: u64 = 4 << 30;
 
 /// Which command runs inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     Verify,
     List,
-    /// Stream verified data to the privileged restore on stdout (PROTO).
+    /// Stream verified data to the privileged restore on stdout (PROTO): stdin in,
+    /// stdout out, no filesystem at all.
     Emit,
-    /// Write beneath `dest` (already created by the caller).
+    /// Write beneath `dest` (already created and opened by the caller).
     Extract {
         dest: PathBuf,
     },
 }
 
-/// What the policy depends on; the caller fills it from the command line and the
+/// What the policy depends on; [`super::request`] fills it from the command and the
 /// process state before applying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRequest {
     pub mode: Mode,
     /// `geteuid()` of the process.
     pub euid: u32,
-    /// `getpid()` of the process: the only target `tgkill` may signal (abort).
+    /// `getpid()` of the process: the only target `tgkill` may signal (abort, raise).
     pub pid: u32,
-    /// Owner (uid, gid) of the extract destination and whether it is empty (extract only).
-    pub dest_owner: Option<(u32, u32, bool)>,
+    /// Owner (uid, gid) of the extract destination (extract only).
+    pub dest_owner: Option<(u32, u32)>,
     /// Total scrypt memory the driver may use at once (its `kdf_budget`).
     pub kdf_memory_budget: u64,
     /// KDF/MAC worker threads.
@@ -55,11 +50,26 @@ pub struct SandboxRequest {
     pub output_is_regular_file: bool,
 }
 
-/// Identity to switch to (all of real, effective and saved ids; no supplementary groups).
+/// A uid/gid pair (all of real, effective and saved ids are set to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ids {
     pub uid: u32,
     pub gid: u32,
+}
+
+/// What happens to the process's identity (SBX-3). In every case all capabilities are
+/// dropped (permitted, effective, inheritable, ambient; the bounding set too when started
+/// as root) and supplementary groups are cleared when started as root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// Not started as root: the identity stays.
+    Keep,
+    /// Started as root: become this unprivileged identity.
+    Switch(Ids),
+    /// Started as root, extracting into a root-owned destination: stay uid/gid 0 with no
+    /// capabilities, so uid 0 has only an owner's rights; Landlock confines every path
+    /// access to the destination and seccomp refuses everything else uid 0 could use.
+    RootWithoutCapabilities,
 }
 
 /// One resource limit (soft = hard).
@@ -70,7 +80,7 @@ pub struct Rlimit {
     pub value: u64,
 }
 
-/// Filesystem access under Landlock: nothing at all, except write access beneath the
+/// Filesystem access under Landlock: nothing at all, except read/write access beneath the
 /// extraction destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsPolicy {
@@ -86,11 +96,10 @@ pub struct FsPolicy {
 pub struct Policy {
     pub mode: Mode,
     pub rlimits: Vec<Rlimit>,
-    /// `fchown` the (empty) extraction destination to this identity before dropping, so
-    /// the dropped process can write it.
-    pub chown_dest: Option<Ids>,
-    /// Switch to this identity (only when started as root).
-    pub drop_to: Option<Ids>,
+    pub identity: Identity,
+    /// Whether the process started as root (then the capability bounding set and the
+    /// supplementary groups are cleared too, and securebits are locked).
+    pub started_as_root: bool,
     /// `PR_SET_NO_NEW_PRIVS` (always: seccomp and Landlock need it without privileges).
     pub no_new_privs: bool,
     pub fs: FsPolicy,
@@ -98,50 +107,47 @@ pub struct Policy {
     pub syscalls: Vec<SyscallRule>,
 }
 
-/// Address space for a run: KDF memory + one chunk buffer per thread in flight + base.
+/// `RLIMIT_AS` for a run (SBX-5): the KDF budget (the driver keeps the KDFs in flight
+/// within it, RES-1) + the allocator's cache of freed mappings + `jobs + 4` chunk buffers
+/// (the driver's `jobs + 3` and a copy for the qubes.xml prefetch) + per-thread arenas and
+/// stacks for `jobs + 3` threads (workers, inner stream, prefetch, main) + LIM-41.
 pub fn address_space_limit(kdf_memory_budget: u64, jobs: usize) -> u64 {
-    // The driver keeps at most jobs + 3 chunk buffers; threads: jobs workers, the
-    // inner-stream thread and main.
     let jobs = jobs.max(1) as u64;
-    let buffers = jobs.saturating_add(3).saturating_mul(MAX_CHUNK_LEN);
-    let threads = jobs.saturating_add(2).saturating_mul(AS_PER_THREAD);
-    AS_BASE
+    let buffers = jobs.saturating_add(4).saturating_mul(MAX_CHUNK_LEN);
+    let threads = jobs.saturating_add(3).saturating_mul(SANDBOX_AS_PER_THREAD);
+    SANDBOX_AS_BASE
         .saturating_add(kdf_memory_budget)
+        .saturating_add(ALLOCATOR_CACHE)
         .saturating_add(buffers)
         .saturating_add(threads)
 }
 
-/// The policy for `req`. Pure: no system calls, so it is unit-tested as data.
+/// The identity decision of SBX-3 (see [`Identity`]).
+fn identity(req: &SandboxRequest) -> Identity {
+    let nobody = Ids {
+        uid: NOBODY,
+        gid: NOBODY,
+    };
+    match (req.euid, &req.mode, req.dest_owner) {
+        (1.., _, _) => Identity::Keep,
+        // The destination's owner may already replace anything in it: writing as that
+        // owner grants nothing new, and the files get the directory's owner.
+        (0, Mode::Extract { .. }, Some((uid @ 1.., gid))) => Identity::Switch(Ids { uid, gid }),
+        (0, Mode::Extract { .. }, _) => Identity::RootWithoutCapabilities,
+        (0, _, _) => Identity::Switch(nobody),
+    }
+}
+
+/// The policy for `req`. Pure: no system calls, so it is unit-tested as data (SBX-1).
 pub fn policy(req: &SandboxRequest) -> Policy {
     let extract_dest = match &req.mode {
         Mode::Extract { dest } => Some(dest.clone()),
         _ => None,
     };
-    let as_root = req.euid == 0;
-    let nobody = Ids {
-        uid: NOBODY,
-        gid: NOBODY,
-    };
-    // Root drops to an unprivileged identity. For extract that identity must be able to
-    // write the destination: its owner if that is not root, else nobody after chowning
-    // the destination (only when it is empty: a fresh directory made for the restore).
-    let (drop_to, chown_dest) = match (as_root, &extract_dest, req.dest_owner) {
-        (false, _, _) => (None, None),
-        (true, Some(_), Some((uid, gid, _))) if uid != 0 => (Some(Ids { uid, gid }), None),
-        (true, Some(_), Some((_, _, true))) => (Some(nobody), Some(nobody)),
-        // Root-owned, non-empty destination: drop anyway; writing will fail with EACCES
-        // rather than run as root (apply reports it).
-        (true, _, _) => (Some(nobody), None),
-    };
     let fsize = match (&req.mode, req.output_is_regular_file) {
         (Mode::Extract { .. }, _) => MAX_FILE_SIZE,
-        (_, true) => REPORT_FILE_MAX,
+        (_, true) => SANDBOX_REPORT_FILE_MAX,
         (_, false) => 0,
-    };
-    let nofile = if extract_dest.is_some() {
-        NOFILE_EXTRACT
-    } else {
-        NOFILE_STREAM
     };
     let rlimits = vec![
         Rlimit {
@@ -157,7 +163,7 @@ pub fn policy(req: &SandboxRequest) -> Policy {
         Rlimit {
             name: "RLIMIT_NOFILE",
             resource: libc::RLIMIT_NOFILE,
-            value: nofile,
+            value: SANDBOX_MAX_OPEN_FILES,
         },
         Rlimit {
             name: "RLIMIT_CORE",
@@ -168,8 +174,8 @@ pub fn policy(req: &SandboxRequest) -> Policy {
     Policy {
         mode: req.mode.clone(),
         rlimits,
-        chown_dest,
-        drop_to,
+        identity: identity(req),
+        started_as_root: req.euid == 0,
         no_new_privs: true,
         fs: FsPolicy {
             write_beneath: extract_dest.clone(),
@@ -178,7 +184,6 @@ pub fn policy(req: &SandboxRequest) -> Policy {
         syscalls: syscalls::allowlist(extract_dest.is_some(), req.pid),
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +200,17 @@ mod tests {
         }
     }
 
+    fn extract(euid: u32, owner: (u32, u32)) -> SandboxRequest {
+        let mut r = req(
+            Mode::Extract {
+                dest: "/restore".into(),
+            },
+            euid,
+        );
+        r.dest_owner = Some(owner);
+        r
+    }
+
     fn limit(p: &Policy, name: &str) -> u64 {
         p.rlimits.iter().find(|r| r.name == name).unwrap().value
     }
@@ -203,36 +219,38 @@ mod tests {
         p.syscalls.iter().any(|s| s.name == name)
     }
 
+    /// SBX-2, SBX-6: no filesystem, no path syscalls, no file growth for the streaming commands.
     #[test]
     fn emit_and_verify_get_no_filesystem_and_no_file_writes() {
         for mode in [Mode::Emit, Mode::Verify, Mode::List] {
             let p = policy(&req(mode.clone(), 1000));
             assert_eq!(p.fs.write_beneath, None);
-            assert_eq!(p.drop_to, None);
+            assert_eq!(p.identity, Identity::Keep);
             assert!(p.no_new_privs);
             assert_eq!(limit(&p, "RLIMIT_FSIZE"), 0, "{mode:?}");
             assert_eq!(limit(&p, "RLIMIT_CORE"), 0);
-            assert!(limit(&p, "RLIMIT_NOFILE") <= 64);
+            assert_eq!(limit(&p, "RLIMIT_NOFILE"), SANDBOX_MAX_OPEN_FILES);
             for s in [
-                "openat", "open", "openat2", "mkdirat", "unlinkat", "renameat",
+                "openat", "open", "openat2", "mkdirat", "unlinkat", "renameat", "unlink",
             ] {
                 assert!(!allows(&p, s), "{s} allowed for {mode:?}");
             }
         }
     }
 
+    /// SBX-4: no sockets, no exec, no privilege or namespace syscalls, in any mode.
     #[test]
     fn dangerous_syscalls_are_never_allowed() {
-        let dest = Mode::Extract {
-            dest: "/tmp/x".into(),
-        };
-        for p in [policy(&req(Mode::Emit, 0)), policy(&req(dest, 0))] {
+        for p in [policy(&req(Mode::Emit, 0)), policy(&extract(0, (0, 0)))] {
             for s in [
                 "socket",
+                "socketpair",
                 "connect",
                 "bind",
                 "execve",
                 "execveat",
+                "fork",
+                "vfork",
                 "ptrace",
                 "mount",
                 "umount2",
@@ -244,12 +262,18 @@ mod tests {
                 "prctl",
                 "seccomp",
                 "setuid",
+                "setresuid",
+                "capset",
+                "setrlimit",
                 "kill",
                 "process_vm_writev",
                 "io_uring_setup",
                 "perf_event_open",
                 "keyctl",
                 "userfaultfd",
+                "fchown",
+                "chown",
+                "mknodat",
             ] {
                 assert!(!allows(&p, s), "{s} allowed");
             }
@@ -257,88 +281,102 @@ mod tests {
                 "read",
                 "write",
                 "mmap",
+                "madvise",
                 "futex",
                 "clone3",
                 "exit_group",
                 "getrandom",
+                "rt_sigaction",
+                "sigaltstack",
+                "statx",
+                "fstat",
+                "ioctl",
             ] {
                 assert!(allows(&p, s), "{s} not allowed");
             }
         }
     }
 
+    /// SBX-2, SBX-4, SBX-6: extract gets the path syscalls (Landlock confines them to DIR)
+    /// and may write files as large as LIM-12.
     #[test]
     fn extract_writes_beneath_its_destination_only() {
-        let p = policy(&req(
-            Mode::Extract {
-                dest: "/restore".into(),
-            },
-            1000,
-        ));
+        let p = policy(&extract(1000, (1000, 1000)));
         assert_eq!(p.fs.write_beneath, Some(PathBuf::from("/restore")));
         assert_eq!(limit(&p, "RLIMIT_FSIZE"), MAX_FILE_SIZE);
         for s in [
             "openat",
             "mkdirat",
-            "renameat",
+            "renameat2",
             "unlinkat",
+            "symlinkat",
             "ftruncate",
             "fchmod",
         ] {
             assert!(allows(&p, s), "{s} not allowed for extract");
         }
+        #[cfg(target_arch = "x86_64")]
+        for s in ["renameat", "unlink", "rmdir", "mkdir"] {
+            assert!(allows(&p, s), "{s} not allowed for extract");
+        }
     }
 
+    /// SBX-3: who the process becomes.
     #[test]
-    fn root_drops_privileges() {
-        let p = policy(&req(Mode::Emit, 0));
+    fn identity_decisions() {
+        let nobody = Identity::Switch(Ids {
+            uid: NOBODY,
+            gid: NOBODY,
+        });
+        for mode in [Mode::Emit, Mode::Verify, Mode::List] {
+            let p = policy(&req(mode, 0));
+            assert_eq!(p.identity, nobody);
+            assert!(p.started_as_root);
+        }
+        // Root into a root-owned destination: uid 0 without capabilities.
+        let p = policy(&extract(0, (0, 0)));
+        assert_eq!(p.identity, Identity::RootWithoutCapabilities);
+        // Root into a user's directory: become that user (the files get the owner).
         assert_eq!(
-            p.drop_to,
-            Some(Ids {
-                uid: NOBODY,
-                gid: NOBODY
-            })
-        );
-        assert_eq!(p.chown_dest, None);
-        let mut r = req(
-            Mode::Extract {
-                dest: "/restore".into(),
-            },
-            0,
-        );
-        r.dest_owner = Some((1000, 1000, false));
-        assert_eq!(
-            policy(&r).drop_to,
-            Some(Ids {
+            policy(&extract(0, (1000, 100))).identity,
+            Identity::Switch(Ids {
                 uid: 1000,
-                gid: 1000
+                gid: 100
             })
         );
-        r.dest_owner = Some((0, 0, true));
-        let p = policy(&r);
-        assert_eq!(p.drop_to, p.chown_dest);
-        assert_eq!(p.drop_to.map(|i| i.uid), Some(NOBODY));
-        r.dest_owner = Some((0, 0, false));
-        assert_eq!(policy(&r).chown_dest, None);
+        // Root with a root-owned directory whose group is not root: still uid 0, no caps.
+        assert_eq!(
+            policy(&extract(0, (0, 1000))).identity,
+            Identity::RootWithoutCapabilities
+        );
+        // Not root: nothing changes, whoever owns the destination.
+        let p = policy(&extract(1000, (0, 0)));
+        assert_eq!(p.identity, Identity::Keep);
+        assert!(!p.started_as_root);
     }
 
+    /// SBX-5: the address space covers KDF memory, the allocator cache, buffers, threads.
     #[test]
-    fn address_space_covers_kdf_and_buffers() {
+    fn address_space_covers_kdf_cache_and_buffers() {
         let p = policy(&req(Mode::Verify, 1000));
         let as_ = limit(&p, "RLIMIT_AS");
-        assert!(as_ >= (4 << 30) + 7 * MAX_CHUNK_LEN);
-        assert!(as_ < (4u64 << 30) + (4 << 30));
+        assert!(as_ >= (4 << 30) + ALLOCATOR_CACHE + 8 * MAX_CHUNK_LEN + 7 * (128 << 20));
+        assert!(as_ < (4u64 << 30) + ALLOCATOR_CACHE + (4 << 30));
         assert_eq!(address_space_limit(u64::MAX, usize::MAX), u64::MAX);
+        // More jobs, more room; zero jobs counts as one.
+        assert!(address_space_limit(0, 8) > address_space_limit(0, 2));
+        assert_eq!(address_space_limit(0, 0), address_space_limit(0, 1));
     }
 
+    /// SBX-6, LIM-43: a redirected report or log stays writable.
     #[test]
     fn redirected_report_may_be_written() {
         let mut r = req(Mode::Verify, 1000);
         r.output_is_regular_file = true;
-        assert_eq!(limit(&policy(&r), "RLIMIT_FSIZE"), REPORT_FILE_MAX);
+        assert_eq!(limit(&policy(&r), "RLIMIT_FSIZE"), SANDBOX_REPORT_FILE_MAX);
         // stderr redirected to a log must not kill emit with SIGXFSZ either.
         let mut r = req(Mode::Emit, 1000);
         r.output_is_regular_file = true;
-        assert_eq!(limit(&policy(&r), "RLIMIT_FSIZE"), REPORT_FILE_MAX);
+        assert_eq!(limit(&policy(&r), "RLIMIT_FSIZE"), SANDBOX_REPORT_FILE_MAX);
     }
 }

@@ -5,8 +5,13 @@
 //! Not allowed, among others: `socket`, `connect`, `bind`, `execve`, `execveat`, `fork`,
 //! `ptrace`, `process_vm_*`, `mount`, `pivot_root`, `chroot`, `setns`, `unshare`, `bpf`,
 //! `perf_event_open`, `keyctl`, `io_uring_*`, `userfaultfd`, `prctl`, `seccomp`,
-//! `landlock_*`, `set*id`, `kill` — and for verify/list/emit every syscall that opens,
-//! creates, renames or removes a path.
+//! `landlock_*`, `set*id`, `capset`, `setrlimit`, `kill` — and for verify/list/emit every
+//! syscall that opens, creates, renames or removes a path (SBX-4).
+//!
+//! A SIGINT handler in `extract` (temporary-file cleanup) needs nothing beyond this list:
+//! `rt_sigaction` to install it, `tgkill` on its own pid to raise, `unlink(at)`/`rmdir` to
+//! remove temporaries beneath DIR, `exit_group`. It must be installed after the sandbox is
+//! applied if it starts a watcher thread (`apply` requires a single thread).
 
 /// A condition on one argument: `args[index] & mask == value`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +277,18 @@ pub fn allowlist(extract: bool, pid: u32) -> Vec<SyscallRule> {
                 name: "rename",
                 nr: libc::SYS_rename,
                 reason: "legacy rename (x86_64)",
+                any_of: Vec::new(),
+            },
+            SyscallRule {
+                name: "unlink",
+                nr: libc::SYS_unlink,
+                reason: "std::fs::remove_file: a SIGINT handler removing temporaries (EXT-2)",
+                any_of: Vec::new(),
+            },
+            SyscallRule {
+                name: "rmdir",
+                nr: libc::SYS_rmdir,
+                reason: "std::fs::remove_dir: a SIGINT handler removing a temporary directory",
                 any_of: Vec::new(),
             },
         ]);
