@@ -499,3 +499,61 @@ fn large_kdf_archive_verifies_under_the_address_space_limit() {
         assert!(!err.contains("--no-sandbox"), "{err}");
     }
 }
+
+/// SBX-4: the progress bar on a terminal (its `TCGETS`/`TIOCGWINSZ` ioctls, clock reads)
+/// works inside the sandbox: run under a pseudo-terminal (`script`).
+#[test]
+fn progress_bar_on_a_terminal_works_in_the_sandbox() {
+    let pass = fixture().dir.path().join("pass");
+    let cmd = format!(
+        "{BIN} verify --passphrase-file {} {}; echo EXIT=$?",
+        pass.display(),
+        v4().display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("run script");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("EXIT=0"), "{out}");
+    assert!(out.contains("ETA"), "no progress bar drawn: {out}");
+    assert!(out.contains("OK: every member authenticated"), "{out}");
+}
+
+/// SBX-6: limits the caller set lower (here as `nobody`, who could not raise them back)
+/// are kept, not raised; the run succeeds.
+#[test]
+fn lower_limits_are_kept() {
+    let mut pre = vec!["prlimit", "--nofile=100:200", "--as=3000000000:3500000000"];
+    if is_root() {
+        pre = [
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ][..],
+            &pre,
+        ]
+        .concat();
+    }
+    let (child, status, limits) = waiting(&pre, &["verify"], true);
+    assert_eq!(field(&status, "Seccomp"), "2");
+    let line = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {limits}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // Soft and hard both take the lowest of the policy's, the soft and the hard limit.
+    assert_eq!(line("Max open files"), "Max open files 100 100 files");
+    assert_eq!(
+        line("Max address space"),
+        "Max address space 3000000000 3000000000 bytes"
+    );
+    let (code, out) = feed(child, &v4());
+    assert_eq!(code, 0, "{out}");
+}

@@ -142,15 +142,26 @@ pub fn apply(policy: &Policy) -> Result<Enforced> {
     };
 
     for r in &policy.rlimits {
+        // Never raise a limit: a lower one set by the caller (`ulimit`, a test simulating a
+        // full disk with RLIMIT_FSIZE) stays, as both soft and hard limit.
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain syscall on a valid struct.
+        if unsafe { libc::getrlimit(r.resource, &mut cur) } != 0 {
+            return Err(os_err(format!("getrlimit {}", r.name)));
+        }
+        let value = r.value.min(cur.rlim_cur).min(cur.rlim_max);
         let lim = libc::rlimit {
-            rlim_cur: r.value,
-            rlim_max: r.value,
+            rlim_cur: value,
+            rlim_max: value,
         };
         // SAFETY: plain syscall on a valid struct.
         if unsafe { libc::setrlimit(r.resource, &lim) } != 0 {
-            return Err(os_err(format!("setrlimit {} {}", r.name, r.value)));
+            return Err(os_err(format!("setrlimit {} {value}", r.name)));
         }
-        enforced.rlimits.push((r.name, r.value));
+        enforced.rlimits.push((r.name, value));
     }
 
     drop_privileges(policy)?;
