@@ -219,7 +219,8 @@ mod tests {
         p.syscalls.iter().any(|s| s.name == name)
     }
 
-    /// SBX-2, SBX-6: no filesystem, no path syscalls, no file growth for the streaming commands.
+    /// SBX-2, SBX-6, LIM-44: no filesystem, no path syscalls, no file growth for the
+    /// streaming commands.
     #[test]
     fn emit_and_verify_get_no_filesystem_and_no_file_writes() {
         for mode in [Mode::Emit, Mode::Verify, Mode::List] {
@@ -321,7 +322,7 @@ mod tests {
         }
     }
 
-    /// SBX-3: who the process becomes.
+    /// SBX-1, SBX-3: who the process becomes, decided as data.
     #[test]
     fn identity_decisions() {
         let nobody = Identity::Switch(Ids {
@@ -355,7 +356,8 @@ mod tests {
         assert!(!p.started_as_root);
     }
 
-    /// SBX-5: the address space covers KDF memory, the allocator cache, buffers, threads.
+    /// SBX-5, LIM-41, LIM-42: the address space covers KDF memory, the allocator cache,
+    /// buffers, threads.
     #[test]
     fn address_space_covers_kdf_cache_and_buffers() {
         let p = policy(&req(Mode::Verify, 1000));
