@@ -41,8 +41,11 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// An archive made with the real tools (cached per name).
+/// An archive made with the real tools (cached per name; tests run in parallel and the
+/// script appends to its output, so one at a time).
 fn make(name: &str, args: &[&str]) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let f = fixture();
     let out = f.dir.path().join(format!("{name}.bin"));
     if !out.exists() {
@@ -556,4 +559,30 @@ fn lower_limits_are_kept() {
     );
     let (code, out) = feed(child, &v4());
     assert_eq!(code, 0, "{out}");
+}
+
+/// SBX-2, SBX-3: DIR inside a 0700 directory of another user: the Landlock rule is taken
+/// from DIR while still root, so both the switch to DIR's owner and uid 0 without
+/// capabilities (neither can traverse the parent any more) extract through the open DIR.
+#[test]
+fn root_extract_beneath_a_parent_the_new_identity_cannot_traverse() {
+    if !is_root() {
+        eprintln!("needs root to chown the parent; CI runs as root");
+        return;
+    }
+    for owner in [65534, 0] {
+        let top = tempfile::tempdir().unwrap();
+        let parent = top.path().join("private");
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, PermissionsExt::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&parent, Some(1000), Some(1000)).unwrap();
+        let dest = parent.join("restore");
+        std::fs::create_dir(&dest).unwrap();
+        std::os::unix::fs::chown(&dest, Some(owner), Some(owner)).unwrap();
+        let d = dest.to_str().unwrap();
+        let (code, out, err) = run(&["extract", "--to", d], &v4());
+        assert_eq!(code, 0, "owner {owner}: {out}{err}");
+        let m = std::fs::metadata(dest.join("work/private.img")).unwrap();
+        assert_eq!(m.uid(), owner);
+    }
 }

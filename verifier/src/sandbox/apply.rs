@@ -164,6 +164,17 @@ pub fn apply(policy: &Policy) -> Result<Enforced> {
         enforced.rlimits.push((r.name, value));
     }
 
+    // Opened while still privileged: the new identity may not be able to reach DIR by
+    // its path (a 0700 parent), yet writes through the already open DIR.
+    let dest_fd = match &policy.fs.write_beneath {
+        Some(dest) => Some(PathFd::new(dest).map_err(|e| {
+            Error::new(
+                ErrorClass::Io,
+                format!("sandbox: opening {} for Landlock: {e}", dest.display()),
+            )
+        })?),
+        None => None,
+    };
     drop_privileges(policy)?;
     enforced.dropped = policy.started_as_root;
     enforced.no_capabilities = true;
@@ -180,7 +191,7 @@ pub fn apply(policy: &Policy) -> Result<Enforced> {
         enforced.no_new_privs = true;
     }
 
-    enforced.landlock_full = apply_landlock(policy)?;
+    enforced.landlock_full = apply_landlock(policy, dest_fd)?;
 
     let filter = seccomp_program(&policy.syscalls)?;
     seccompiler::apply_filter_all_threads(&filter)
@@ -337,7 +348,7 @@ fn switch_to(ids: Ids) -> Result<()> {
 /// Landlock: every filesystem right handled; none granted except beneath the extraction
 /// destination. ABI 1 is required; later rights (truncate, ioctl, network, scoping) are
 /// added where the kernel has them. Returns whether everything requested is enforced.
-fn apply_landlock(policy: &Policy) -> Result<bool> {
+fn apply_landlock(policy: &Policy, dest_fd: Option<PathFd>) -> Result<bool> {
     let abi = landlock_abi();
     if abi < policy.fs.min_abi {
         return Err(unsupported(format!(
@@ -359,8 +370,7 @@ fn apply_landlock(policy: &Policy) -> Result<bool> {
         .scope(Scope::from_all(newest))
         .map_err(ll)?;
     let mut created = ruleset.create().map_err(ll)?;
-    if let Some(dest) = &policy.fs.write_beneath {
-        let fd = PathFd::new(dest).map_err(|e| unsupported(format!("Landlock: {e}")))?;
+    if let Some(fd) = dest_fd {
         let denied = AccessFs::Execute
             | AccessFs::MakeChar
             | AccessFs::MakeBlock
