@@ -441,6 +441,33 @@ fn fails_closed_with_exit_21() {
     }
 }
 
+/// SBX-8: without Landlock (simulated), `sandbox-check` says so and exits 21.
+#[test]
+fn sandbox_check_fails_without_landlock() {
+    let o = Command::new(PROBE)
+        .args([
+            "verify",
+            "--simulate",
+            "no-landlock",
+            "spawn",
+            BIN,
+            "sandbox-check",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(21), "{out}");
+    assert!(out.contains("kernel landlock ABI: unavailable"), "{out}");
+    assert!(
+        out.contains("trial in a child process: applying the policy failed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL: the sandbox cannot be enforced here"),
+        "{out}"
+    );
+}
+
 /// SBX-8: `sandbox-check` names every layer and proves it in a child.
 #[test]
 fn sandbox_check_reports_what_is_enforced() {
