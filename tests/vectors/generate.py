@@ -69,7 +69,7 @@ DISPUTED = {
     "name-dot-in-v4": "order-failure: PATH vm3/. accepted in v4 (NAME-4 says unsafe-path)",
     "v4-short-container": "truncated (V4-1 says a member shorter than 128 bytes is malformed)",
     "tar-padding-nonzero": "ok (TAR-8 says non-zero entry padding is malformed)",
-    "tar-too-many-zeros": "ok (TAR-8 bounds trailing zeros by LIM-23)",
+    "tar-too-many-zeros-by-one-block": "ok: LIM-23 is counted after two zero blocks, not after the first (TAR-8)",
     "tar-type-v": "ok: V labels are skipped (TAR-1 says unsupported)",
     "tar-other-name": "malformed (TAR-11 says a name outside PATH is unsafe-path)",
     "tar-pax-dup-path": "ok (TAR-5 says a recognised key twice is malformed)",
@@ -357,6 +357,10 @@ def hand_built(g):
                      header=v3_header(compressed=False, extra="compression-filter=less\n")), "ok",
           "compressed=False with compression-filter=less: the filter is ignored when not compressed "
           "(CMP-2, HDR-5).", ["CMP-2", "HDR-5"], G3)
+    g.add("ok-v4-passphrase-trailing-space", v4_members(files(xml4), chunk=1024, pw="qubes \t "), "ok",
+          "passphrase ending in space, tab, space: a passphrase file loses one trailing LF only, the "
+          "whitespace is part of the passphrase (PASS-1, DEV-7; upstream strips it).",
+          ["PASS-1", "DEV-7"], G4, passphrase="qubes \t ")
     g.add("ok-v4-passphrase-bang-utf8",
           v4_members(files(xml4), chunk=1024, pw="correct horse!battery ünïcode"), "ok",
           "passphrase with a space, `!` and UTF-8 bytes, used verbatim in the composite scrypt "
@@ -549,7 +553,7 @@ def hand_built(g):
         ("name-dot-in-v4", lambda m: m.__setitem__(p0, ("vm3/..000.enc", m[p0][1])), "unsafe-path", 1,
          "PATH ending in `.` (vm3/.) in v4; NAME-4 allows it in v2/v3 only.", ["NAME-4"]),
         ("name-too-long", lambda m: m.append(("vm3/" + "x" * 4100 + ".000.enc", m[-1][1])), "limit-exceeded", 3,
-         "a member path of 4.1 KiB (pax path) exceeds LIM-8 (NAME-3).", ["NAME-3", "LIM-8", "OUT-3"]),
+         "a member path of 4.1 KiB (pax path) exceeds LIM-8 (NAME-3).", ["NAME-3", "LIM-8", "OUT-3", "DEV-16"]),
         ("name-too-deep", lambda m: m.append(("vm3/" + "d/" * 260 + "f.000.enc", m[-1][1])), "limit-exceeded", 3,
          "a member path of 262 components exceeds LIM-9 (NAME-3).", ["NAME-3", "LIM-9"]),
     ]
@@ -661,7 +665,9 @@ def hand_built(g):
         ("tar-no-end-block", one, "truncated", "the inner tar ends after the entry without a zero block (TAR-8).", ["TAR-8"]),
         ("tar-nonzero-after-end", one + END + b"x" + b"\0" * 511, "malformed", "a non-zero byte after the end-of-archive block (TAR-8).", ["TAR-8"]),
         ("tar-padding-nonzero", tar_header(N, len(small), magic=b"ustar  \0") + small + b"X" * (512 - len(small)) + END, "malformed", "non-zero entry padding (TAR-8).", ["TAR-8"]),
-        ("tar-too-many-zeros", one + b"\0" * (1024 + (1 << 20)), "limit-exceeded", "more than LIM-23 zero bytes after the end block (TAR-8).", ["TAR-8", "LIM-23"]),
+        ("tar-too-many-zeros", one + b"\0" * (512 + (1 << 20) + 1024), "limit-exceeded", "LIM-23 + 1024 zero bytes after the first end block (TAR-8).", ["TAR-8", "LIM-23", "DEV-16"]),
+        ("tar-too-many-zeros-by-one-block", one + b"\0" * (512 + (1 << 20) + 512), "limit-exceeded", "LIM-23 + 512 zero bytes after the first end block (TAR-8 counts from the first zero block).", ["TAR-8", "LIM-23"]),
+        ("ok-tar-max-zeros", one + b"\0" * (512 + (1 << 20)), "ok", "exactly LIM-23 zero bytes after the first end block (TAR-8).", ["TAR-8", "LIM-23"]),
         ("tar-cut-in-data", tar_header(N, 5000, magic=b"ustar  \0") + small, "truncated", "the stream ends inside the entry's data (TAR-8).", ["TAR-8"]),
         ("tar-bad-checksum", tar_header(N, len(small), magic=b"ustar  \0", checksum=1234) + pad(small) + END, "malformed", "inner header checksum wrong (TAR-1 via OUT-5).", ["TAR-1", "OUT-5"]),
         ("tar-type-v", entry(N, b"", typeflag=b"V") + one + END, "unsupported", "a GNU volume label (V) entry (TAR-1).", ["TAR-1"]),
@@ -688,7 +694,10 @@ def hand_built(g):
         ("tar-gnu-sparse-half-pair", gnu_sparse_header(N, 4096, [(0, 512)], half=True) + b"S" * 512 + END, "malformed", "a GNU sparse pair with only one field filled (TAR-2).", ["TAR-2"]),
     ]
     for name, inner, want, comment, reqs in tar_cases:
-        g.add(name, with_priv(inner), want, comment, reqs, G4, fail_at=1)
+        if want == "ok":
+            g.add(name, with_priv(inner), want, comment, reqs, [G4[0], {"work/private.img": sha256(small)}, G4[2]])
+        else:
+            g.add(name, with_priv(inner), want, comment, reqs, G4, fail_at=1)
     # valid sparse forms, hand-made
     g.add("ok-tar-sparse-pax-unaligned", with_priv(pax_sparse(N, 65536, [(4096, 700), (65536, 0)], data=prng(700, 5), unaligned=True)),
           "ok", "PAX 1.0 sparse entry as qubes.tarwriter writes it: last run not padded, end blocks "
@@ -726,6 +735,19 @@ def hand_built(g):
           "the same archive with the backup-size check disabled (--ignore-backup-size): verifies; "
           "the opt-out is reported (VER-4).", ["VER-4", "ERR-3"], gb, args=["--ignore-backup-size"])
 
+    # ---- LIM-13: a directory file (dom0 home) with more than 10^6 entries, zstd-compressed
+    xh = r4_xml([doms_home := r4_domain("work", path="vm3/")]).replace(
+        b'<features/>', b'<features>\n        <feature name="backup-content">True</feature>\n'
+        b'        <feature name="backup-path">dom0-home/user</feature>\n      </features>')
+    dirent = entry("dom0-home/user/", typeflag=b"5")
+    many = vlib.run(["zstd", "-q", "-19", "-c"], dirent * 1000001 + END)
+    g.add("tar-too-many-entries",
+          v4_members([("qubes.xml", xml_tar(xh)), ("vm3/private.img", inner_priv), ("vm3/notes.txt", inner_notes),
+                      ("dom0-home/user", None, many)], filt="zstd", chunk=1 << 20),
+          "limit-exceeded", "dom0 home's inner tar holds 1 000 001 directory entries, over LIM-13 (TAR-1); "
+          "508 MiB of headers, a few KiB compressed.", ["TAR-1", "LIM-13", "DEV-16"],
+          [{"qubes.xml": sha256(xh)}, G4[1], G4[2]], fail_at=3)
+
     # ---- qubes.xml (XML)
     def x4(xml, fail_at=0, want=None, extra_files=()):
         fs = [("qubes.xml", xml_tar(xml)), ("vm3/private.img", inner_priv), ("vm3/notes.txt", inner_notes)]
@@ -741,7 +763,7 @@ def hand_built(g):
         ("xml-too-deep", r4_xml([doms.replace("<tags/>", "") .replace("      <features>", "      " + "<x>" * 40 + "</x>" * 40 + "\n      <features>")]), "limit-exceeded", "elements nested 40 deep, over LIM-15 (XML-4).", ["XML-4", "LIM-15"]),
         ("xml-long-value", r4_xml([r4_domain("work", path="vm3/", extra_props='        <property name="description">%s</property>\n' % ("v" * 70000))]), "limit-exceeded", "a 70 000-byte property text, over LIM-16 (XML-4).", ["XML-4", "LIM-16"]),
         ("xml-too-many-attributes", r4_xml([doms.replace('<domain id="domain-3"', '<domain ' + " ".join('a%d="x"' % i for i in range(300)) + ' id="domain-3"')]), "limit-exceeded", "an element with 300 attributes, over LIM-25 (XML-4).", ["XML-4", "LIM-25"]),
-        ("xml-too-many-vms", r4_xml([doms] + ['    <domain class="AppVM"><properties><property name="name">v%d</property><property name="label">label-1</property></properties></domain>\n' % i for i in range(10001)]), "limit-exceeded", "10 002 domains, over LIM-14 (XML-4).", ["XML-4", "LIM-14"]),
+        ("xml-too-many-vms", r4_xml([doms] + ['    <domain class="AppVM"><properties><property name="name">v%d</property><property name="label">label-1</property></properties></domain>\n' % i for i in range(10001)]), "limit-exceeded", "10 002 domains, over LIM-14 (XML-4).", ["XML-4", "LIM-14", "DEV-16"]),
         ("xml-too-many-elements", r4_xml([doms]).replace(b"</qubes>", b"<pad>" + b"<e/>" * (1 << 20) + b"</pad></qubes>"), "limit-exceeded", "2^20 + more elements, over LIM-24 (XML-4).", ["XML-4", "LIM-24"]),
         ("xml-too-big", r4_xml([doms]).replace(b"</qubes>", b"<!--" + b"c" * (17 << 20) + b"--></qubes>"), "limit-exceeded", "17 MiB of decompressed qubes.xml, over LIM-4 (XML-4).", ["XML-4", "LIM-4"]),
         ("xml-bad-class", r4_xml([doms.replace('class="AppVM"', 'class="FooVM"')]), "malformed", "domain class FooVM (XML-2).", ["XML-2"]),
@@ -849,7 +871,7 @@ def hand_built(g):
         ("out-global-path", corrupt_member_header(H4, 2, "gpath"), "unsupported", 0, "a pax global header with a path record (OUT-3).", ["OUT-3"]),
         ("out-two-x-headers", corrupt_member_header(H4, 2, "xx"), "malformed", 0, "two consecutive pax x headers (OUT-3).", ["OUT-3"]),
         ("out-x-at-end", raw + pax_entry([("path", "a")]) + END, "malformed", 3, "a pax x header followed by the end of the archive (OUT-3).", ["OUT-3"]),
-        ("out-member-too-big", raw[:raw_len_until(H4, 3)] + tar_header("vm3/private.img.000.enc", 200 << 20) + b"\0" * 512, "limit-exceeded", 1, "a member header claiming 200 MiB, over LIM-5, refused from the header (OUT-5).", ["OUT-5", "LIM-5", "MAC-1"]),
+        ("out-member-too-big", raw[:raw_len_until(H4, 3)] + tar_header("vm3/private.img.000.enc", 200 << 20) + b"\0" * 512, "limit-exceeded", 1, "a member header claiming 200 MiB, over LIM-5, refused from the header (OUT-5).", ["OUT-5", "LIM-5", "MAC-1", "DEV-16"]),
         ("out-xml-chunk-too-big", raw[:raw_len_until(H4, 2)] + tar_header("qubes.xml.000.enc", 2 << 20) + b"\0" * 512, "limit-exceeded", 0, "qubes.xml.000.enc claiming 2 MiB, over LIM-3 (ORD-2).", ["ORD-2", "LIM-3", "OUT-5"]),
         ("out-header-member-too-big", tar_header("backup-header", 5000) + b"\0" * 512, "limit-exceeded", 0, "backup-header member of 5000 bytes, over LIM-1 (OUT-5).", ["OUT-5", "LIM-1"]),
         ("out-cut-in-data", raw[:raw_len_until(H4, 3) + 1024], "truncated", 1, "EOF inside a member's data (OUT-4).", ["OUT-4"]),
