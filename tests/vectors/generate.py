@@ -526,6 +526,8 @@ def hand_built(g):
          "a .hmac member in a v4 archive (ORD-5, NAME-5).", ["ORD-5", "NAME-5"]),
         ("ord-repeat-file", lambda m: m.append(m[idx(m, "vm3/notes.txt.000.enc")]), "order-failure", 3,
          "vm3/notes.txt.000.enc a second time (ORD-6).", ["ORD-6"]),
+        ("ord-repeat-xml", lambda m: m.append(m[2]), "order-failure", 3,
+         "qubes.xml.000.enc again after the files (ORD-6).", ["ORD-6", "ORD-2"]),
         ("ord-repeat-header", lambda m: m.append(m[0]), "order-failure", 3,
          "backup-header again after the files (ORD-6).", ["ORD-6"]),
         ("ord-stray-file", lambda m: m.append(("vm77/private.img.000.enc", m[-1][1])), "order-failure", 3,
@@ -704,12 +706,14 @@ def hand_built(g):
           "unaligned, trailing (realsize, 0) run (TAR-3, TAR-8, TAR-9, EXT-3).",
           ["TAR-3", "TAR-8", "TAR-9", "EXT-3"],
           [G4[0], {"work/private.img": sha256(b"\0" * 4096 + prng(700, 5) + b"\0" * (65536 - 4796))}, G4[2]])
-    sp = (1 << 20, [(8192, prng(3000, 6)), (700000, text(2000, 6))])
+    runs = [(8192 + 65536 * i, prng(700 + i, 60 + i)) for i in range(6)] + [(700000, text(2000, 6))]
+    sp = (1 << 20, runs)
     img = bytearray(1 << 20)
-    img[8192:11192] = prng(3000, 6)
-    img[700000:702000] = text(2000, 6)
+    for off, data in runs:
+        img[off:off + len(data)] = data
     g.add("ok-tar-sparse-gnu", with_priv(gnu_tar(N, sp, sparse=True)), "ok",
-          "GNU old sparse (S) entry written by `tar --sparse`; extracted with its holes (TAR-2, EXT-3).",
+          "GNU old sparse (S) entry written by `tar --sparse` with 7 runs, so the map continues in an "
+          "extension block; extracted with its holes (TAR-2, EXT-3).",
           ["TAR-2", "TAR-6", "EXT-3"], [G4[0], {"work/private.img": sha256(bytes(img))}, G4[2]])
     g.add("ok-tar-pax-path-and-longname", with_priv(entry("././@LongLink", b"ignored/long\0", typeflag=b"L")
                                                     + pax_entry([("path", N), ("mtime", "1.5"), ("comment", "x")])
@@ -766,6 +770,8 @@ def hand_built(g):
         ("xml-too-many-vms", r4_xml([doms] + ['    <domain class="AppVM"><properties><property name="name">v%d</property><property name="label">label-1</property></properties></domain>\n' % i for i in range(10001)]), "limit-exceeded", "10 002 domains, over LIM-14 (XML-4).", ["XML-4", "LIM-14", "DEV-16"]),
         ("xml-too-many-elements", r4_xml([doms]).replace(b"</qubes>", b"<pad>" + b"<e/>" * (1 << 20) + b"</pad></qubes>"), "limit-exceeded", "2^20 + more elements, over LIM-24 (XML-4).", ["XML-4", "LIM-24"]),
         ("xml-too-big", r4_xml([doms]).replace(b"</qubes>", b"<!--" + b"c" * (17 << 20) + b"--></qubes>"), "limit-exceeded", "17 MiB of decompressed qubes.xml, over LIM-4 (XML-4).", ["XML-4", "LIM-4"]),
+        ("xml-bad-char-ref", r4_xml([r4_domain("work", path="vm3/", extra_props='        <property name="description">a&#0;b</property>\n')]), "malformed", "a numeric character reference to NUL, not a legal XML character (XML-4).", ["XML-4"]),
+        ("xml-undefined-entity", r4_xml([r4_domain("work", path="vm3/", extra_props='        <property name="description">&nbsp;</property>\n')]), "malformed", "an entity other than the five predefined ones (XML-4).", ["XML-4"]),
         ("xml-bad-class", r4_xml([doms.replace('class="AppVM"', 'class="FooVM"')]), "malformed", "domain class FooVM (XML-2).", ["XML-2"]),
         ("xml-bad-vm-name", r4_xml([doms.replace(">work<", ">-work<")]), "malformed", "VM name `-work` breaks the name grammar (XML-3).", ["XML-3", "DEV-22"]),
         ("xml-duplicate-names", r4_xml([doms, r4_domain("work", qid=4, path="vm4/")]), "malformed", "two VMs named work (XML-3).", ["XML-3"]),
@@ -824,22 +830,27 @@ def hand_built(g):
           [{"qubes.xml": sha256(x2)}, G4[1], {"other/private.img": sha256(NOTES)}, G4[2]], fail_at=3)
 
     # v3 directory file (template as vm9/.) with links and specials (TAR-7, EXT-4, NAME-4)
+    LONGT = "apps/" + "../apps/" * 16 + "x.desktop"      # 142 bytes: a GNU K record
     xt = r3_xml(['<QubesTemplateVm qid="8" name="tpl" label="black" template_qid="none" backup_content="True" '
                  'backup_path="vm8" backup_size="1000000"/>'])
     d = "vm8/."
     good = (entry(d + "/", typeflag=b"5") + entry(d + "/private.img", PRIV) + entry(d + "/apps/", typeflag=b"5")
             + entry(d + "/apps/x.desktop", NOTES) + entry(d + "/icon.png", typeflag=b"2", linkname=b"apps/x.desktop")
+            + entry("././@LongLink", (LONGT + "\0").encode(), typeflag=b"K")
+            + entry(d + "/longlink", typeflag=b"2", linkname=LONGT[:100].encode())
             + entry(d + "/escape", typeflag=b"2", linkname=b"../../../etc/passwd")
             + entry(d + "/abs", typeflag=b"2", linkname=b"/etc/passwd")
             + entry(d + "/hard", typeflag=b"1", linkname=(d + "/private.img").encode())
             + entry(d + "/fifo", typeflag=b"6") + entry(d + "/dev", typeflag=b"3") + END)
     gd = [{"qubes.xml": sha256(xt)}, {"tpl/private.img": sha256(PRIV), "tpl/apps/x.desktop": sha256(NOTES)}]
     g.add("ok-v3-template-dir-links", v3_members([("qubes.xml", xml_tar(xt)), ("vm8/.", good)], chunk=1024), "ok",
-          "v3 template as a directory file vm8/. (chunks vm8/..NNN): a relative symlink inside is recreated, "
+          "v3 template as a directory file vm8/. (chunks vm8/..NNN): relative symlinks inside are recreated "
+          "(one with a 142-byte target in a GNU K record), "
           "symlinks leaving the VM directory, a hard link, a FIFO and a device are skipped and reported "
           "(NAME-4, TAR-7, TAR-11, EXT-1, EXT-4, DEV-19).",
-          ["NAME-4", "TAR-7", "TAR-11", "EXT-1", "EXT-4", "DEV-19", "XML-1", "VER-2"], gd,
-          symlinks={"tpl/icon.png": "apps/x.desktop"}, listing={"version": 3, "vms": ["tpl"]})
+          ["NAME-4", "TAR-4", "TAR-7", "TAR-11", "EXT-1", "EXT-4", "DEV-19", "XML-1", "VER-2"], gd,
+          symlinks={"tpl/icon.png": "apps/x.desktop", "tpl/longlink": LONGT},
+          listing={"version": 3, "vms": ["tpl"]})
     bad = entry(d + "/", typeflag=b"5") + entry(d + "/private.img", PRIV) + entry("vm8/../vm9/x", NOTES) + END
     g.add("tar-dir-entry-escapes", v3_members([("qubes.xml", xml_tar(xt)), ("vm8/.", bad)], chunk=1024), "unsafe-path",
           "an entry of directory file vm8/. named vm8/../vm9/x (NAME-3, TAR-11).", ["NAME-3", "TAR-11", "EXT-5"],
@@ -856,6 +867,19 @@ def hand_built(g):
           gd[:1])
     g.add("name-dot-not-last", v3_members([("qubes.xml", xml_tar(xt)), ("vm8/./x", good)], chunk=1024), "unsafe-path",
           "a `.` component in the middle of a v3 member path (NAME-4).", ["NAME-4", "NAME-3"], gd, fail_at=1)
+
+    # ---- R2 qubes.xml without a dom0 element: one dom0-home/USER file is accepted (ORD-7)
+    x2r = r3_xml().replace(b'<QubesAdminVm qid="0" name="dom0" label="black" backup_content="False"/>\n', b"")
+    bashrc = b"# ~/.bashrc\nexport EDITOR=vi\n"
+    home = (entry("dom0-home/user/", typeflag=b"5") + entry("dom0-home/user/.bashrc", bashrc)
+            + entry("dom0-home/user/docs/", typeflag=b"5") + entry("dom0-home/user/docs/a.txt", NOTES) + END)
+    g.add("ok-v3-r2-dom0-home", v3_members([("qubes.xml", xml_tar(x2r)), ("vm3/private.img", inner_priv),
+                                            ("dom0-home/user", home)], chunk=1024), "ok",
+          "core2 qubes.xml with no dom0 element (R2): the file dom0-home/user is accepted as dom0 home "
+          "without being required, and extracted as a directory file (ORD-7, TAR-11, EXT-1).",
+          ["ORD-7", "TAR-11", "EXT-1", "XML-1"],
+          [{"qubes.xml": sha256(x2r)}, {"work/private.img": sha256(PRIV)},
+           {"dom0-home/user/.bashrc": sha256(bashrc), "dom0-home/user/docs/a.txt": sha256(NOTES)}])
 
     # ---- outer layer failures (OUT)
     raw = archive(H4)
@@ -1029,6 +1053,24 @@ def tool_built(g, s):
                                       "--chunk-size", "10240"],
        "header-less v2, encrypted and compressed: the authenticated qubes.xml.000 starts with a zlib header "
        "(ORD-8, V3-5).", ["ORD-8", "V3-5", "DEV-12"], vms="work")
+
+    ok("ok-v2-headerless-gzip", ["--version", "2", "--compression", "gzip", "--encrypted", "no", "--v2-headerless",
+                                 "--chunk-size", "10240"],
+       "header-less v2, unencrypted and compressed: the authenticated qubes.xml.000 starts with the gzip magic "
+       "(ORD-8).", ["ORD-8", "DEV-12"], vms="work")
+    raw, man = s.make("--version", "2", "--compression", "gzip", "--encrypted", "no", "--chunk-size", "10240",
+                      "--vms", "work")
+    ms = parse_outer(raw)
+    hdr = ms[0][1].decode()
+    assert "version" not in hdr and "hmac-algorithm=SHA1" in hdr, hdr
+    ms2 = list(ms)
+    ms2[0] = ("backup-header", (hdr + "compression-filter=less\n").encode())
+    g.add("ok-v2-filter-ignored", rehmac(ms2, "sha1"), "ok",
+          "v2 header (no version key) with compression-filter=less: v2 compression does not use the "
+          "filter, so it is ignored (V3-5, HDR-5, HDR-4).", ["V3-5", "HDR-5", "HDR-4"], manifest_groups(man))
+    ms2 = [("backup-header", hdr.replace("compressed=True\n", "").encode())] + ms[1:4]
+    g.add("hdr-v2-missing-compressed", rehmac(ms2, "sha1"), "header-failure",
+          "v2 header without the required key compressed (HDR-4).", ["HDR-4", "HDR-6"])
 
     # tampering with real-tool v2 volumes (TAR-10, V3-4, V3-5)
     raw, man = s.make("--version", "2", "--compression", "none", "--encrypted", "no", "--chunk-size", "10240",
