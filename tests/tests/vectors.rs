@@ -549,7 +549,7 @@ fn cited_ids() -> BTreeSet<String> {
     for p in &sources {
         let rel = p.strip_prefix(&root).unwrap_or(p);
         let text = std::fs::read_to_string(p).unwrap_or_default();
-        if rel.components().any(|c| c.as_os_str() == "tests") || p.ends_with("tests.rs") {
+        if in_crate_tests_dir(&root, rel) || p.ends_with("tests.rs") {
             test_files.insert(p.clone());
             continue;
         }
@@ -582,6 +582,19 @@ fn cited_ids() -> BTreeSet<String> {
         }
     }
     ids
+}
+
+/// `rel` lies in a `tests/` directory directly inside a crate (a directory whose
+/// Cargo.toml has a `[package]`), e.g. `verifier/tests/interop.rs` but not `tests/lib.rs`.
+fn in_crate_tests_dir(root: &Path, rel: &Path) -> bool {
+    let comps: Vec<_> = rel.components().collect();
+    (0..comps.len().saturating_sub(1)).any(|i| {
+        comps[i].as_os_str() == "tests" && {
+            let crate_dir: PathBuf = comps[..i].iter().collect();
+            std::fs::read_to_string(root.join(crate_dir).join("Cargo.toml"))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[package]"))
+        }
+    })
 }
 
 #[test]
@@ -626,4 +639,18 @@ fn id_scanner_finds_whole_tokens_only() {
         .map(String::from)
         .collect();
     assert_eq!(ids, want);
+    let root = repo_root();
+    assert!(in_crate_tests_dir(
+        &root,
+        Path::new("verifier/tests/interop.rs")
+    ));
+    assert!(in_crate_tests_dir(
+        &root,
+        Path::new("tests/tests/vectors.rs")
+    ));
+    assert!(!in_crate_tests_dir(&root, Path::new("tests/lib.rs")));
+    assert!(!in_crate_tests_dir(
+        &root,
+        Path::new("format/src/header.rs")
+    ));
 }
