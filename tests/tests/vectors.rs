@@ -527,8 +527,8 @@ fn spec_ids() -> BTreeSet<String> {
 }
 
 /// Rust test sources: every `.rs` under a `tests/` directory of a crate, every `tests.rs` or
-/// file a `#[cfg(test)] mod x;` names, and the part of any other source file from its first
-/// `#[cfg(test)]` line to the end.
+/// file a `#[cfg(test)] mod x;` names, and in other source files each `#[cfg(test)]` item
+/// (a test module's body: to its matching brace, or to the end of the file).
 fn cited_ids() -> BTreeSet<String> {
     let root = repo_root();
     let skip = |p: &Path| {
@@ -553,18 +553,19 @@ fn cited_ids() -> BTreeSet<String> {
             test_files.insert(p.clone());
             continue;
         }
-        let Some(at) = text.find("#[cfg(test)]") else {
-            continue;
-        };
-        let tail = &text[at..];
-        ids.extend(ids_in(tail));
-        // `#[cfg(test)] mod x;` -> x.rs / x/mod.rs beside this module.
-        let mut lines = tail.lines().skip(1);
-        if let Some(m) = lines
-            .find(|l| !l.trim().is_empty())
-            .and_then(|l| l.trim().strip_prefix("mod "))
-            .and_then(|l| l.strip_suffix(';'))
-        {
+        for (at, _) in text.match_indices("#[cfg(test)]") {
+            let tail = &text[at..];
+            ids.extend(ids_in(cfg_test_item(tail)));
+            // `#[cfg(test)] mod x;` -> x.rs / x/mod.rs beside this module.
+            let Some(m) = tail
+                .lines()
+                .skip(1)
+                .find(|l| !l.trim().is_empty())
+                .and_then(|l| l.trim().strip_prefix("mod "))
+                .and_then(|l| l.strip_suffix(';'))
+            else {
+                continue;
+            };
             let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
             let dir = p.parent().unwrap_or(&root);
             let base = if matches!(stem, "mod" | "lib" | "main") {
@@ -582,6 +583,23 @@ fn cited_ids() -> BTreeSet<String> {
         }
     }
     ids
+}
+
+/// The item a `#[cfg(test)]` at the start of `tail` applies to: up to the brace that closes
+/// its first `{` (braces counted naively; unbalanced means to the end), or up to the first
+/// `;` when that comes first (`mod x;`, `use …;`).
+fn cfg_test_item(tail: &str) -> &str {
+    let mut depth = 0usize;
+    for (i, c) in tail.char_indices() {
+        match c {
+            ';' if depth == 0 => return &tail[..i],
+            '{' => depth += 1,
+            '}' if depth == 1 => return &tail[..=i],
+            '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    tail
 }
 
 /// `rel` lies in a `tests/` directory directly inside a crate (a directory whose
@@ -653,4 +671,10 @@ fn id_scanner_finds_whole_tokens_only() {
         &root,
         Path::new("format/src/header.rs")
     ));
+    let src = "#[cfg(test)]\nmod tests { fn a() { /* HDR-1 */ } }\n/// LIM-2\nfn b() {}";
+    assert_eq!(ids_in(cfg_test_item(src)).len(), 1);
+    assert_eq!(
+        cfg_test_item("#[cfg(test)]\nuse x::y; // LIM-3\n"),
+        "#[cfg(test)]\nuse x::y"
+    );
 }
