@@ -797,7 +797,8 @@ def hand_built(g):
     # core3: VM with no volume-config -> AppVM needs private.img; empty VM needs one file
     xs = r4_xml([r4_domain("work", path="vm3/"), r4_domain("idle", qid=6, path="vm6/", vols=[])])
     g.add("ver-vm-without-files", x4(xs), "missing-data",
-          "VM idle (AppVM without volume-config) is included but no vm6/ file is in the archive (VER-2).",
+          "VM idle (AppVM, empty volume-config) is included but no vm6/ file is in the archive: a VM "
+          "needs at least one file (VER-2).",
           ["VER-2", "XML-2"], gx(xs))
     # EXT-1 output collision: a VM named dom0-home
     xc = r4_xml([doms, r4_domain("dom0-home", qid=7, path="vm7/")]).replace(
@@ -880,6 +881,32 @@ def hand_built(g):
           ["ORD-7", "TAR-11", "EXT-1", "XML-1"],
           [{"qubes.xml": sha256(x2r)}, {"work/private.img": sha256(PRIV)},
            {"dom0-home/user/.bashrc": sha256(bashrc), "dom0-home/user/docs/a.txt": sha256(NOTES)}])
+
+    # ---- core2 classes (XML-1) and default volumes (VER-2)
+    xc2 = r3_xml(['<QubesAppVm qid="3" name="work" label="red" template_qid="9" backup_content="True" '
+                  'backup_path="vm3" backup_size="1000000"/>',
+                  '<QubesHVm qid="4" name="hvm" label="red" template_qid="none" backup_content="True" '
+                  'backup_path="vm4" backup_size="1000000"/>',
+                  '<QubesNetVm qid="5" name="net" label="red" template_qid="9" backup_content="False"/>',
+                  '<QubesProxyVm qid="6" name="proxy" label="red" template_qid="9"/>',
+                  '<QubesDisposableVm qid="7" name="disp1" label="red" template_qid="9" backup_content="whatever"/>'])
+    root_img = gnu_tar("vm4/root.img", text(700, 4))
+    c2 = [("qubes.xml", xml_tar(xc2)), ("vm3/private.img", inner_priv), ("vm4/private.img", gnu_tar("vm4/private.img", NOTES))]
+    g2 = [{"qubes.xml": sha256(xc2)}, {"work/private.img": sha256(PRIV)}, {"hvm/private.img": sha256(NOTES)}]
+    g.add("ok-v3-core2-classes", v3_members(c2 + [("vm4/root.img", root_img)], chunk=1024), "ok",
+      "core2 qubes.xml with QubesAppVm, QubesHVm (template_qid none: a StandaloneVM needing private.img "
+      "and root.img), QubesNetVm and QubesProxyVm not in the backup, and a QubesDisposableVm child, "
+      "which is ignored whatever its attributes (XML-1, XML-3, VER-2).", ["XML-1", "XML-3", "VER-2"],
+      g2 + [{"hvm/root.img": sha256(text(700, 4))}], listing={"version": 3, "vms": ["hvm", "work"]})
+    g.add("ver-core2-standalone-without-root", v3_members(c2, chunk=1024), "missing-data",
+      "the same archive without vm4/root.img: a core2 StandaloneVM needs b/root.img (VER-2, DEV-21).",
+      ["VER-2", "XML-1", "DEV-21"], g2)
+    xs3 = r4_xml([r4_domain("work", path="vm3/"), r4_domain("alone", cls="StandaloneVM", qid=4, path="vm4/", vols=False)])
+    g.add("ver-core3-standalone-default-volumes",
+      v4_members([("qubes.xml", xml_tar(xs3)), ("vm3/private.img", inner_priv), ("vm3/notes.txt", inner_notes),
+                  ("vm4/private.img", gnu_tar("vm4/private.img", NOTES))], chunk=1024), "missing-data",
+      "a core3 StandaloneVM without volume-config needs private.img and root.img; root.img is absent (VER-2, XML-2).",
+      ["VER-2", "XML-2"], [{"qubes.xml": sha256(xs3)}, G4[1], G4[2], {"alone/private.img": sha256(NOTES)}])
 
     # ---- outer layer failures (OUT)
     raw = archive(H4)

@@ -271,19 +271,22 @@ def v3_members(files, filt="gzip", chunk=4096, header=None, pw=PASS, compressed=
 
 def r4_domain(name, cls="AppVM", qid=3, path=None, size=1000000, vols=None, content="True",
               extra_props="", extra_feats=""):
+    """One core3 domain; `vols`: [(volume, save_on_stop)], default root False + private True;
+    False: no volume-config element at all."""
     vols = vols if vols is not None else [("root", "False"), ("private", "True")]
     feats = '        <feature name="backup-content">%s</feature>\n' % content
     if path is not None:
         feats += '        <feature name="backup-path">%s</feature>\n' % path
         feats += '        <feature name="backup-size">%s</feature>\n' % size
     vc = "".join('        <volume name="%s" pool="varlibqubes" save_on_stop="%s"/>\n' % v
-                 for v in vols)
+                 for v in (vols or []))
+    vc = "      <volume-config>\n%s      </volume-config>\n" % vc if vols is not False else ""
     return ('    <domain id="domain-%d" class="%s">\n      <properties>\n'
             '        <property name="qid">%d</property>\n'
             '        <property name="name">%s</property>\n'
             '        <property name="label">label-1</property>\n%s'
-            '      </properties>\n      <features>\n%s%s      </features>\n'
-            '      <volume-config>\n%s      </volume-config>\n    </domain>\n'
+            '      </properties>\n      <features>\n%s%s      </features>\n%s'
+            '    </domain>\n'
             % (qid, cls, qid, name, extra_props, feats, extra_feats, vc))
 
 
