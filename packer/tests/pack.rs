@@ -272,6 +272,8 @@ fn compare_restored(f: &Fixture, work: &Path) {
     );
 }
 
+/// WRT-1: every filter's archive is verified by the verifier and restored by the upstream
+/// emergency procedure (the real tools).
 #[test]
 fn v4_every_filter_verifies_and_restores_with_the_tools() {
     let f = Fixture::new();

@@ -276,6 +276,7 @@ pub fn backup_id_hint(untrusted_header: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// MAC-7: the prefetch takes only a well-formed `backup-id` claim.
     #[test]
     fn backup_id_hint_takes_only_a_well_formed_claim() {
         let h = b"version=4\nbackup-id=20161020T123455-1234\n";

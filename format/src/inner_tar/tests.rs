@@ -369,7 +369,7 @@ fn end_marker_rules() {
     let mut half = body.clone();
     half.extend_from_slice(&[0u8; B]);
     assert_eq!(class(read_all(&half)), ErrorClass::Truncated);
-    // Too much zero padding.
+    // Too much zero padding (LIM-23).
     let mut long = body;
     end(&mut long);
     long.extend(std::iter::repeat_n(

@@ -123,6 +123,7 @@ pub fn backup_size_bound(logical: u64, entries: u64) -> u64 {
 
 #[cfg(test)]
 mod size_tests {
+    /// WRT-5: the declared size covers the data and an incompressible file's expansion.
     #[test]
     fn bound_exceeds_data_and_overheads() {
         assert_eq!(super::backup_size_bound(0, 0), 0);
