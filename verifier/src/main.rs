@@ -26,6 +26,9 @@ const EXIT_OK: i32 = 0;
 /// Exit code for an internal error (a bug; ERR-3).
 const EXIT_INTERNAL: i32 = 1;
 
+/// Exit code after SIGINT or SIGTERM (128 + SIGINT, as `qbackup-pack`).
+const EXIT_CANCELLED: i32 = 130;
+
 fn main() {
     qbackup_bigalloc::configure();
     let cli = Cli::parse();
@@ -56,6 +59,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
         Command::List { common } => ("list", common, None, Vec::new()),
         Command::Extract { common, to, vms } => ("extract", common, Some(to), vms),
     };
+    if extract_to.is_none() {
+        exit_on_signal();
+    }
     let on_stdin = common.archive == Path::new("-");
     let (input, total): (Box<dyn Read + Send>, Option<u64>) = if on_stdin {
         (Box::new(std::io::stdin()), None)
@@ -84,6 +90,29 @@ fn run(cli: Cli) -> Result<i32, Error> {
     finish_progress();
     emit(&mut report, name, common.json)?;
     Ok(report.first_class().map_or(EXIT_OK, ErrorClass::exit_code))
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    const MSG: &[u8] = b"\nqbackup-verify: interrupted; nothing was written\n";
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer.
+    unsafe {
+        libc::write(2, MSG.as_ptr().cast(), MSG.len());
+        libc::_exit(EXIT_CANCELLED);
+    }
+}
+
+/// `verify` and `list` write nothing (RES-1), so SIGINT/SIGTERM need no clean-up: say so
+/// on stderr and exit 130 at once, from the handler (README "Exit codes").
+fn exit_on_signal() {
+    // SAFETY: a zeroed sigaction filled with a handler that only calls async-signal-safe
+    // functions; installed before any other thread exists.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
 }
 
 static PROGRESS: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
