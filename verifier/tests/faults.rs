@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qbackup_tests::{build, find, members, repo_root, run_ok, Member};
 
@@ -340,4 +340,473 @@ fn multi_gib_archive_from_a_pipe_stays_within_the_memory_bound() {
     // The whole archive went through the pipe.
     let read = report["bytes_read"].as_u64().unwrap();
     assert!(read > size, "{read} <= {size}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bombs and absurd claims, inside correctly authenticated archives
+
+/// Run `script` under bash with `input` on stdin; its stdout.
+fn sh(script: &str, input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("bash")
+        .args(["-c", &format!("set -euo pipefail\n{script}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// `gzip` or `zstd` output of `data`, by the real tool.
+fn compress(filter: &str, data: &[u8]) -> Vec<u8> {
+    sh(&format!("{filter} -c -q"), data)
+}
+
+/// A compressed frame (gzip member, zstd frame) expanding to 64 MiB of zeros; frames
+/// concatenate (CMP: every `-d` reads concatenated members).
+fn zeros_frame(filter: &str) -> Vec<u8> {
+    sh(&format!("head -c 64M /dev/zero | {filter} -c -q -9"), b"")
+}
+
+/// A v4 chunk as upstream seals it: `scrypt enc` with `BACKUP-ID!NAME!PASS` (V4-2).
+fn seal_chunk(name: &str, plain: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    fs::write(&input, plain).unwrap();
+    let pass = format!("{BACKUP_ID}!{name}!{PASS}\n");
+    let mut cmd = Command::new("scrypt");
+    cmd.args(["enc", "-P", "--logN", "10", "-r", "8", "-p", "1"])
+        .arg(&input)
+        .arg(&output)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pass.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    fs::read(&output).unwrap()
+}
+
+/// Write `v` into the numeric field `b[off..off + len]`: octal, or GNU base-256 (TAR-6)
+/// when it does not fit.
+fn tar_number(b: &mut [u8], off: usize, len: usize, v: u64) {
+    let octal = format!("{v:0w$o}\0", w = len - 1);
+    if octal.len() == len {
+        b[off..off + len].copy_from_slice(octal.as_bytes());
+    } else {
+        b[off..off + len].fill(0);
+        b[off] = 0x80;
+        b[off + len - 8..off + len].copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// An inner tar header; `gnu` selects the old GNU magic (which `S` entries carry).
+fn tar_header(name: &str, typeflag: u8, size: u64, gnu: bool) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    b[..name.len()].copy_from_slice(name.as_bytes());
+    tar_number(&mut b, 100, 8, 0o644);
+    tar_number(&mut b, 108, 8, 0);
+    tar_number(&mut b, 116, 8, 0);
+    tar_number(&mut b, 124, 12, size);
+    tar_number(&mut b, 136, 12, 1_600_000_000);
+    b[156] = typeflag;
+    b[257..265].copy_from_slice(if gnu { b"ustar  \0" } else { b"ustar\x0000" });
+    b
+}
+
+fn checksum(b: &mut [u8; 512]) {
+    b[148..156].fill(b' ');
+    let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
+    b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// One pax record `LEN key=value\n` (TAR-5), LEN counting itself.
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}{body}").len() != len {
+        len += 1;
+    }
+    format!("{len}{body}")
+}
+
+fn pad512(v: &mut Vec<u8>) {
+    v.resize(v.len().div_ceil(512) * 512, 0);
+}
+
+/// `base` with `vm3/private.img` replaced by the chunks of `stream` (the compressed inner
+/// tar), each sealed as upstream does: authentic, so only the layers below the MAC can
+/// refuse it.
+fn with_private_img(base: &[u8], stream: &[u8]) -> Vec<u8> {
+    let mut ms = members(base);
+    let at = find(&ms, "vm3/private.img.000.enc");
+    ms.retain(|m| !m.name.starts_with("vm3/private.img."));
+    let chunks: Vec<Member> = stream
+        .chunks(100 << 20)
+        .enumerate()
+        .map(|(i, c)| {
+            let name = format!("vm3/private.img.{i:03}");
+            Member {
+                data: seal_chunk(&name, c),
+                name: format!("{name}.enc"),
+            }
+        })
+        .collect();
+    ms.splice(at..at, chunks);
+    build(&ms)
+}
+
+/// A v4 archive compressed by `filter` with `work` (vm3, backup-size 188 KiB) in it, the
+/// example's passphrase and backup-id: the example itself for gzip, else made by the
+/// fixture scripts with the real tools.
+fn base_archive(filter: &str) -> Vec<u8> {
+    if filter == "gzip" {
+        return fs::read(example()).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (dir.path().join("src"), dir.path().join("z.bin"));
+    let scripts = repo_root().join("tests/fixtures");
+    run_ok(Command::new(scripts.join("make-sources.sh")).arg(&src));
+    run_ok(
+        Command::new(scripts.join("make-archive.sh"))
+            .args(["--version", "4", "--compression", filter, "--vms", "work"])
+            .args(["--backup-id", BACKUP_ID, "--passphrase-file"])
+            .arg(example_pass())
+            .arg(&src)
+            .arg(&out),
+    );
+    fs::read(&out).unwrap()
+}
+
+/// An archive file in a fresh directory, which the run must leave as it found it.
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new(archive: &[u8]) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.bin"), archive).unwrap();
+        Case { dir }
+    }
+
+    /// `verify --json a.bin EXTRA…` in the directory, which must still hold only a.bin.
+    fn verify(&self, extra: &[&str]) -> Measured {
+        let m = measure(
+            verifier(&["verify", "--json"])
+                .args(extra)
+                .arg("a.bin")
+                .current_dir(self.dir.path()),
+        );
+        m.assert_clean();
+        let names: Vec<_> = fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.bin"], "verify wrote something");
+        m
+    }
+
+    /// `extract --json --to out a.bin work EXTRA…`; fails unless nothing of vm3's private
+    /// image is left (final or temporary) and no file under `out` is large or uses disk
+    /// beyond the small files of the example.
+    fn extract(&self, extra: &[&str]) -> Measured {
+        let out = self.dir.path().join("out");
+        let m = measure(
+            verifier(&["extract", "--json", "--to", "out"])
+                .args(extra)
+                .args(["a.bin", "work"])
+                .current_dir(self.dir.path()),
+        );
+        m.assert_clean();
+        for f in walk(&out) {
+            let meta = fs::symlink_metadata(&f).unwrap();
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.contains("private.img"), "left {}", f.display());
+            assert!(!name.contains("qbackup-partial"), "left {}", f.display());
+            assert!(meta.len() < MIB && meta.blocks() < 2048, "{}", f.display());
+        }
+        m
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Refused with `class` (exit code `code`) in bounded time and memory; its message
+/// contains `says`.
+fn assert_refused(m: &Measured, code: i32, class: &str, says: &str, cpu: Duration, rss: u64) {
+    let msg = m.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        (m.code, m.class().as_str()),
+        (Some(code), class),
+        "{msg}\n{}",
+        m.stderr
+    );
+    eprintln!(
+        "refused ({class}) in {:?} CPU, peak RSS {} MiB: {msg}",
+        m.cpu,
+        m.peak_rss / MIB
+    );
+    assert!(msg.contains(says), "{msg:?} does not say {says:?}");
+    assert!(m.cpu < cpu, "CPU {:?} >= {cpu:?}: {msg}", m.cpu);
+    assert!(
+        m.peak_rss < rss,
+        "peak RSS {} MiB >= {} MiB: {msg}",
+        m.peak_rss / MIB,
+        rss / MIB
+    );
+}
+
+/// Small bounds for a refusal: the example costs a few KDFs at logN 10.
+const QUICK: Duration = Duration::from_secs(3);
+const SMALL: u64 = 96 * MIB;
+
+/// `vm3/private.img` as a regular entry of `claimed` bytes followed by `frames` × 64 MiB
+/// of compressed zeros (a complete bomb when `claimed` = `frames` × 64 MiB).
+fn regular_bomb(filter: &str, claimed: u64, frames: usize) -> Vec<u8> {
+    let mut h = tar_header("vm3/private.img", b'0', claimed, false);
+    checksum(&mut h);
+    let mut s = compress(filter, &h);
+    let frame = zeros_frame(filter);
+    for _ in 0..frames {
+        s.extend_from_slice(&frame);
+    }
+    s.extend_from_slice(&compress(filter, &[0u8; 1024]));
+    s
+}
+
+/// VER-4, LIM-27: a gzip bomb (16 GiB of zeros in 16 MiB) and a zstd bomb (64 GiB in a
+/// few MiB) inside authentic archives, in a VM whose declared backup-size is 188 KiB,
+/// are refused as `limit-exceeded` from the entry header, before any of the data is
+/// inflated: in seconds of CPU and little memory, with nothing written by verify or
+/// extract.
+#[test]
+fn decompression_bombs_stop_at_the_declared_backup_size() {
+    for (filter, claimed, frames) in [("gzip", 16 * GIB, 256), ("zstd", 64 * GIB, 1024)] {
+        let stream = regular_bomb(filter, claimed, frames);
+        let case = Case::new(&with_private_img(&base_archive(filter), &stream));
+        let m = case.verify(&[]);
+        assert_refused(&m, 15, "limit-exceeded", "VER-4", QUICK, SMALL);
+        let m = case.extract(&[]);
+        assert_refused(&m, 15, "limit-exceeded", "VER-4", QUICK, SMALL);
+    }
+}
+
+/// VER-4 opt-out (`--ignore-backup-size`, DEV-14): what bounds a bomb then is LIM-12 on
+/// each file's logical size, checked from the entry header (a 32 TiB claim is refused
+/// before any data is inflated), and the verifier's streaming (RES-1): a complete 2 GiB
+/// zstd bomb verifies in constant memory with nothing written, costing CPU in proportion
+/// to its expanded size (README "Memory and disk"), and extracts as a hole (EXT-3).
+#[test]
+fn without_the_backup_size_check_file_size_and_streaming_bound_a_bomb() {
+    let base = base_archive("zstd");
+    let claim = 32u64 << 40;
+    let case = Case::new(&with_private_img(&base, &regular_bomb("zstd", claim, 4)));
+    let m = case.verify(&["--ignore-backup-size"]);
+    assert_refused(&m, 15, "limit-exceeded", "exceeds", QUICK, SMALL);
+    let m = case.extract(&["--ignore-backup-size"]);
+    assert_refused(&m, 15, "limit-exceeded", "exceeds", QUICK, SMALL);
+
+    let case = Case::new(&with_private_img(&base, &regular_bomb("zstd", 2 * GIB, 32)));
+    let m = case.verify(&["--ignore-backup-size"]);
+    eprintln!(
+        "2 GiB bomb verified in {:?} CPU, peak RSS {} MiB",
+        m.cpu,
+        m.peak_rss / MIB
+    );
+    assert_eq!(m.code, Some(0), "{}", m.stderr);
+    let notes = m.json()["notes"].to_string();
+    assert!(notes.contains("VER-4"), "{notes}");
+    assert!(m.peak_rss < SMALL, "{} MiB", m.peak_rss / MIB);
+    // Against the same archive with the check on: refused at once.
+    let checked = case.verify(&[]);
+    assert_refused(&checked, 15, "limit-exceeded", "VER-4", QUICK, SMALL);
+    assert!(m.cpu > checked.cpu, "the bomb was not inflated");
+    let out = case.dir.path().join("out");
+    let m = measure(
+        verifier(&["extract", "--json", "--ignore-backup-size", "--to", "out"])
+            .args(["a.bin", "work"])
+            .current_dir(case.dir.path()),
+    );
+    m.assert_clean();
+    assert_eq!(m.code, Some(0), "{}", m.stderr);
+    let img = fs::metadata(out.join("work/private.img")).unwrap();
+    assert_eq!(img.len(), 2 * GIB);
+    assert!(img.blocks() < 64, "{} blocks written", img.blocks());
+}
+
+/// LIM-23, TAR-8: a bomb after the inner tar's end (a valid 512-byte entry, the end
+/// marker, then 64 GiB of compressed zeros) stops after LIM-23 bytes of padding.
+#[test]
+fn zeros_after_the_inner_tar_stop_at_the_padding_limit() {
+    let mut h = tar_header("vm3/private.img", b'0', 512, false);
+    checksum(&mut h);
+    let mut tar = h.to_vec();
+    tar.extend_from_slice(&[b'x'; 512]);
+    tar.extend_from_slice(&[0u8; 1024]);
+    let mut stream = compress("zstd", &tar);
+    let frame = zeros_frame("zstd");
+    for _ in 0..1024 {
+        stream.extend_from_slice(&frame);
+    }
+    let case = Case::new(&with_private_img(&base_archive("zstd"), &stream));
+    for m in [case.verify(&[]), case.extract(&[])] {
+        assert_refused(&m, 15, "limit-exceeded", "padding after", QUICK, SMALL);
+    }
+}
+
+/// TAR-2, TAR-9, LIM-12: a GNU old sparse entry whose realsize is 2^60 bytes (one 512-byte
+/// run, base-256 realsize) is refused from its header in verify and extract; no huge
+/// sparse file is created.
+#[test]
+fn gnu_sparse_map_claiming_an_exabyte_is_refused() {
+    let mut h = tar_header("vm3/private.img", b'S', 512, true);
+    tar_number(&mut h, 386, 12, 0);
+    tar_number(&mut h, 398, 12, 512);
+    h[482] = 0;
+    tar_number(&mut h, 483, 12, 1 << 60);
+    checksum(&mut h);
+    let mut tar = h.to_vec();
+    tar.extend_from_slice(&[b'x'; 512]);
+    tar.extend_from_slice(&[0u8; 1024]);
+    let case = Case::new(&with_private_img(
+        &base_archive("gzip"),
+        &compress("gzip", &tar),
+    ));
+    for m in [case.verify(&[]), case.extract(&[])] {
+        assert_refused(&m, 15, "limit-exceeded", "exceeds", QUICK, SMALL);
+    }
+}
+
+/// TAR-3, TAR-9, LIM-12: the same claim as PAX 1.0 sparse (`GNU.sparse.realsize` of 2^60,
+/// upstream `qubes.tarwriter` layout) is refused in verify and extract; no file created.
+#[test]
+fn pax_sparse_map_claiming_an_exabyte_is_refused() {
+    let records = [
+        pax_record("GNU.sparse.major", "1"),
+        pax_record("GNU.sparse.minor", "0"),
+        pax_record("GNU.sparse.name", "vm3/private.img"),
+        pax_record("GNU.sparse.realsize", &(1u64 << 60).to_string()),
+    ]
+    .concat();
+    let mut x = tar_header(
+        "vm3/PaxHeaders.0/private.img",
+        b'x',
+        records.len() as u64,
+        false,
+    );
+    checksum(&mut x);
+    let mut tar = x.to_vec();
+    tar.extend_from_slice(records.as_bytes());
+    pad512(&mut tar);
+    let mut map = b"1\n0\n512\n".to_vec();
+    pad512(&mut map);
+    let mut h = tar_header("vm3/GNUSparseFile.0/private.img", b'0', 1024, false);
+    checksum(&mut h);
+    tar.extend_from_slice(&h);
+    tar.extend_from_slice(&map);
+    tar.extend_from_slice(&[b'x'; 512]);
+    tar.extend_from_slice(&[0u8; 1024]);
+    let case = Case::new(&with_private_img(
+        &base_archive("gzip"),
+        &compress("gzip", &tar),
+    ));
+    for m in [case.verify(&[]), case.extract(&[])] {
+        assert_refused(&m, 15, "limit-exceeded", "exceeds", QUICK, SMALL);
+    }
+}
+
+/// A scrypt container prefix (V4-1) with the given parameters, a valid checksum, and a
+/// header MAC and payload that no KDF ever gets to check.
+fn scrypt_container(log_n: u8, r: u32, p: u32) -> Vec<u8> {
+    let mut c = b"scrypt\0".to_vec();
+    c.push(log_n);
+    c.extend_from_slice(&r.to_be_bytes());
+    c.extend_from_slice(&p.to_be_bytes());
+    c.extend_from_slice(&[7u8; 32]);
+    let digest = String::from_utf8(sh("sha256sum", &c)).unwrap();
+    for i in 0..16 {
+        c.push(u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).unwrap());
+    }
+    c.extend_from_slice(&[0u8; 32 + 64 + 32]);
+    c
+}
+
+/// V4-4, LIM-19: scrypt containers demanding 2^60 bytes of KDF memory (logN 40, r 8192,
+/// p 1) — as `backup-header.hmac` and as a data chunk — are refused before any KDF runs.
+#[test]
+fn scrypt_demanding_an_exabyte_is_refused_before_the_kdf() {
+    let forged = scrypt_container(40, 8192, 1);
+    for member in ["backup-header.hmac", "vm3/private.img.000.enc"] {
+        let mut ms = members(&fs::read(example()).unwrap());
+        let i = find(&ms, member);
+        ms[i].data = forged.clone();
+        let case = Case::new(&build(&ms));
+        let m = case.verify(&[]);
+        assert_refused(&m, 15, "limit-exceeded", "LIM-19", QUICK, SMALL);
+        assert!(m.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1152921504606846976 bytes"));
+    }
+}
+
+/// LIM-1, LIM-2, LIM-3, OUT-5: `backup-header` and `backup-header.hmac` at their limit
+/// (4096 bytes) are read and fail authentication; one byte more, or an outer header
+/// claiming 8 GiB with no data behind it, is refused as `limit-exceeded` from the outer
+/// header, before any data is read; a `qubes.xml.000.enc` of LIM-3 + 1 bytes likewise.
+#[test]
+fn header_and_mac_members_at_their_size_limits() {
+    let base = members(&fs::read(example()).unwrap());
+    let resized = |name: &str, len: usize| {
+        let mut ms = base.clone();
+        let i = find(&ms, name);
+        ms[i].data.resize(len, b'\n');
+        build(&ms)
+    };
+    for (name, len, code, class) in [
+        ("backup-header", 4096, 11, "header-failure"),
+        ("backup-header", 4097, 15, "limit-exceeded"),
+        ("backup-header.hmac", 4096, 11, "header-failure"),
+        ("backup-header.hmac", 4097, 15, "limit-exceeded"),
+        ("qubes.xml.000.enc", (1 << 20) + 1, 15, "limit-exceeded"),
+    ] {
+        let m = Case::new(&resized(name, len)).verify(&[]);
+        let says = if code == 15 { "exceeds the limit" } else { "" };
+        assert_refused(&m, code, class, says, QUICK, SMALL);
+    }
+    let mut huge = qbackup_tests::ustar_header("backup-header", (8 << 30) - 1, b'0').to_vec();
+    huge.extend_from_slice(&[b'v'; 512]);
+    let m = Case::new(&huge).verify(&[]);
+    assert_refused(&m, 15, "limit-exceeded", "exceeds the limit", QUICK, SMALL);
 }
