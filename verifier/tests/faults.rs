@@ -272,8 +272,8 @@ fn packer_binary() -> PathBuf {
 /// RES-1, LIM-5, README "Memory and disk": `qbackup-pack create --out -` writes a 2.1 GiB
 /// archive of incompressible data (zstd, scrypt logN 10) straight into `qbackup-verify
 /// verify -`, which must verify it with a peak RSS within the documented bound
-/// (jobs + 3) × C + jobs × K + D + 64 MiB: C = 100 MiB + 128 chunks, K = 1 MiB per KDF,
-/// D = 8 MiB zstd window. Measured: 522 MiB of 566 MiB.
+/// (jobs + 3) × C + min(jobs × K, B) + D + 64 MiB: C = 100 MiB + 128 per chunk, K = 1 MiB
+/// per KDF, D = 8 MiB of zstd window. Measured: 522 MiB of 566 MiB.
 #[test]
 fn multi_gib_archive_from_a_pipe_stays_within_the_memory_bound() {
     let dir = tempfile::tempdir().unwrap();
