@@ -92,11 +92,16 @@ fn run(cli: Cli) -> Result<i32, Error> {
     Ok(report.first_class().map_or(EXIT_OK, ErrorClass::exit_code))
 }
 
+/// Whether stderr is a terminal (a progress bar may be on its last line).
+static STDERR_TTY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 extern "C" fn on_signal(_: libc::c_int) {
     const MSG: &[u8] = b"\nqbackup-verify: interrupted; nothing was written\n";
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer.
+    let skip = usize::from(!STDERR_TTY.load(std::sync::atomic::Ordering::Relaxed));
+    let msg = MSG.get(skip..).unwrap_or(MSG);
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; msg is a static buffer.
     unsafe {
-        libc::write(2, MSG.as_ptr().cast(), MSG.len());
+        libc::write(2, msg.as_ptr().cast(), msg.len());
         libc::_exit(EXIT_CANCELLED);
     }
 }
@@ -104,6 +109,10 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// `verify` and `list` write nothing (RES-1), so SIGINT/SIGTERM need no clean-up: say so
 /// on stderr and exit 130 at once, from the handler (README "Exit codes").
 fn exit_on_signal() {
+    STDERR_TTY.store(
+        std::io::stderr().is_terminal(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // SAFETY: a zeroed sigaction filled with a handler that only calls async-signal-safe
     // functions; installed before any other thread exists.
     unsafe {
