@@ -837,3 +837,57 @@ fn header_and_mac_members_at_their_size_limits() {
     let m = Case::new(&huge).verify(&[]);
     assert_refused(&m, 15, "limit-exceeded", "exceeds the limit", QUICK, SMALL);
 }
+
+/// The example with `work`'s declared backup-size set to 0, which upstream means as
+/// "unlimited" (VER-4 applies to non-zero sizes only): qubes.xml extracted by the verifier,
+/// edited, and sealed again with the real tools (GNU tar, gzip, scrypt).
+fn example_with_unlimited_work() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(VERIFY)
+            .args(["extract", "--no-progress", "--passphrase-file"])
+            .arg(example_pass())
+            .arg("--to")
+            .arg(dir.path().join("out"))
+            .arg(example()),
+    );
+    let xml = fs::read_to_string(dir.path().join("out/qubes.xml")).unwrap();
+    let edited = xml.replacen(
+        "<feature name=\"backup-size\">192512</feature>",
+        "<feature name=\"backup-size\">0</feature>",
+        1,
+    );
+    assert_ne!(xml, edited);
+    fs::write(dir.path().join("qubes.xml"), edited).unwrap();
+    let tar = sh(
+        &format!(
+            "tar -C '{}' -cf - qubes.xml | gzip -c",
+            dir.path().display()
+        ),
+        b"",
+    );
+    let mut ms = members(&fs::read(example()).unwrap());
+    let i = find(&ms, "qubes.xml.000.enc");
+    ms[i].data = seal_chunk("qubes.xml.000", &tar);
+    build(&ms)
+}
+
+/// VER-4, LIM-12: a VM whose declared backup-size is 0 (upstream: unlimited) is bounded
+/// like `--ignore-backup-size`: a 32 TiB claim is refused from the entry header; a
+/// complete 2 GiB gzip bomb verifies in constant memory with nothing written.
+#[test]
+fn a_vm_declaring_size_zero_is_bounded_by_the_file_size_limit() {
+    let base = example_with_unlimited_work();
+    let case = Case::new(&with_private_img(&base, &regular_bomb("gzip", 32 << 40, 2)));
+    let m = case.verify(&[]);
+    assert_refused(&m, 15, "limit-exceeded", "exceeds", QUICK, SMALL);
+    let case = Case::new(&with_private_img(&base, &regular_bomb("gzip", 2 * GIB, 32)));
+    let m = case.verify(&[]);
+    eprintln!(
+        "2 GiB gzip bomb in a size-0 VM verified in {:?} CPU, peak RSS {} MiB",
+        m.cpu,
+        m.peak_rss / MIB
+    );
+    assert_eq!(m.code, Some(0), "{}", m.stderr);
+    assert!(m.peak_rss < SMALL, "{} MiB", m.peak_rss / MIB);
+}
