@@ -199,3 +199,30 @@ fn consumer_closing_the_pipe_early() {
     assert_no_panic(&text);
     f.assert_nothing_left();
 }
+
+/// A closed stderr (its reader gone, EPIPE) changes nothing: a successful `create`
+/// still exits 0 with its archive in place, and SIGINT still removes `FILE.partial`
+/// and exits 130 instead of hanging.
+#[test]
+fn closed_stderr_changes_nothing() {
+    let f = Fixture::new(1);
+    let mut child = f
+        .create("ok.bin", &["--scrypt-log-n", "10"])
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let o = finish(child);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(f.path("ok.bin").exists() && !f.path("ok.bin.partial").exists());
+    fs::remove_file(f.path("ok.bin")).unwrap();
+
+    let mut child = f.create("c.bin", SLOW).spawn().unwrap();
+    drop(child.stderr.take());
+    let partial = f.path("c.bin.partial");
+    wait_for("c.bin.partial", || partial.exists());
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&child, libc::SIGINT);
+    let o = finish(child);
+    assert_eq!(o.status.code(), Some(130));
+    f.assert_nothing_left();
+}

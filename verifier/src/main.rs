@@ -35,17 +35,21 @@ fn main() {
     let code = match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("qbackup-verify: {e}");
+            say(&format!("qbackup-verify: {e}"));
             e.class().exit_code()
         }
         Err(_) => {
-            eprintln!(
-                "qbackup-verify: internal error (a bug); nothing was left under a final name"
-            );
+            say("qbackup-verify: internal error (a bug); nothing was left under a final name");
             EXIT_INTERNAL
         }
     };
     std::process::exit(code);
+}
+
+/// One line on stderr. Unlike `eprintln!`, a closed stderr (EPIPE) is no panic: the exit
+/// code must stay the finding's (ERR-3).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 fn physical_memory() -> u64 {

@@ -891,3 +891,29 @@ fn a_vm_declaring_size_zero_is_bounded_by_the_file_size_limit() {
     assert_eq!(m.code, Some(0), "{}", m.stderr);
     assert!(m.peak_rss < SMALL, "{} MiB", m.peak_rss / MIB);
 }
+
+/// ERR-3: a closed stderr (its reader gone) does not turn a finding into a crash: the
+/// exit code stays the finding's (20 for an archive that cannot be opened, 15 for a
+/// refused bomb), not 101 from a panic while printing.
+#[test]
+fn closed_stderr_keeps_the_exit_code() {
+    let mut child = verifier(&["verify"])
+        .arg("/nonexistent/a.bin")
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let m = wait_measured(child);
+    assert_eq!(m.code, Some(20));
+    let mut ms = members(&fs::read(example()).unwrap());
+    let i = find(&ms, "backup-header");
+    ms[i].data.resize(4097, b'\n');
+    let case = Case::new(&build(&ms));
+    let mut child = verifier(&["verify"])
+        .arg("a.bin")
+        .current_dir(case.dir.path())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let m = wait_measured(child);
+    assert_eq!(m.code, Some(15));
+}
