@@ -155,8 +155,18 @@ fn interrupt(command: &str, input: &str, sig: i32) -> Measured {
     };
     feed.write_all(&archive[..20 << 10]).unwrap();
     feed.flush().unwrap();
+    // Until it has read what it was given (its handlers are set before it opens the input).
+    let io = format!("/proc/{}/io", child.id());
+    let start = std::time::Instant::now();
+    while read_chars(&io) < 20 << 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{command} reads nothing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Time to authenticate the header and block on the stalled input.
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(100));
     kill(&child, sig);
     let m = wait_measured(child);
     drop(feed);
@@ -167,6 +177,16 @@ fn interrupt(command: &str, input: &str, sig: i32) -> Measured {
         .collect();
     assert!(left.is_empty(), "{command} wrote {left:?}");
     m
+}
+
+/// `rchar` of a /proc/PID/io file: bytes the process has read so far.
+fn read_chars(io: &str) -> u64 {
+    fs::read_to_string(io)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// README "Exit codes": `verify` and `list` interrupted by SIGINT or SIGTERM, reading a
