@@ -226,3 +226,53 @@ fn closed_stderr_changes_nothing() {
     assert_eq!(o.status.code(), Some(130));
     f.assert_nothing_left();
 }
+
+/// README "qbackup-pack create": SIGINT during `--verify` also stops the verifier child
+/// (which says it was interrupted and exits 130 itself), removes `FILE.partial` and
+/// leaves no process behind.
+#[test]
+fn sigint_with_verify_stops_the_verifier_child() {
+    let f = Fixture::new(1);
+    let verifier = PathBuf::from(PACK).with_file_name("qbackup-verify");
+    if !verifier.exists() {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-p", "qbackup-verify", "--bin", "qbackup-verify"]);
+        if verifier.parent().is_some_and(|p| p.ends_with("release")) {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success());
+    }
+    let child = f
+        .create("v.bin", SLOW)
+        .args(["--verify", "--verifier"])
+        .arg(&verifier)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    let mut kid = 0;
+    wait_for("the verifier child", || {
+        kid = fs::read_to_string(&children)
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        kid > 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&child, libc::SIGINT);
+    let o = finish(child);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("removed"), "{stderr}");
+    assert!(stderr.contains("qbackup-verify: interrupted"), "{stderr}");
+    assert_no_panic(&stderr);
+    f.assert_nothing_left();
+    // The child was reaped by init or is gone: it must not live on.
+    wait_for("the verifier child to end", || {
+        fs::read_to_string(format!("/proc/{kid}/stat")).map_or(true, |s| {
+            s.contains(") Z ") || !s.contains("qbackup-verify")
+        })
+    });
+}
