@@ -53,13 +53,13 @@ fn cancel_now() -> ! {
     }
     match guard.as_ref().ok().and_then(|g| g.as_ref()) {
         Some(p) => match std::fs::remove_file(p) {
-            Ok(()) => eprintln!("qbackup-pack: cancelled; removed {}", p.display()),
-            Err(e) => eprintln!(
+            Ok(()) => crate::say!("qbackup-pack: cancelled; removed {}", p.display()),
+            Err(e) => crate::say!(
                 "qbackup-pack: cancelled; could not remove {}: {e}",
                 p.display()
             ),
         },
-        None => eprintln!("qbackup-pack: cancelled"),
+        None => crate::say!("qbackup-pack: cancelled"),
     }
     std::process::exit(EXIT_CANCELLED);
 }

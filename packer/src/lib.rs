@@ -1,6 +1,16 @@
 //! `qbackup-pack`: writes Qubes OS backup archives (SPEC.md WRT-1 … WRT-4) from a plan.
 //! The binary (`main.rs`) is a thin shell around [`run`].
 
+/// `eprintln!` without its panic when stderr is a pipe whose reader went away (EPIPE): a
+/// message nobody reads must not change the exit code or stop a cancellation.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cancel;
 pub mod cli;
 pub mod compress;
@@ -22,7 +32,7 @@ pub fn trace(what: std::fmt::Arguments<'_>) {
         )
     });
     if *on {
-        eprintln!("[{:8.3}] {what}", t0.elapsed().as_secs_f64());
+        say!("[{:8.3}] {what}", t0.elapsed().as_secs_f64());
     }
 }
 
@@ -284,7 +294,7 @@ pub fn run(c: Create) -> Result<(), Failure> {
         (Ok(_), Err(v)) => Err(v),
         (Ok(notes), Ok(())) => {
             for n in notes {
-                eprintln!("qbackup-pack: note: {n}");
+                say!("qbackup-pack: note: {n}");
             }
             Ok(())
         }
@@ -313,8 +323,8 @@ pub fn run(c: Create) -> Result<(), Failure> {
         }
         (Err(_), false) => {
             match std::fs::remove_file(&partial) {
-                Ok(()) => eprintln!("qbackup-pack: removed {}", partial.display()),
-                Err(e) => eprintln!("qbackup-pack: could not remove {}: {e}", partial.display()),
+                Ok(()) => say!("qbackup-pack: removed {}", partial.display()),
+                Err(e) => say!("qbackup-pack: could not remove {}: {e}", partial.display()),
             }
             *guard = None;
         }
@@ -332,7 +342,7 @@ pub fn run(c: Create) -> Result<(), Failure> {
                 "message": e.to_string(),
             }),
         };
-        eprintln!("{line}");
+        say!("{line}");
     }
     if outcome.is_ok() {
         let kdf = match format {
@@ -342,7 +352,7 @@ pub fn run(c: Create) -> Result<(), Failure> {
             ),
             Format::V3 => String::new(),
         };
-        eprintln!(
+        say!(
             "qbackup-pack: wrote {} ({} bytes, format {}{kdf})",
             c.out.display(),
             progress.written(),

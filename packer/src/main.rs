@@ -13,7 +13,7 @@ fn main() {
         Command::Create(c) => match qbackup_pack::run(c) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("qbackup-pack: {e}");
+                qbackup_pack::say!("qbackup-pack: {e}");
                 e.exit_code()
             }
         },

@@ -173,7 +173,14 @@ impl<R: Read> Run<'_, R> {
     }
 
     fn read(&mut self, max: u64, what: &str) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
+        // Chunk buffers all get the capacity of the largest chunk (LIM-5; untouched pages
+        // cost nothing), so a freed one is always the right size for the next and the
+        // allocator's reuse cache never holds stale sizes (RES-1).
+        let mut buf = if max == MAX_CHUNK_LEN {
+            Vec::with_capacity(MAX_CHUNK_LEN as usize)
+        } else {
+            Vec::new()
+        };
         self.outer.read_member(&mut buf, max, what)?;
         Ok(buf)
     }

@@ -43,6 +43,9 @@ impl<F: FnMut() -> Option<Result<Vec<u8>>>> Read for ChunkReader<F> {
             if self.done {
                 return Ok(0);
             }
+            // Free the spent chunk before waiting for the next (RES-1: chunks in flight).
+            self.current = Vec::new();
+            self.offset = 0;
             match (self.next)() {
                 None => {
                     self.done = true;
