@@ -98,6 +98,8 @@ pub fn write_archive(
         .join()
         .unwrap_or_else(|_| Err(Error::new(ErrorClass::Io, "writer thread panicked")));
     match (produced, written) {
+        // A plan the format cannot hold is found before anything is sent (WRT-6).
+        (Err(e @ Failure::Usage(_)), _) => Err(e),
         // The writer's error explains why the producer could not send.
         (_, Err(e)) => Err(Failure::Error(e)),
         (Err(e), Ok(())) => Err(e),
@@ -161,7 +163,69 @@ struct ArchiveFile<'p> {
 enum What<'p> {
     Xml(Vec<u8>),
     Source(&'p crate::plan::Source),
+    /// An R3 template directory `vm<qid>/.` holding these files (WRT-6).
+    Dir(Vec<&'p crate::plan::Source>),
     Home(&'p std::path::Path, &'p str),
+}
+
+/// Classes format 3 can describe (core2 has no DispVM).
+const R3_CLASSES: [&str; 4] = ["AdminVM", "AppVM", "StandaloneVM", "TemplateVM"];
+
+/// WRT-6: what a format 3 archive can hold of `vp`, as R3.2 wrote it. R3 VMs always
+/// had `private.img` (and `root.img` when updateable), which upstream's core2 restore
+/// and VER-2 expect; R3 had no qube notes (upstream's core2 restore cannot take them),
+/// so `notes.txt` is left out with a note.
+fn v3_files<'p>(
+    vp: &'p crate::plan::VmPlan,
+    notes: &mut Vec<String>,
+) -> Result<Vec<&'p crate::plan::Source>, Failure> {
+    let vm = &vp.vm;
+    if !R3_CLASSES.contains(&vm.class.as_str()) {
+        return Err(Failure::Usage(format!(
+            "VM {}: format 3 cannot hold a {} (R3 had none)",
+            vm.name, vm.class
+        )));
+    }
+    let needs_root = vm.class != "AppVM";
+    for (vol, needed) in [("private.img", true), ("root.img", needs_root)] {
+        if needed && !vp.files.iter().any(|f| f.name == vol) {
+            return Err(Failure::Usage(format!(
+                "VM {}: format 3 needs its {vol} (a {} in R3 always had one)",
+                vm.name, vm.class
+            )));
+        }
+    }
+    for f in &vp.files {
+        if let (true, Some(p)) = (f.name == "firewall.xml", &f.path) {
+            // Upstream reads a v3 firewall.xml with its R3 parser only.
+            let mut head = Vec::new();
+            File::open(p)
+                .and_then(|h| io::Read::read_to_end(&mut io::Read::take(h, 4096), &mut head))
+                .map_err(|e| Failure::Usage(format!("VM {}: {}: {e}", vm.name, p.display())))?;
+            if !head.windows(19).any(|w| w == b"<QubesFirewallRules") {
+                return Err(Failure::Usage(format!(
+                    "VM {}: {} is not an R3 firewall (<QubesFirewallRules>), which is what \
+                     upstream reads from a format 3 backup",
+                    vm.name,
+                    p.display()
+                )));
+            }
+        }
+    }
+    Ok(vp
+        .files
+        .iter()
+        .filter(|f| {
+            let keep = f.name != "notes.txt";
+            if !keep {
+                notes.push(format!(
+                    "VM {}: notes.txt left out (format 3 has no qube notes)",
+                    vm.name
+                ));
+            }
+            keep
+        })
+        .collect())
 }
 
 fn produce(
@@ -171,6 +235,8 @@ fn produce(
     progress: &Progress,
 ) -> Result<Vec<String>, Failure> {
     // qubes.xml with the backup features (XML-3); sizes bound the stored bytes (WRT-5).
+    let v3 = s.format == Format::V3;
+    let mut plan_notes = Vec::new();
     let mut files: Vec<ArchiveFile<'_>> = Vec::new();
     let mut total = 0u64;
     let mut xml_vms: Vec<Vm> = Vec::new();
@@ -187,30 +253,64 @@ fn produce(
         }
     }
     xml_vms.extend(dom0);
-    for vp in &plan.vms {
+    let mut order: Vec<&crate::plan::VmPlan> = plan.vms.iter().collect();
+    if v3 {
+        // R3.2's order: the other VMs by name, then the templates by name (WRT-6).
+        order.sort_by(|a, b| {
+            (a.vm.class == "TemplateVM", &a.vm.name).cmp(&(b.vm.class == "TemplateVM", &b.vm.name))
+        });
+    }
+    for vp in order {
         let qid = vp.vm.qid.unwrap_or_default();
+        let kept: Vec<&crate::plan::Source> = if v3 {
+            v3_files(vp, &mut plan_notes)?
+        } else {
+            vp.files.iter().collect()
+        };
         let (mut bytes, mut entries) = (0u64, 0u64);
-        for f in &vp.files {
+        for f in &kept {
             if let Some(p) = &f.path {
                 bytes = bytes.saturating_add(source::logical_size(p).map_err(io_err(p.display()))?);
             }
             entries += 1;
+        }
+        if v3 && vp.vm.class == "TemplateVM" {
+            // R3.2 stored a template as its whole directory, `vm<qid>/.` (WRT-6).
+            entries += 1;
             files.push(ArchiveFile {
-                path: format!("vm{qid}/{}", f.name),
+                path: format!("vm{qid}/."),
                 vm: vp.vm.name.clone(),
-                what: What::Source(f),
+                what: What::Dir(kept),
             });
+        } else {
+            for f in kept {
+                files.push(ArchiveFile {
+                    path: format!("vm{qid}/{}", f.name),
+                    vm: vp.vm.name.clone(),
+                    what: What::Source(f),
+                });
+            }
         }
         let size = backup_size_bound(bytes, entries);
         total = total.saturating_add(bytes);
         let mut vm = vp.vm.clone();
         vm.backup = Some(BackupInfo {
-            path: format!("vm{qid}/"),
+            // R3 paths have no trailing slash, R4 paths have one (XML-1, XML-3).
+            path: if v3 {
+                format!("vm{qid}")
+            } else {
+                format!("vm{qid}/")
+            },
             size,
         });
         xml_vms.push(vm);
     }
-    xml_vms.extend(plan.others.iter().filter(|v| v.class != "AdminVM").cloned());
+    xml_vms.extend(
+        plan.others
+            .iter()
+            .filter(|v| v.class != "AdminVM" && (!v3 || R3_CLASSES.contains(&v.class.as_str())))
+            .cloned(),
+    );
     if let Some((home, user)) = &plan.dom0_home {
         files.push(ArchiveFile {
             path: format!("dom0-home/{user}"),
@@ -219,7 +319,11 @@ fn produce(
         });
     }
     let mut xml = Vec::new();
-    qubes_xml::write_r4(&xml_vms, &[], &mut xml).map_err(Failure::Error)?;
+    if v3 {
+        qubes_xml::write_r3(&xml_vms, &mut xml).map_err(Failure::Error)?;
+    } else {
+        qubes_xml::write_r4(&xml_vms, &[], &mut xml).map_err(Failure::Error)?;
+    }
     files.insert(
         0,
         ArchiveFile {
@@ -268,7 +372,7 @@ fn produce(
                 data: mac,
                 key,
             })?;
-            let mut notes = Vec::new();
+            let mut notes = std::mem::take(&mut plan_notes);
             for (i, f) in files.iter().enumerate() {
                 let first = firsts.get_mut(i).and_then(Option::take);
                 let chunker = Chunker::new(f, i, s, tx, Tail::V4 { pool, next: first });
@@ -289,7 +393,7 @@ fn produce(
                 name: HEADER_MAC.into(),
                 data: mac,
             })?;
-            let mut notes = Vec::new();
+            let mut notes = std::mem::take(&mut plan_notes);
             for (i, f) in files.iter().enumerate() {
                 let mut salt = [0u8; 8];
                 getrandom::fill(&mut salt).map_err(|e| {
@@ -360,6 +464,25 @@ fn file_stream(
                     })?;
             }
         },
+        What::Dir(srcs) => {
+            let mut opened = Vec::with_capacity(srcs.len());
+            for src in srcs {
+                opened.push(match &src.path {
+                    Some(p) => Some(source::open(p, progress).map_err(|e| {
+                        Failure::Error(Error::new(ErrorClass::Io, format!("{}: {e}", p.display())))
+                    })?),
+                    None => None,
+                });
+            }
+            let entries: Vec<(&str, Option<(&File, &source::Layout)>)> = srcs
+                .iter()
+                .zip(&opened)
+                .map(|(src, o)| (src.name.as_str(), o.as_ref().map(|(f, l)| (f, l))))
+                .collect();
+            source::write_dir_tar(&f.path, &entries, s.mtime, &mut enc, progress).map_err(|e| {
+                Failure::Error(Error::new(ErrorClass::Io, format!("{}: {e}", f.path)))
+            })?;
+        }
         What::Home(home, user) => {
             notes = source::write_home_tar(home, user, &mut enc, progress).map_err(|e| {
                 Failure::Error(Error::new(

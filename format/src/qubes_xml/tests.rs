@@ -662,7 +662,14 @@ fn r3_writer_adds_placeholders_for_references() {
         },
         Vm {
             backup: backup("vm3", 123),
-            ..vm(3, "work", "AppVM", "blue", Some("fedora-40"), named("sys-firewall"))
+            ..vm(
+                3,
+                "work",
+                "AppVM",
+                "blue",
+                Some("fedora-40"),
+                named("sys-firewall"),
+            )
         },
         Vm {
             backup: backup("vm5", 9),

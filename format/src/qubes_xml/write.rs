@@ -341,7 +341,11 @@ pub fn write_r3(vms: &[Vm], out: &mut Vec<u8>) -> Result<()> {
         attr(out, "name", &vm.name);
         attr(out, "label", vm.label.as_deref().unwrap_or_default());
         match vm.class.as_str() {
-            "AppVM" => attr(out, "template_qid", &qid(vm.template.as_deref().unwrap_or(""))),
+            "AppVM" => attr(
+                out,
+                "template_qid",
+                &qid(vm.template.as_deref().unwrap_or("")),
+            ),
             "StandaloneVM" => attr(out, "template_qid", "none"),
             _ => {}
         }
