@@ -911,3 +911,60 @@ echo "$BID!vm2/private.img.000!$PASS" | scrypt dec -P vm2/private.img.000.enc | 
         );
     }
 }
+
+/// Thread CPU time (user + system) in seconds.
+fn thread_cpu() -> f64 {
+    // SAFETY: getrusage only fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Hand-run measurement (CMP-1 probe): CPU of gzip level 6 as one member per block
+/// (before) and of `gzip_block` (after) on 64 MiB of the benchmark image's random part
+/// and 64 MiB of its text part. Image: `$QBACKUP_BENCH_IMAGE`, default
+/// `bench/out/pack-src-1024m/private.img` (made by `bench/pack-bench.py`).
+/// `cargo test --release -p qbackup-pack --test pack gzip_cpu -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn gzip_cpu_on_the_bench_image() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let img = std::env::var_os("QBACKUP_BENCH_IMAGE").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/out/pack-src-1024m/private.img"),
+        PathBuf::from,
+    );
+    let mut f = fs::File::open(&img).unwrap();
+    // make_image: random data from 16 MiB, text after 16 + 614 + 64 MiB.
+    for (kind, offset) in [("random", 100u64), ("text", 800)] {
+        let mut data = vec![0u8; 64 << 20];
+        f.seek(SeekFrom::Start(offset << 20)).unwrap();
+        f.read_exact(&mut data).unwrap();
+        let t = thread_cpu();
+        let mut before = 0;
+        for block in data.chunks(qbackup_pack::compress::BLOCK) {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            e.write_all(block).unwrap();
+            before += e.finish().unwrap().len();
+        }
+        let cpu_before = thread_cpu() - t;
+        let t = thread_cpu();
+        let mut after = 0;
+        for block in data.chunks(qbackup_pack::compress::BLOCK) {
+            after += qbackup_pack::compress::gzip_block(block, 6).unwrap().len();
+        }
+        let cpu_after = thread_cpu() - t;
+        println!(
+            "{kind}: level 6 {cpu_before:.2} s CPU, ratio {:.4}; probe+gzip_block {cpu_after:.2} s CPU, ratio {:.4}",
+            before as f64 / data.len() as f64,
+            after as f64 / data.len() as f64
+        );
+        assert!(
+            after <= before + before / 1000,
+            "{kind}: {after} vs {before}"
+        );
+        if kind == "random" {
+            assert!(cpu_after * 4.0 < cpu_before, "{cpu_after} vs {cpu_before}");
+        }
+    }
+}
