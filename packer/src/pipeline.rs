@@ -9,7 +9,8 @@
 //! A chunk's KDF starts as soon as the chunk is known to exist (every file's `.000` at
 //! once, `.N+1` when `.N` fills), so KDFs run while data is read and compressed. Memory:
 //! the chunk being filled, [`MEMBER_QUEUE`] queued chunks, the one being written, plus
-//! the KDFs in flight; no temporary files.
+//! the KDFs in flight; no temporary files. Written chunk buffers return to the producer
+//! for reuse (see `Chunker::fresh`).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -39,6 +40,9 @@ use crate::Failure;
 
 /// Chunks queued between the producer and the writer.
 const MEMBER_QUEUE: usize = 1;
+
+/// Written members at least this large go back to the producer for reuse.
+const RECYCLE_MIN: usize = 1 << 20;
 
 /// Archive format version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,10 +93,13 @@ pub fn write_archive(
     progress: Arc<Progress>,
 ) -> Result<Vec<String>, Failure> {
     let (tx, rx) = bounded::<Member>(MEMBER_QUEUE);
+    // Unbounded, yet it never holds more buffers than were in flight at once: the
+    // producer allocates only when it is empty.
+    let (recycle_tx, recycle) = crossbeam_channel::unbounded::<Vec<u8>>();
     let wprog = progress.clone();
     let mtime = settings.mtime;
-    let writer = std::thread::spawn(move || writer(rx, out, mtime, &wprog));
-    let produced = produce(plan, settings, &tx, &progress);
+    let writer = std::thread::spawn(move || writer(rx, &recycle_tx, out, mtime, &wprog));
+    let produced = produce(plan, settings, &tx, &recycle, &progress);
     drop(tx);
     let written = writer
         .join()
@@ -109,6 +116,7 @@ pub fn write_archive(
 
 fn writer(
     rx: Receiver<Member>,
+    recycle: &Sender<Vec<u8>>,
     mut out: Box<dyn Write + Send>,
     mtime: u64,
     progress: &Progress,
@@ -124,7 +132,12 @@ fn writer(
     };
     for m in rx {
         match m {
-            Member::Plain { name, data } => put(&name, &data)?,
+            Member::Plain { name, data } => {
+                put(&name, &data)?;
+                if data.capacity() >= RECYCLE_MIN {
+                    let _ = recycle.send(data);
+                }
+            }
             Member::Sealed {
                 name,
                 mut data,
@@ -137,6 +150,9 @@ fn writer(
                 key.seal_in_place(&mut data)?;
                 put(&name, &data)?;
                 crate::trace(format_args!("writer wrote {name}"));
+                if data.capacity() >= RECYCLE_MIN {
+                    let _ = recycle.send(data);
+                }
             }
             Member::End => {
                 out.write_all(&END_OF_ARCHIVE)
@@ -232,6 +248,7 @@ fn produce(
     plan: &Plan,
     s: &Settings,
     tx: &Sender<Member>,
+    recycle: &Receiver<Vec<u8>>,
     progress: &Progress,
 ) -> Result<Vec<String>, Failure> {
     // qubes.xml with the backup features (XML-3); sizes bound the stored bytes (WRT-5).
@@ -375,7 +392,7 @@ fn produce(
             let mut notes = std::mem::take(&mut plan_notes);
             for (i, f) in files.iter().enumerate() {
                 let first = firsts.get_mut(i).and_then(Option::take);
-                let chunker = Chunker::new(f, i, s, tx, Tail::V4 { pool, next: first });
+                let chunker = Chunker::new(f, i, s, (tx, recycle), Tail::V4 { pool, next: first });
                 notes.extend(file_stream(f, s, chunker, &cpool, progress)?);
             }
             send(Member::End)?;
@@ -404,7 +421,7 @@ fn produce(
                     f,
                     i,
                     s,
-                    tx,
+                    (tx, recycle),
                     Tail::V3 {
                         enc: Some(Box::new(enc)),
                         digest,
@@ -523,6 +540,8 @@ struct Chunker<'a> {
     reserve: usize,
     chunk_size: usize,
     tx: &'a Sender<Member>,
+    /// Written chunk buffers coming back from the writer.
+    recycle: &'a Receiver<Vec<u8>>,
     tail: Tail<'a>,
     passphrase: &'a [u8],
     scratch: Vec<u8>,
@@ -537,7 +556,7 @@ impl<'a> Chunker<'a> {
         f: &ArchiveFile<'_>,
         ordinal: usize,
         s: &'a Settings,
-        tx: &'a Sender<Member>,
+        (tx, recycle): (&'a Sender<Member>, &'a Receiver<Vec<u8>>),
         tail: Tail<'a>,
     ) -> Chunker<'a> {
         let reserve = match tail {
@@ -557,6 +576,7 @@ impl<'a> Chunker<'a> {
                 s.chunk_size.max(1)
             },
             tx,
+            recycle,
             tail,
             passphrase: &s.passphrase,
             scratch: Vec::new(),
@@ -565,11 +585,23 @@ impl<'a> Chunker<'a> {
         c
     }
 
+    /// An empty chunk buffer with room for a whole chunk: a written one if the writer
+    /// returned one, else a new one. Allocating the whole chunk at once (the pages are
+    /// touched only as it fills) and reusing buffers means no chunk buffer is grown or
+    /// freed while the archive is written, so the allocator keeps its cached mappings
+    /// for the scrypt arrays instead of unmapping and faulting in 2 GiB per KDF.
     fn fresh(&self) -> Vec<u8> {
-        let cap = self.chunk_size.min(1 << 20);
+        let need = self.chunk_size.saturating_add(OVERHEAD);
+        while let Ok(mut v) = self.recycle.try_recv() {
+            if v.capacity() >= need {
+                v.clear();
+                v.resize(self.reserve, 0);
+                return v;
+            }
+        }
         match self.tail {
-            Tail::V4 { .. } => sealing_buffer(cap),
-            Tail::V3 { .. } => Vec::with_capacity(cap),
+            Tail::V4 { .. } => sealing_buffer(self.chunk_size),
+            Tail::V3 { .. } => Vec::with_capacity(need),
         }
     }
 
