@@ -1,4 +1,4 @@
-//! The archive writer (SPEC.md WRT-1 … WRT-4).
+//! The archive writer (SPEC.md WRT-1 … WRT-7).
 //!
 //! ```text
 //! producer (this thread): source → inner tar → compressor → chunker ──members──▶ writer thread
