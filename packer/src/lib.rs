@@ -1,4 +1,4 @@
-//! `qbackup-pack`: writes Qubes OS backup archives (SPEC.md WRT-1 … WRT-4) from a plan.
+//! `qbackup-pack`: writes Qubes OS backup archives (SPEC.md WRT-1 … WRT-7) from a plan.
 //! The binary (`main.rs`) is a thin shell around [`run`].
 
 /// `eprintln!` without its panic when stderr is a pipe whose reader went away (EPIPE): a

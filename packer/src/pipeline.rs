@@ -1,4 +1,4 @@
-//! The archive writer (SPEC.md WRT-1 … WRT-4).
+//! The archive writer (SPEC.md WRT-1 … WRT-7).
 //!
 //! ```text
 //! producer (this thread): source → inner tar → compressor → chunker ──members──▶ writer thread
@@ -9,7 +9,8 @@
 //! A chunk's KDF starts as soon as the chunk is known to exist (every file's `.000` at
 //! once, `.N+1` when `.N` fills), so KDFs run while data is read and compressed. Memory:
 //! the chunk being filled, [`MEMBER_QUEUE`] queued chunks, the one being written, plus
-//! the KDFs in flight; no temporary files.
+//! the KDFs in flight; no temporary files. Written chunk buffers return to the producer
+//! for reuse (see `Chunker::fresh`).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -39,6 +40,9 @@ use crate::Failure;
 
 /// Chunks queued between the producer and the writer.
 const MEMBER_QUEUE: usize = 1;
+
+/// Written members at least this large go back to the producer for reuse.
+const RECYCLE_MIN: usize = 1 << 20;
 
 /// Archive format version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,15 +93,20 @@ pub fn write_archive(
     progress: Arc<Progress>,
 ) -> Result<Vec<String>, Failure> {
     let (tx, rx) = bounded::<Member>(MEMBER_QUEUE);
+    // Unbounded, yet it never holds more buffers than were in flight at once: the
+    // producer allocates only when it is empty.
+    let (recycle_tx, recycle) = crossbeam_channel::unbounded::<Vec<u8>>();
     let wprog = progress.clone();
     let mtime = settings.mtime;
-    let writer = std::thread::spawn(move || writer(rx, out, mtime, &wprog));
-    let produced = produce(plan, settings, &tx, &progress);
+    let writer = std::thread::spawn(move || writer(rx, &recycle_tx, out, mtime, &wprog));
+    let produced = produce(plan, settings, &tx, &recycle, &progress);
     drop(tx);
     let written = writer
         .join()
         .unwrap_or_else(|_| Err(Error::new(ErrorClass::Io, "writer thread panicked")));
     match (produced, written) {
+        // A plan the format cannot hold is found before anything is sent (WRT-6).
+        (Err(e @ Failure::Usage(_)), _) => Err(e),
         // The writer's error explains why the producer could not send.
         (_, Err(e)) => Err(Failure::Error(e)),
         (Err(e), Ok(())) => Err(e),
@@ -107,6 +116,7 @@ pub fn write_archive(
 
 fn writer(
     rx: Receiver<Member>,
+    recycle: &Sender<Vec<u8>>,
     mut out: Box<dyn Write + Send>,
     mtime: u64,
     progress: &Progress,
@@ -122,7 +132,12 @@ fn writer(
     };
     for m in rx {
         match m {
-            Member::Plain { name, data } => put(&name, &data)?,
+            Member::Plain { name, data } => {
+                put(&name, &data)?;
+                if data.capacity() >= RECYCLE_MIN {
+                    let _ = recycle.send(data);
+                }
+            }
             Member::Sealed {
                 name,
                 mut data,
@@ -135,6 +150,9 @@ fn writer(
                 key.seal_in_place(&mut data)?;
                 put(&name, &data)?;
                 crate::trace(format_args!("writer wrote {name}"));
+                if data.capacity() >= RECYCLE_MIN {
+                    let _ = recycle.send(data);
+                }
             }
             Member::End => {
                 out.write_all(&END_OF_ARCHIVE)
@@ -161,16 +179,81 @@ struct ArchiveFile<'p> {
 enum What<'p> {
     Xml(Vec<u8>),
     Source(&'p crate::plan::Source),
+    /// An R3 template directory `vm<qid>/.` holding these files (WRT-6).
+    Dir(Vec<&'p crate::plan::Source>),
     Home(&'p std::path::Path, &'p str),
+}
+
+/// Classes format 3 can describe (core2 has no DispVM).
+const R3_CLASSES: [&str; 4] = ["AdminVM", "AppVM", "StandaloneVM", "TemplateVM"];
+
+/// WRT-6: what a format 3 archive can hold of `vp`, as R3.2 wrote it. R3 VMs always
+/// had `private.img` (and `root.img` when updateable), which upstream's core2 restore
+/// and VER-2 expect; R3 had no qube notes (upstream's core2 restore cannot take them),
+/// so `notes.txt` is left out with a note.
+fn v3_files<'p>(
+    vp: &'p crate::plan::VmPlan,
+    notes: &mut Vec<String>,
+) -> Result<Vec<&'p crate::plan::Source>, Failure> {
+    let vm = &vp.vm;
+    if !R3_CLASSES.contains(&vm.class.as_str()) {
+        return Err(Failure::Usage(format!(
+            "VM {}: format 3 cannot hold a {} (R3 had none)",
+            vm.name, vm.class
+        )));
+    }
+    let needs_root = vm.class != "AppVM";
+    for (vol, needed) in [("private.img", true), ("root.img", needs_root)] {
+        if needed && !vp.files.iter().any(|f| f.name == vol) {
+            return Err(Failure::Usage(format!(
+                "VM {}: format 3 needs its {vol} (a {} in R3 always had one)",
+                vm.name, vm.class
+            )));
+        }
+    }
+    for f in &vp.files {
+        if let (true, Some(p)) = (f.name == "firewall.xml", &f.path) {
+            // Upstream reads a v3 firewall.xml with its R3 parser only.
+            let mut head = Vec::new();
+            File::open(p)
+                .and_then(|h| io::Read::read_to_end(&mut io::Read::take(h, 4096), &mut head))
+                .map_err(|e| Failure::Usage(format!("VM {}: {}: {e}", vm.name, p.display())))?;
+            if !head.windows(19).any(|w| w == b"<QubesFirewallRules") {
+                return Err(Failure::Usage(format!(
+                    "VM {}: {} is not an R3 firewall (<QubesFirewallRules>), which is what \
+                     upstream reads from a format 3 backup",
+                    vm.name,
+                    p.display()
+                )));
+            }
+        }
+    }
+    Ok(vp
+        .files
+        .iter()
+        .filter(|f| {
+            let keep = f.name != "notes.txt";
+            if !keep {
+                notes.push(format!(
+                    "VM {}: notes.txt left out (format 3 has no qube notes)",
+                    vm.name
+                ));
+            }
+            keep
+        })
+        .collect())
 }
 
 fn produce(
     plan: &Plan,
     s: &Settings,
     tx: &Sender<Member>,
+    recycle: &Receiver<Vec<u8>>,
     progress: &Progress,
 ) -> Result<Vec<String>, Failure> {
     // qubes.xml with the backup features (XML-3); sizes bound the stored bytes (WRT-5).
+    let v3 = s.format == Format::V3;
+    let mut plan_notes = Vec::new();
     let mut files: Vec<ArchiveFile<'_>> = Vec::new();
     let mut total = 0u64;
     let mut xml_vms: Vec<Vm> = Vec::new();
@@ -187,30 +270,64 @@ fn produce(
         }
     }
     xml_vms.extend(dom0);
-    for vp in &plan.vms {
+    let mut order: Vec<&crate::plan::VmPlan> = plan.vms.iter().collect();
+    if v3 {
+        // R3.2's order: the other VMs by name, then the templates by name (WRT-6).
+        order.sort_by(|a, b| {
+            (a.vm.class == "TemplateVM", &a.vm.name).cmp(&(b.vm.class == "TemplateVM", &b.vm.name))
+        });
+    }
+    for vp in order {
         let qid = vp.vm.qid.unwrap_or_default();
+        let kept: Vec<&crate::plan::Source> = if v3 {
+            v3_files(vp, &mut plan_notes)?
+        } else {
+            vp.files.iter().collect()
+        };
         let (mut bytes, mut entries) = (0u64, 0u64);
-        for f in &vp.files {
+        for f in &kept {
             if let Some(p) = &f.path {
                 bytes = bytes.saturating_add(source::logical_size(p).map_err(io_err(p.display()))?);
             }
             entries += 1;
+        }
+        if v3 && vp.vm.class == "TemplateVM" {
+            // R3.2 stored a template as its whole directory, `vm<qid>/.` (WRT-6).
+            entries += 1;
             files.push(ArchiveFile {
-                path: format!("vm{qid}/{}", f.name),
+                path: format!("vm{qid}/."),
                 vm: vp.vm.name.clone(),
-                what: What::Source(f),
+                what: What::Dir(kept),
             });
+        } else {
+            for f in kept {
+                files.push(ArchiveFile {
+                    path: format!("vm{qid}/{}", f.name),
+                    vm: vp.vm.name.clone(),
+                    what: What::Source(f),
+                });
+            }
         }
         let size = backup_size_bound(bytes, entries);
         total = total.saturating_add(bytes);
         let mut vm = vp.vm.clone();
         vm.backup = Some(BackupInfo {
-            path: format!("vm{qid}/"),
+            // R3 paths have no trailing slash, R4 paths have one (XML-1, XML-3).
+            path: if v3 {
+                format!("vm{qid}")
+            } else {
+                format!("vm{qid}/")
+            },
             size,
         });
         xml_vms.push(vm);
     }
-    xml_vms.extend(plan.others.iter().filter(|v| v.class != "AdminVM").cloned());
+    xml_vms.extend(
+        plan.others
+            .iter()
+            .filter(|v| v.class != "AdminVM" && (!v3 || R3_CLASSES.contains(&v.class.as_str())))
+            .cloned(),
+    );
     if let Some((home, user)) = &plan.dom0_home {
         files.push(ArchiveFile {
             path: format!("dom0-home/{user}"),
@@ -219,7 +336,11 @@ fn produce(
         });
     }
     let mut xml = Vec::new();
-    qubes_xml::write_r4(&xml_vms, &[], &mut xml).map_err(Failure::Error)?;
+    if v3 {
+        qubes_xml::write_r3(&xml_vms, &mut xml).map_err(Failure::Error)?;
+    } else {
+        qubes_xml::write_r4(&xml_vms, &[], &mut xml).map_err(Failure::Error)?;
+    }
     files.insert(
         0,
         ArchiveFile {
@@ -268,10 +389,10 @@ fn produce(
                 data: mac,
                 key,
             })?;
-            let mut notes = Vec::new();
+            let mut notes = std::mem::take(&mut plan_notes);
             for (i, f) in files.iter().enumerate() {
                 let first = firsts.get_mut(i).and_then(Option::take);
-                let chunker = Chunker::new(f, i, s, tx, Tail::V4 { pool, next: first });
+                let chunker = Chunker::new(f, i, s, (tx, recycle), Tail::V4 { pool, next: first });
                 notes.extend(file_stream(f, s, chunker, &cpool, progress)?);
             }
             send(Member::End)?;
@@ -289,7 +410,7 @@ fn produce(
                 name: HEADER_MAC.into(),
                 data: mac,
             })?;
-            let mut notes = Vec::new();
+            let mut notes = std::mem::take(&mut plan_notes);
             for (i, f) in files.iter().enumerate() {
                 let mut salt = [0u8; 8];
                 getrandom::fill(&mut salt).map_err(|e| {
@@ -300,7 +421,7 @@ fn produce(
                     f,
                     i,
                     s,
-                    tx,
+                    (tx, recycle),
                     Tail::V3 {
                         enc: Some(Box::new(enc)),
                         digest,
@@ -360,6 +481,25 @@ fn file_stream(
                     })?;
             }
         },
+        What::Dir(srcs) => {
+            let mut opened = Vec::with_capacity(srcs.len());
+            for src in srcs {
+                opened.push(match &src.path {
+                    Some(p) => Some(source::open(p, progress).map_err(|e| {
+                        Failure::Error(Error::new(ErrorClass::Io, format!("{}: {e}", p.display())))
+                    })?),
+                    None => None,
+                });
+            }
+            let entries: Vec<(&str, Option<(&File, &source::Layout)>)> = srcs
+                .iter()
+                .zip(&opened)
+                .map(|(src, o)| (src.name.as_str(), o.as_ref().map(|(f, l)| (f, l))))
+                .collect();
+            source::write_dir_tar(&f.path, &entries, s.mtime, &mut enc, progress).map_err(|e| {
+                Failure::Error(Error::new(ErrorClass::Io, format!("{}: {e}", f.path)))
+            })?;
+        }
         What::Home(home, user) => {
             notes = source::write_home_tar(home, user, &mut enc, progress).map_err(|e| {
                 Failure::Error(Error::new(
@@ -400,6 +540,8 @@ struct Chunker<'a> {
     reserve: usize,
     chunk_size: usize,
     tx: &'a Sender<Member>,
+    /// Written chunk buffers coming back from the writer.
+    recycle: &'a Receiver<Vec<u8>>,
     tail: Tail<'a>,
     passphrase: &'a [u8],
     scratch: Vec<u8>,
@@ -414,7 +556,7 @@ impl<'a> Chunker<'a> {
         f: &ArchiveFile<'_>,
         ordinal: usize,
         s: &'a Settings,
-        tx: &'a Sender<Member>,
+        (tx, recycle): (&'a Sender<Member>, &'a Receiver<Vec<u8>>),
         tail: Tail<'a>,
     ) -> Chunker<'a> {
         let reserve = match tail {
@@ -434,6 +576,7 @@ impl<'a> Chunker<'a> {
                 s.chunk_size.max(1)
             },
             tx,
+            recycle,
             tail,
             passphrase: &s.passphrase,
             scratch: Vec::new(),
@@ -442,11 +585,23 @@ impl<'a> Chunker<'a> {
         c
     }
 
+    /// An empty chunk buffer with room for a whole chunk: a written one if the writer
+    /// returned one, else a new one. Allocating the whole chunk at once (the pages are
+    /// touched only as it fills) and reusing buffers means no chunk buffer is grown or
+    /// freed while the archive is written, so the allocator keeps its cached mappings
+    /// for the scrypt arrays instead of unmapping and faulting in 2 GiB per KDF.
     fn fresh(&self) -> Vec<u8> {
-        let cap = self.chunk_size.min(1 << 20);
+        let need = self.chunk_size.saturating_add(OVERHEAD);
+        while let Ok(mut v) = self.recycle.try_recv() {
+            if v.capacity() >= need {
+                v.clear();
+                v.resize(self.reserve, 0);
+                return v;
+            }
+        }
         match self.tail {
-            Tail::V4 { .. } => sealing_buffer(cap),
-            Tail::V3 { .. } => Vec::with_capacity(cap),
+            Tail::V4 { .. } => sealing_buffer(self.chunk_size),
+            Tail::V3 { .. } => Vec::with_capacity(need),
         }
     }
 

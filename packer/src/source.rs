@@ -209,6 +209,40 @@ pub fn write_file_tar(
     out: &mut dyn Write,
     progress: &Progress,
 ) -> io::Result<()> {
+    write_file_entry(name, file, out, progress)?;
+    out.write_all(&END_OF_ARCHIVE)
+}
+
+/// The inner tar of an R3 template directory (`vm9/.`, TAR-11, WRT-6): the directory
+/// entry `vm9/./`, then each file as `vm9/./NAME` (as R3.2's `tar -C DIR .` with its
+/// name transform wrote them).
+pub fn write_dir_tar(
+    root: &str,
+    files: &[(&str, Option<(&File, &Layout)>)],
+    mtime: u64,
+    out: &mut dyn Write,
+    progress: &Progress,
+) -> io::Result<()> {
+    let meta = Meta {
+        mode: 0o775,
+        uid: 0,
+        gid: 0,
+        mtime,
+    };
+    out.write_all(&tar::directory(root, &meta).map_err(to_io)?)?;
+    for (name, file) in files {
+        write_file_entry(&format!("{root}/{name}"), *file, out, progress)?;
+    }
+    out.write_all(&END_OF_ARCHIVE)
+}
+
+/// One regular or sparse entry with its data, without the end-of-archive blocks.
+fn write_file_entry(
+    name: &str,
+    file: Option<(&File, &Layout)>,
+    out: &mut dyn Write,
+    progress: &Progress,
+) -> io::Result<()> {
     let mtime = file
         .and_then(|(f, _)| f.metadata().ok())
         .map_or(0, |m| u64::try_from(m.mtime()).unwrap_or(0));
@@ -231,7 +265,7 @@ pub fn write_file_tar(
             write_runs(f, layout, out, progress)?;
         }
     }
-    out.write_all(&END_OF_ARCHIVE)
+    Ok(())
 }
 
 /// Sum of regular file sizes under `dir` and its count of entries (for its `backup-size`),

@@ -301,11 +301,89 @@ fn v4_every_filter_verifies_and_restores_with_the_tools() {
     }
 }
 
+/// A format 3 plan as R3 had them: an AppVM (R3 firewall, notes.txt that v3 leaves
+/// out), a TemplateVM, a StandaloneVM, dom0 home.
+fn v3_plan(f: &Fixture) -> PathBuf {
+    fs::write(
+        f.path("firewall-r3.xml"),
+        b"<QubesFirewallRules dns=\"allow\" icmp=\"allow\" policy=\"deny\">\n\
+          <rule address=\"192.168.0.0\" netmask=\"24\" proto=\"tcp\"/>\n</QubesFirewallRules>\n",
+    )
+    .unwrap();
+    let plan = serde_json::json!({
+        "vms": [
+            {"name": "work", "class": "AppVM", "label": "blue", "qid": 3,
+             "template": "tpl", "netvm": "sys-firewall",
+             "volumes": [{"name": "private", "path": f.path("work-private.img")}],
+             "files": [{"name": "firewall.xml", "path": f.path("firewall-r3.xml")},
+                       {"name": "notes.txt", "path": f.path("notes.txt")}]},
+            {"name": "tpl", "class": "TemplateVM", "label": "black", "netvm": null, "qid": 4,
+             "volumes": [{"name": "root", "path": f.path("tpl-root.img")},
+                         {"name": "private", "path": f.path("tpl-private.img")}]},
+            {"name": "sa", "class": "StandaloneVM", "label": "red", "qid": 5,
+             "volumes": [{"name": "private", "path": f.path("tpl-private.img")},
+                         {"name": "root", "path": f.path("work-private.img")}]}
+        ],
+        "dom0_home": f.path("home/user"),
+    });
+    let p = f.path("plan3.json");
+    fs::write(&p, plan.to_string()).unwrap();
+    p
+}
+
+/// WRT-6: `--format 3` writes what R3.2 wrote — a core2 qubes.xml with `backup_path`
+/// `vm<qid>` (no slash), a template as its whole directory `vm<qid>/.` (chunks
+/// `vm4/..NNN`) after the other VMs, no notes.txt — and it verifies, extracts and
+/// restores with the documented openssl procedure.
 #[test]
-fn v3_verifies_and_restores_with_openssl() {
+fn v3_is_shaped_like_r3_and_restores_with_openssl() {
     let f = Fixture::new();
-    let a = f.pack_ok("v3.bin", &["--format", "3", "--chunk-size", "65536"]);
-    verify_and_compare(&f, &a);
+    let plan = v3_plan(&f);
+    let out = f.path("v3.bin");
+    let o = Command::new(PACK)
+        .args([
+            "create",
+            "--format",
+            "3",
+            "--chunk-size",
+            "65536",
+            "--no-progress",
+        ])
+        .arg("--plan")
+        .arg(&plan)
+        .arg("--passphrase-file")
+        .arg(f.path("pass"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "pack failed: {stderr}");
+    assert!(stderr.contains("VM work: notes.txt left out"), "{stderr}");
+
+    // Verifier: verify, extract, compare (the template's files come out of vm4/.).
+    let r = driver::run(fs::File::open(&out).unwrap(), settings(), &mut VerifyOnly);
+    assert!(r.ok(), "verify: {:?}", r.findings);
+    let to = f.path("x-v3");
+    let mut ex = Extractor::open(&to).unwrap();
+    let r = driver::run(fs::File::open(&out).unwrap(), settings(), &mut ex);
+    assert!(r.ok(), "extract: {:?}", r.findings);
+    let same = |a: &str, b: &Path| {
+        assert_eq!(fs::read(f.path(a)).unwrap(), fs::read(b).unwrap(), "{a}");
+    };
+    same("work-private.img", &to.join("work/private.img"));
+    same("firewall-r3.xml", &to.join("work/firewall.xml"));
+    same("tpl-root.img", &to.join("tpl/root.img"));
+    same("tpl-private.img", &to.join("tpl/private.img"));
+    same("tpl-private.img", &to.join("sa/private.img"));
+    same("work-private.img", &to.join("sa/root.img"));
+    assert!(!to.join("work/notes.txt").exists());
+    same(
+        "home/user/Documents/some-file.txt",
+        &to.join("dom0-home/user/Documents/some-file.txt"),
+    );
+
+    // Emergency procedure (qubes-doc v3): check HMACs, concatenate, decrypt, untar.
     let work = f.path("em-v3");
     fs::create_dir(&work).unwrap();
     sh(
@@ -315,18 +393,47 @@ tar -i -xf "$ARCHIVE"
 check() {{ [ "$(openssl dgst -sha512 -hmac "$PASS" < "$1" | cut -d' ' -f2)" = "$(cut -d' ' -f2 < "$1.hmac")" ]; }}
 check backup-header
 grep -q '^version=3$' backup-header
-for f in vm3/private.img vm3/firewall.xml vm3/notes.txt vm4/root.img vm4/private.img vm5/empty dom0-home/user; do
-  for c in $(find "$(dirname $f)" -name "$(basename $f).*[0-9]" | sort -V); do check "$c"; done
-  find "$(dirname $f)" -name "$(basename $f).*[0-9]" | sort -V | xargs cat \
+for f in qubes.xml vm3/private.img vm3/firewall.xml vm4/. vm5/private.img vm5/root.img dom0-home/user; do
+  for c in $(find "$(dirname $f)" -maxdepth 1 -name "$(basename $f).*[0-9]" | sort -V); do check "$c"; done
+  find "$(dirname $f)" -maxdepth 1 -name "$(basename $f).*[0-9]" | sort -V | xargs cat \
     | openssl enc -d -md MD5 -pass pass:"$PASS" -aes-256-cbc 2>/dev/null | gzip -d | tar -x
 done
 "#,
-            a.display()
+            out.display()
         ),
         &work,
     );
-    compare_restored(&f, &work);
-    let names: Vec<String> = members(&a).into_iter().map(|m| m.0).collect();
+    let xml = fs::read_to_string(work.join("qubes.xml")).unwrap();
+    for needle in [
+        "<QubesVmCollection ",
+        "<QubesAppVm qid=\"3\" name=\"work\" label=\"blue\" template_qid=\"4\"",
+        "backup_path=\"vm3\"",
+        "<QubesTemplateVm qid=\"4\" name=\"tpl\"",
+        "<QubesAppVm qid=\"5\" name=\"sa\" label=\"red\" template_qid=\"none\"",
+        "backup_path=\"dom0-home/user\"",
+        "name=\"sys-firewall\"",
+    ] {
+        assert!(xml.contains(needle), "{needle} missing in\n{xml}");
+    }
+    let restored = |a: &str, b: &str| {
+        assert_eq!(
+            fs::read(f.path(a)).unwrap(),
+            fs::read(work.join(b)).unwrap(),
+            "{a}"
+        );
+    };
+    restored("work-private.img", "vm3/private.img");
+    restored("tpl-root.img", "vm4/root.img");
+    restored("tpl-private.img", "vm4/private.img");
+    restored("work-private.img", "vm5/root.img");
+
+    let names: Vec<String> = members(&out).into_iter().map(|m| m.0).collect();
+    let pos = |n: &str| {
+        names
+            .iter()
+            .position(|x| x == n)
+            .unwrap_or_else(|| panic!("{n}: {names:?}"))
+    };
     assert_eq!(
         names[..4],
         [
@@ -336,7 +443,52 @@ done
             "qubes.xml.000.hmac"
         ]
     );
-    assert!(names.contains(&"vm3/private.img.001.hmac".to_string()));
+    // R3.2 order: other VMs by name (sa, work), then templates, then dom0 home.
+    assert!(pos("vm5/private.img.000") < pos("vm3/private.img.000"));
+    assert!(pos("vm3/private.img.001.hmac") < pos("vm4/..000"));
+    assert_eq!(pos("vm4/..000") + 1, pos("vm4/..000.hmac"));
+    assert!(pos("vm4/..000.hmac") < pos("dom0-home/user.000"));
+    assert!(!names.iter().any(|n| n.contains("notes.txt")));
+}
+
+/// WRT-6: what R3 cannot hold is refused before anything is written.
+#[test]
+fn v3_refuses_what_r3_cannot_hold() {
+    let f = Fixture::new();
+    // The standard plan: StandaloneVM "nothing" has no private.img.
+    let o = f.pack("v3-bad.bin", &["--format", "3"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("VM nothing: format 3 needs its private.img"),
+        "{e}"
+    );
+    assert!(!f.path("v3-bad.bin").exists() && !f.path("v3-bad.bin.partial").exists());
+    let good = fs::read_to_string(v3_plan(&f)).unwrap();
+    for (from, to, message) in [
+        ("firewall-r3.xml", "firewall.xml", "is not an R3 firewall"),
+        (
+            r#""class":"StandaloneVM""#,
+            r#""class":"DispVM""#,
+            "format 3 cannot hold a DispVM",
+        ),
+    ] {
+        assert!(good.contains(from));
+        fs::write(f.path("plan3.json"), good.replace(from, to)).unwrap();
+        let o = Command::new(PACK)
+            .args(["create", "--format", "3", "--no-progress", "--plan"])
+            .arg(f.path("plan3.json"))
+            .arg("--passphrase-file")
+            .arg(f.path("pass"))
+            .arg("--out")
+            .arg(f.path("v3-bad.bin"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(message), "{e}");
+        assert!(!f.path("v3-bad.bin").exists());
+    }
 }
 
 #[test]
@@ -759,5 +911,62 @@ echo "$BID!vm2/private.img.000!$PASS" | scrypt dec -P vm2/private.img.000.enc | 
             fs::read(work.join("vm2/private.img")).unwrap() == data,
             "{filter} (tools)"
         );
+    }
+}
+
+/// Thread CPU time (user + system) in seconds.
+fn thread_cpu() -> f64 {
+    // SAFETY: getrusage only fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Hand-run measurement (CMP-1 probe): CPU of gzip level 6 as one member per block
+/// (before) and of `gzip_block` (after) on 64 MiB of the benchmark image's random part
+/// and 64 MiB of its text part. Image: `$QBACKUP_BENCH_IMAGE`, default
+/// `bench/out/pack-src-1024m/private.img` (made by `bench/pack-bench.py`).
+/// `cargo test --release -p qbackup-pack --test pack gzip_cpu -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn gzip_cpu_on_the_bench_image() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let img = std::env::var_os("QBACKUP_BENCH_IMAGE").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/out/pack-src-1024m/private.img"),
+        PathBuf::from,
+    );
+    let mut f = fs::File::open(&img).unwrap();
+    // make_image: random data from 16 MiB, text after 16 + 614 + 64 MiB.
+    for (kind, offset) in [("random", 100u64), ("text", 800)] {
+        let mut data = vec![0u8; 64 << 20];
+        f.seek(SeekFrom::Start(offset << 20)).unwrap();
+        f.read_exact(&mut data).unwrap();
+        let t = thread_cpu();
+        let mut before = 0;
+        for block in data.chunks(qbackup_pack::compress::BLOCK) {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            e.write_all(block).unwrap();
+            before += e.finish().unwrap().len();
+        }
+        let cpu_before = thread_cpu() - t;
+        let t = thread_cpu();
+        let mut after = 0;
+        for block in data.chunks(qbackup_pack::compress::BLOCK) {
+            after += qbackup_pack::compress::gzip_block(block, 6).unwrap().len();
+        }
+        let cpu_after = thread_cpu() - t;
+        println!(
+            "{kind}: level 6 {cpu_before:.2} s CPU, ratio {:.4}; probe+gzip_block {cpu_after:.2} s CPU, ratio {:.4}",
+            before as f64 / data.len() as f64,
+            after as f64 / data.len() as f64
+        );
+        assert!(
+            after <= before + before / 1000,
+            "{kind}: {after} vs {before}"
+        );
+        if kind == "random" {
+            assert!(cpu_after * 4.0 < cpu_before, "{cpu_after} vs {cpu_before}");
+        }
     }
 }

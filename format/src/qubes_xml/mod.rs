@@ -27,7 +27,7 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-pub use write::write_r4;
+pub use write::{write_r3, write_r4};
 
 use crate::bail;
 use crate::error::Result;

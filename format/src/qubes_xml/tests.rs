@@ -639,3 +639,83 @@ fn hostile_attribute_references_refused() {
         );
     }
 }
+
+/// WRT-6: the R3 writer's output reads back (XML-1) as the VMs it was given.
+#[test]
+fn r3_fixture_round_trips_through_the_r3_writer() {
+    let x = parse(R3).unwrap();
+    let mut out = Vec::new();
+    write_r3(&x.vms, &mut out).unwrap();
+    let y = parse(&out).unwrap();
+    assert_eq!(y.flavor, Flavor::Core2);
+    assert_eq!(y.vms, x.vms);
+}
+
+/// WRT-6: R3 references are qids, so templates and netvms named but not given get
+/// placeholder elements outside the backup; no `disp-*` VM is implied.
+#[test]
+fn r3_writer_adds_placeholders_for_references() {
+    let vms = vec![
+        Vm {
+            backup: backup("dom0-home/alice", 4096),
+            ..vm(0, "dom0", "AdminVM", "black", None, NetVm::Default)
+        },
+        Vm {
+            backup: backup("vm3", 123),
+            ..vm(
+                3,
+                "work",
+                "AppVM",
+                "blue",
+                Some("fedora-40"),
+                named("sys-firewall"),
+            )
+        },
+        Vm {
+            backup: backup("vm5", 9),
+            ..vm(5, "sa", "StandaloneVM", "red", None, NetVm::None)
+        },
+    ];
+    let mut out = Vec::new();
+    write_r3(&vms, &mut out).unwrap();
+    let s = String::from_utf8(out.clone()).unwrap();
+    for needle in [
+        "<QubesVmCollection default_netvm=\"None\" default_template=\"None\">",
+        "<QubesAppVm qid=\"3\" name=\"work\" label=\"blue\" template_qid=\"6\" \
+         uses_default_netvm=\"False\" netvm_qid=\"7\"",
+        "backup_content=\"True\" backup_path=\"vm3\" backup_size=\"123\"/>",
+        "<QubesAppVm qid=\"5\" name=\"sa\" label=\"red\" template_qid=\"none\" \
+         uses_default_netvm=\"False\" netvm_qid=\"none\"",
+        "<QubesTemplateVm qid=\"6\" name=\"fedora-40\"",
+        "<QubesProxyVm qid=\"7\" name=\"sys-firewall\"",
+        "dispvm_netvm_qid=\"none\"",
+    ] {
+        assert!(s.contains(needle), "{needle} missing in\n{s}");
+    }
+    let y = parse(&out).unwrap();
+    let names: Vec<&str> = y.vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["dom0", "work", "sa", "fedora-40", "sys-firewall"]);
+    let work = y.vm("work").unwrap();
+    assert_eq!(work.template.as_deref(), Some("fedora-40"));
+    assert_eq!(work.netvm, named("sys-firewall"));
+    assert_eq!(y.vm("sa").unwrap().class, "StandaloneVM");
+    assert!(y.vm("fedora-40").unwrap().backup.is_none());
+    assert_eq!(y.backed_up().count(), 3);
+}
+
+#[test]
+fn r3_writer_refuses_what_r3_cannot_say() {
+    let mut out = Vec::new();
+    let disp = vm(4, "d", "DispVM", "red", Some("t"), NetVm::Default);
+    let e = write_r3(&[disp], &mut out).unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Unsupported);
+    let no_qid = Vm {
+        qid: None,
+        ..vm(4, "w", "AppVM", "red", Some("t"), NetVm::Default)
+    };
+    assert!(write_r3(&[no_qid], &mut out).is_err());
+    let a = vm(4, "a", "AppVM", "red", Some("t"), NetVm::Default);
+    let b = vm(4, "b", "AppVM", "red", Some("t"), NetVm::Default);
+    assert!(write_r3(&[a, b], &mut out).is_err());
+    assert!(out.is_empty());
+}

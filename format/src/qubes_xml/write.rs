@@ -228,3 +228,166 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
     out.extend_from_slice(b"  </domains>\n</qubes>\n");
     Ok(())
 }
+
+/// Attribute ` name="value"` of a core2 element.
+fn attr(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(b' ');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"=\"");
+    escape(out, value);
+    out.push(b'"');
+}
+
+/// The core2 element of a VM (XML-1 mapping, read backwards).
+fn r3_element(vm: &Vm) -> Result<&'static str> {
+    let hvm = vm.virt_mode.as_deref() == Some("hvm");
+    Ok(match vm.class.as_str() {
+        "AdminVM" => "QubesAdminVm",
+        "TemplateVM" if hvm => "QubesTemplateHVm",
+        "TemplateVM" => "QubesTemplateVm",
+        "AppVM" | "StandaloneVM" if vm.provides_network => "QubesProxyVm",
+        "AppVM" | "StandaloneVM" if hvm => "QubesHVm",
+        "AppVM" | "StandaloneVM" => "QubesAppVm",
+        other => bail!(
+            Unsupported,
+            "qubes.xml writer: class {other} of VM {:?} has no R3 form",
+            vm.name
+        ),
+    })
+}
+
+/// Append an R3 (core2, `QubesVmCollection`) qubes.xml describing `vms` to `out`, the
+/// shape upstream's core2 reader and R3.2's writer use (SPEC.md XML-1, WRT-6).
+///
+/// Classes map back through XML-1: AdminVM → `QubesAdminVm` (qid 0), TemplateVM →
+/// `QubesTemplateVm` (`…HVm` when `virt_mode` is `hvm`), AppVM/StandaloneVM →
+/// `QubesAppVm`/`QubesHVm`/`QubesProxyVm` (`provides_network`) with `template_qid`
+/// (`none` for StandaloneVM); other classes are Unsupported. References are by qid, so a
+/// template or netvm named but not in `vms` gets a placeholder element without
+/// `backup_content` (a `QubesTemplateVm`, a `QubesProxyVm`) with the next free qids.
+/// The root's `default_netvm` and `default_template` are `None`, and every VM's
+/// dispvm netvm is explicitly `none`, so the reader synthesises no `disp-*` VMs.
+/// `backup_path` is written as given (R3: `vm<qid>` without a slash). Labels are colour
+/// names. `volumes_saved` has no R3 form and is not written.
+pub fn write_r3(vms: &[Vm], out: &mut Vec<u8>) -> Result<()> {
+    if vms.len() > MAX_VMS {
+        bail!(LimitExceeded, "qubes.xml writer: more than {MAX_VMS} VMs");
+    }
+    let mut qid_of: HashMap<&str, u32> = HashMap::new();
+    for vm in vms {
+        validate_vm_name(&vm.name)?;
+        validate_class(&vm.class)?;
+        r3_element(vm)?;
+        let Some(qid) = vm.qid else {
+            bail!(Malformed, "qubes.xml writer: VM {:?} has no qid", vm.name);
+        };
+        if (vm.class == "AdminVM") != (vm.name == "dom0") || (qid == 0) != (vm.name == "dom0") {
+            bail!(
+                Malformed,
+                "qubes.xml writer: dom0 must be the AdminVM with qid 0 ({:?})",
+                vm.name
+            );
+        }
+        if qid_of.values().any(|&q| q == qid) || qid_of.insert(&vm.name, qid).is_some() {
+            bail!(Malformed, "qubes.xml writer: duplicate VM {:?}", vm.name);
+        }
+        let Some(label) = vm.label.as_deref() else {
+            bail!(Malformed, "qubes.xml writer: VM {:?} has no label", vm.name);
+        };
+        check_text("label", label)?;
+        if let Some(b) = &vm.backup {
+            check_text("backup path", &b.path)?;
+        }
+    }
+    // Placeholders for referenced VMs that are not in `vms`, in order of first mention.
+    let mut next = qid_of.values().copied().max().unwrap_or(0);
+    let mut placeholders: Vec<(&str, &'static str, u32)> = Vec::new();
+    for vm in vms {
+        let refs = [
+            (vm.template.as_deref(), "QubesTemplateVm"),
+            (
+                match &vm.netvm {
+                    NetVm::Named(n) => Some(n.as_str()),
+                    _ => None,
+                },
+                "QubesProxyVm",
+            ),
+        ];
+        for (name, element) in refs {
+            let Some(name) = name else { continue };
+            validate_vm_name(name)?;
+            if qid_of.contains_key(name) {
+                continue;
+            }
+            next = match next.checked_add(1) {
+                Some(n) if qid_of.len() < MAX_VMS => n,
+                _ => bail!(LimitExceeded, "qubes.xml writer: out of qids or VMs"),
+            };
+            qid_of.insert(name, next);
+            placeholders.push((name, element, next));
+        }
+    }
+    let qid = |name: &str| qid_of.get(name).copied().unwrap_or_default().to_string();
+
+    out.extend_from_slice(
+        b"<?xml version='1.0' encoding='UTF-8'?>\n\
+          <QubesVmCollection default_netvm=\"None\" default_template=\"None\">\n",
+    );
+    for vm in vms {
+        let element = r3_element(vm)?;
+        out.extend_from_slice(b"  <");
+        out.extend_from_slice(element.as_bytes());
+        attr(out, "qid", &vm.qid.unwrap_or_default().to_string());
+        attr(out, "name", &vm.name);
+        attr(out, "label", vm.label.as_deref().unwrap_or_default());
+        match vm.class.as_str() {
+            "AppVM" => attr(
+                out,
+                "template_qid",
+                &qid(vm.template.as_deref().unwrap_or("")),
+            ),
+            "StandaloneVM" => attr(out, "template_qid", "none"),
+            _ => {}
+        }
+        match &vm.netvm {
+            NetVm::Default => attr(out, "uses_default_netvm", "True"),
+            NetVm::None => {
+                attr(out, "uses_default_netvm", "False");
+                attr(out, "netvm_qid", "none");
+            }
+            NetVm::Named(n) => {
+                attr(out, "uses_default_netvm", "False");
+                attr(out, "netvm_qid", &qid(n));
+            }
+        }
+        if vm.class != "AdminVM" {
+            attr(out, "uses_default_dispvm_netvm", "False");
+            attr(out, "dispvm_netvm_qid", "none");
+        }
+        match &vm.backup {
+            Some(b) => {
+                attr(out, "backup_content", "True");
+                attr(out, "backup_path", &b.path);
+                attr(out, "backup_size", &b.size.to_string());
+            }
+            None => attr(out, "backup_content", "False"),
+        }
+        out.extend_from_slice(b"/>\n");
+    }
+    for (name, element, q) in placeholders {
+        out.extend_from_slice(b"  <");
+        out.extend_from_slice(element.as_bytes());
+        attr(out, "qid", &q.to_string());
+        attr(out, "name", name);
+        attr(out, "label", "black");
+        if element == "QubesProxyVm" {
+            attr(out, "template_qid", "none");
+        }
+        attr(out, "uses_default_dispvm_netvm", "False");
+        attr(out, "dispvm_netvm_qid", "none");
+        attr(out, "backup_content", "False");
+        out.extend_from_slice(b"/>\n");
+    }
+    out.extend_from_slice(b"</QubesVmCollection>\n");
+    Ok(())
+}
