@@ -737,3 +737,73 @@ fn huge_sparse_files_are_cheap() {
     // Hashing 16 TiB of zeros would take hours: this returning at all is the check.
     assert_eq!(consume(&e.into_inner()).unwrap(), 2 + 3 + 1);
 }
+
+/// PROTO-5, LIM-33: one VM's file names are bounded in total (the checker remembers
+/// them); LIM-30 bounds the file count. Run on the shared state machine directly.
+#[test]
+fn name_bytes_of_a_vm_are_bounded() {
+    use qbackup_format::limits::MAX_PROTO_NAME_BYTES;
+    use qbackup_format::protocol::state::Checker;
+    let mut c = Checker::new();
+    c.hello(qbackup_format::protocol::VERSION).unwrap();
+    c.accept_manifest(manifest()).unwrap();
+    let long = "a".repeat(4000);
+    let mut total = 0usize;
+    let mut i = 0u32;
+    let err = loop {
+        let name = format!("{i:06}/{long}");
+        let r = c.begin(&begin(1, &name, FileKind::Directory, 0, 0));
+        match r {
+            Ok(()) => {
+                total += name.len();
+                c.end().unwrap();
+            }
+            Err(e) => break e,
+        }
+        i += 1;
+    };
+    assert_eq!(err.class(), ErrorClass::LimitExceeded);
+    assert!(total <= MAX_PROTO_NAME_BYTES && total + 4007 > MAX_PROTO_NAME_BYTES);
+    // Another VM starts afresh.
+    c.begin(&begin(2, "user", FileKind::Directory, 0, 0))
+        .unwrap();
+}
+
+/// PROTO-10: a refused record changes nothing: a begin for another VM that fails its
+/// checks neither closes the current VM nor writes bytes.
+#[test]
+fn refused_records_leave_the_state_alone() {
+    let mut e = prefix();
+    e.begin(&reg(0, "root.img", 1, 0)).unwrap();
+    e.end().unwrap();
+    let len = e.get_mut().len();
+    // VM 0 still misses private.img, so switching to VM 1 is refused.
+    assert_eq!(
+        e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
+            .unwrap_err()
+            .class(),
+        ErrorClass::MissingData
+    );
+    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::MissingData);
+    assert_eq!(e.get_mut().len(), len);
+    e.begin(&reg(0, "private.img", 1, 0)).unwrap();
+    e.end().unwrap();
+    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
+        .unwrap();
+    e.end().unwrap();
+    let len = e.get_mut().len();
+    // A bad name for VM 2 is refused; VM 1 stays open and VM 2 unvisited.
+    assert_eq!(
+        e.begin(&reg(2, "../x", 1, 0)).unwrap_err().class(),
+        ErrorClass::UnsafePath
+    );
+    assert_eq!(e.get_mut().len(), len);
+    e.begin(&begin(1, "apps/y", FileKind::Directory, 0, 0))
+        .unwrap();
+    e.end().unwrap();
+    e.begin(&begin(2, "user", FileKind::Directory, 0, 0))
+        .unwrap();
+    e.end().unwrap();
+    e.summary().unwrap();
+    consume(&e.into_inner()).unwrap();
+}

@@ -241,7 +241,7 @@ proptest! {
     }
 }
 
-/// PROTO-6, LIM-28: the encoder splits runs into records of at most LIM-28 bytes.
+/// PROTO-6, PROTO-13, LIM-28: the encoder splits runs into records of at most LIM-28 bytes.
 #[test]
 fn large_runs_are_split_into_bounded_records() {
     let size = 3 * (1 << 20) + 5;
