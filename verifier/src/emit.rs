@@ -127,7 +127,9 @@ impl<W: Write + Send> Emitter<W> {
             self.vms.insert(dir, i);
         }
         self.enc.hello()?;
-        self.enc.manifest(&manifest)
+        self.enc.manifest(&manifest)?;
+        // The consumer learns early that the archive opened (its silence time-out).
+        self.flush()
     }
 
     fn close_pending(&mut self) -> Result<()> {
