@@ -41,11 +41,12 @@ pub enum Command {
     /// Write verified VM data to stdout as a protocol v2 stream (SPEC.md §21) for
     /// `qbackup-pack restore`; the report goes to stderr. Operands: `[VM...] ARCHIVE`
     /// (the last operand is the archive, `-` for stdin; VMs default to all).
+    #[command(override_usage = "qbackup-verify emit [OPTIONS] [VM]... <ARCHIVE|->")]
     Emit {
         #[command(flatten)]
         common: Common,
-        /// The archive comes last: `emit work dom0 backup.bin`.
-        #[arg(value_name = "VM_THEN_ARCHIVE", trailing_var_arg = true)]
+        /// With VMs, the archive comes last: `emit work dom0 backup.bin`.
+        #[arg(value_name = "ARCHIVE", trailing_var_arg = true)]
         operands: Vec<String>,
     },
 }
