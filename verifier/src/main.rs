@@ -18,7 +18,7 @@ use qbackup_format::{Error, ErrorClass};
 use cli::{Cli, Command, Common};
 use qbackup_verify::output::{Output, VerifyOnly};
 use qbackup_verify::report::Report;
-use qbackup_verify::{driver, extract, passphrase, sandbox};
+use qbackup_verify::{driver, emit, extract, passphrase, sandbox};
 
 /// Exit code when everything verified.
 const EXIT_OK: i32 = 0;
@@ -66,6 +66,16 @@ fn run(cli: Cli) -> Result<i32, Error> {
         Command::Verify { common } => ("verify", common, None, Vec::new()),
         Command::List { common } => ("list", common, None, Vec::new()),
         Command::Extract { common, to, vms } => ("extract", common, Some(to), vms),
+        Command::Emit {
+            mut common,
+            mut operands,
+        } => {
+            // `[VM...] ARCHIVE`: clap put the first operand in `archive`.
+            operands.insert(0, common.archive.display().to_string());
+            let archive = operands.pop().unwrap_or_default();
+            common.archive = archive.into();
+            ("emit", common, None, operands)
+        }
     };
     if extract_to.is_none() {
         exit_on_signal();
@@ -91,6 +101,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .transpose()?;
     if let Some(code) = enter_sandbox(cli.no_sandbox, name, extract_to.as_deref(), &settings) {
         return Ok(code);
+    }
+    if name == "emit" {
+        return run_emit(input, settings, &common);
     }
     let mut report = match (extract_to, extractor.as_mut()) {
         (Some(dir), Some(out)) => {
@@ -191,6 +204,32 @@ fn exit_on_signal() {
     }
 }
 
+/// `emit`: the stream on stdout (buffered), the report on stderr; exit code = class.
+fn run_emit(
+    input: Box<dyn Read + Send>,
+    settings: driver::Settings,
+    common: &Common,
+) -> Result<i32, Error> {
+    let stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    let mut out = emit::Emitter::new(stdout, settings.select.clone(), common.ignore_backup_size);
+    let mut report = driver::run(input, settings, &mut out);
+    report.notes.extend(Output::take_notes(&mut out));
+    if let Err(e) = out.finish(&report) {
+        if report.findings.is_empty() {
+            // A consumer that closed the pipe, or a summary the protocol refused.
+            report.fail(e, None, None);
+        }
+    }
+    finish_progress();
+    report_to(
+        &mut report,
+        "emit",
+        common.json,
+        &mut std::io::stderr().lock(),
+    )?;
+    Ok(report.first_class().map_or(EXIT_OK, ErrorClass::exit_code))
+}
+
 static PROGRESS: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
 
 fn finish_progress() {
@@ -244,6 +283,15 @@ fn settings(
 }
 
 fn emit(report: &mut Report, command: &str, json: bool) -> Result<(), Error> {
+    report_to(report, command, json, &mut std::io::stdout().lock())
+}
+
+fn report_to(
+    report: &mut Report,
+    command: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
     let text = if json {
         let mut s = serde_json::to_string_pretty(&report.to_json(command))
             .map_err(|e| Error::new(ErrorClass::Io, e.to_string()))?;
@@ -252,11 +300,7 @@ fn emit(report: &mut Report, command: &str, json: bool) -> Result<(), Error> {
     } else {
         report.human(command, command == "list")
     };
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         // A consumer that closed the pipe early is not an error of ours.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
