@@ -9,7 +9,7 @@ use qbackup_format::outer_tar::OuterReader;
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
 use qbackup_format::protocol::{
-    record_type as t, Layout, Manifest, ManifestFile, ManifestVm, Record,
+    record_type as t, Layout, Manifest, ManifestVm, Record,
 };
 use qbackup_format::qubes_xml::NetVm;
 use qbackup_format::ErrorClass;
@@ -85,11 +85,8 @@ fn one_vm(label: &str) -> Manifest {
             template: None,
             netvm: NetVm::Default,
             layout: Layout::Volumes,
-            files: vec![ManifestFile {
-                name: "private.img".into(),
-                size: 10,
-                data_bytes: 10,
-            }],
+            backup_size: 0,
+            expected_files: vec!["private.img".into()],
         }],
     }
 }
@@ -103,13 +100,15 @@ fn protocol_manifest_record_is_bounded() {
     assert_eq!(decode(&s), Some(ErrorClass::LimitExceeded));
 }
 
-/// LIM-30: a manifest whose VM claims u32::MAX files is refused before any is read.
+/// PROTO-3: a manifest whose VM claims to expect u32::MAX files is refused before any name
+/// is read (at most the allowlist's names can be expected).
 #[test]
 fn protocol_file_count_is_bounded() {
     let mut p = 1u32.to_be_bytes().to_vec();
     p.extend_from_slice(&[0, 2, b'v', b'm', 0, 5]);
     p.extend_from_slice(b"AppVM");
     p.extend_from_slice(&[0, 0, 0, 0]); // no label, no template, netvm default, volumes
+    p.extend_from_slice(&0u64.to_be_bytes()); // backup-size: unbounded
     p.extend_from_slice(&u32::MAX.to_be_bytes());
     let mut s = hello();
     s.extend(record(t::MANIFEST, p.len() as u32, &p));
