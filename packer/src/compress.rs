@@ -398,7 +398,7 @@ mod tests {
         assert!(!incompressible(&half));
     }
 
-    /// CMP-3: a mixed block is stored where random, compressed where text, and `gzip -d`
+    /// WRT-7, CMP-3: a mixed block is stored where random, compressed where text, and `gzip -d`
     /// reads it back; a block without random segments is byte-identical to one
     /// level-6 member (the ratio of compressible data is unchanged).
     #[test]
