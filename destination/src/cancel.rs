@@ -1,0 +1,160 @@
+//! Process-wide cancellation (SPEC.md RST-7): on SIGINT or SIGTERM every live temporary
+//! is removed and named on stderr, the child (if any) is terminated, and the process
+//! exits with [`EXIT_CANCELLED`]. One mechanism for `qbackup-pack create`/`restore` and
+//! `qbackup-verify extract`.
+//!
+//! The signal handler only sets a flag; a watcher thread does the work. Creating a
+//! temporary, renaming it into place and removing it all happen under one lock that the
+//! watcher takes before cleaning up, so a temporary is either still registered (and
+//! removed) or already carries its final name (and is complete).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+use cap_std::fs::Dir;
+
+/// Exit code after a signal (128 + SIGINT, by shell convention).
+pub const EXIT_CANCELLED: i32 = 130;
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+static INSTALLED: Once = Once::new();
+
+/// The child to terminate on cancellation: a pid, or a negated process-group id; 0 when
+/// none.
+pub static CHILD: AtomicI32 = AtomicI32::new(0);
+
+/// A temporary to remove on cancellation.
+struct Live {
+    id: u64,
+    root: Arc<Dir>,
+    rel: PathBuf,
+    shown: PathBuf,
+}
+
+struct Registry {
+    program: &'static str,
+    next: u64,
+    live: Vec<Live>,
+    hooks: Vec<fn() -> Option<String>>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    program: "qbackup",
+    next: 0,
+    live: Vec::new(),
+    hooks: Vec::new(),
+});
+
+/// The registry lock; a poisoned lock is still usable (the data stays consistent: every
+/// mutation is a single push or retain).
+fn lock() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+/// Install the SIGINT/SIGTERM handlers and start the watcher (once per process;
+/// `program` prefixes the messages). SIGXFSZ is ignored so that a file-size limit surfaces
+/// as a write error (EFBIG) and the temporaries are cleaned up.
+pub fn install(program: &'static str) {
+    lock().program = program;
+    INSTALLED.call_once(|| {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe); sigaction is
+        // given a zeroed, then filled struct.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+            libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
+        std::thread::spawn(|| loop {
+            if SIGNALLED.load(Ordering::SeqCst) {
+                cancel_now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        });
+    });
+}
+
+/// A cleanup step run on cancellation after the temporaries are removed (e.g. the
+/// packer's `FILE.partial`); it returns the path it removed, for the message.
+pub fn add_hook(hook: fn() -> Option<String>) {
+    let mut r = lock();
+    if !r.hooks.contains(&hook) {
+        r.hooks.push(hook);
+    }
+}
+
+/// True once a signal arrived.
+pub fn signalled() -> bool {
+    SIGNALLED.load(Ordering::SeqCst)
+}
+
+fn cancel_now() -> ! {
+    let mut r = lock();
+    let child = CHILD.load(Ordering::SeqCst);
+    if child != 0 {
+        // SAFETY: kill on the pid (or process group) of the child we spawned.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+        }
+    }
+    let program = r.program;
+    let mut said = false;
+    for l in std::mem::take(&mut r.live) {
+        said = true;
+        match l.root.remove_file(&l.rel) {
+            Ok(()) => eprintln!("{program}: cancelled; removed {}", l.shown.display()),
+            Err(e) => eprintln!(
+                "{program}: cancelled; could not remove {}: {e}",
+                l.shown.display()
+            ),
+        }
+    }
+    for hook in r.hooks.clone() {
+        if let Some(msg) = hook() {
+            said = true;
+            eprintln!("{program}: cancelled; {msg}");
+        }
+    }
+    if !said {
+        eprintln!("{program}: cancelled");
+    }
+    std::process::exit(EXIT_CANCELLED);
+}
+
+/// Run `f` under the registry lock: cancellation waits for it, so what `f` creates or
+/// renames is registered or final, never in between.
+pub(crate) fn locked<R>(f: impl FnOnce(&mut Tracker<'_>) -> R) -> R {
+    let mut guard = lock();
+    f(&mut Tracker { r: &mut guard })
+}
+
+/// Access to the registry while its lock is held.
+pub(crate) struct Tracker<'a> {
+    r: &'a mut Registry,
+}
+
+impl Tracker<'_> {
+    pub(crate) fn register(&mut self, root: &Arc<Dir>, rel: PathBuf, shown: PathBuf) -> u64 {
+        self.r.next = self.r.next.wrapping_add(1);
+        let id = self.r.next;
+        self.r.live.push(Live {
+            id,
+            root: root.clone(),
+            rel,
+            shown,
+        });
+        id
+    }
+
+    pub(crate) fn unregister(&mut self, id: u64) {
+        self.r.live.retain(|l| l.id != id);
+    }
+}
