@@ -123,3 +123,8 @@ pub const MAX_PROTO_MESSAGE_LEN: usize = 4096;
 
 /// LIM-32: longest VM label in a protocol manifest (a colour name such as `red`).
 pub const MAX_PROTO_LABEL_LEN: usize = 64;
+
+/// LIM-33: most bytes of file names one VM's files may have in a protocol stream
+/// (PROTO-5). The checker remembers them to refuse duplicates; 64 MiB is 64 bytes for
+/// each of [`MAX_PROTO_FILES`] files.
+pub const MAX_PROTO_NAME_BYTES: usize = 64 << 20;

@@ -1,7 +1,7 @@
-//! Payload grammar of each record type (PROTO-2 … PROTO-8): a bounded cursor for reading
+//! Payload grammar of each record type (PROTO-2 … PROTO-9): a bounded cursor for reading
 //! and plain appends for writing. Strings are `len:u16be ‖ UTF-8`; integers big-endian.
 
-use super::{record_type as t, Begin, FileKind, Layout, Manifest, ManifestFile, ManifestVm};
+use super::{record_type as t, Begin, FileKind, Layout, Manifest, ManifestVm, ALLOWED_VM_FILES};
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::{
     MAX_PATH_LEN, MAX_PROTO_DATA_LEN, MAX_PROTO_MANIFEST_LEN, MAX_PROTO_MESSAGE_LEN,
@@ -15,7 +15,8 @@ pub(crate) const END_LEN: usize = 32;
 pub(crate) const SUMMARY_LEN: usize = 4 + 8 + 8 + 8 + 32;
 /// Offset field of a data record.
 pub(crate) const DATA_PREFIX: usize = 8;
-const BEGIN_MAX: usize = 4 + 2 + MAX_PATH_LEN + 1 + 2 + MAX_PATH_LEN + 4 + 8;
+const BEGIN_MIN: usize = 4 + 2 + 1 + 4 + 8 + 8;
+const BEGIN_MAX: usize = BEGIN_MIN + MAX_PATH_LEN + 2 + MAX_PATH_LEN;
 const ERROR_MAX: usize = 1 + 2 + MAX_PROTO_MESSAGE_LEN;
 
 /// PROTO-2: smallest and largest payload length of a record type; `None` for an unknown
@@ -24,7 +25,7 @@ pub(crate) fn length_bounds(record_type: u8) -> Option<(usize, usize)> {
     Some(match record_type {
         t::HELLO => (HELLO_LEN, HELLO_LEN),
         t::MANIFEST => (4, MAX_PROTO_MANIFEST_LEN),
-        t::BEGIN => (4 + 2 + 1 + 1 + 4 + 8, BEGIN_MAX),
+        t::BEGIN => (BEGIN_MIN, BEGIN_MAX),
         t::DATA => (DATA_PREFIX + 1, DATA_PREFIX + MAX_PROTO_DATA_LEN),
         t::END => (END_LEN, END_LEN),
         t::SUMMARY => (SUMMARY_LEN, SUMMARY_LEN),
@@ -175,11 +176,10 @@ pub(crate) fn put_manifest(out: &mut Vec<u8>, m: &Manifest) -> Result<()> {
             Layout::TemplateDir => 1,
             Layout::Dom0Home => 2,
         });
-        out.extend_from_slice(&len_u32(vm.files.len(), "files")?.to_be_bytes());
-        for f in &vm.files {
-            put_str(out, &f.name)?;
-            out.extend_from_slice(&f.size.to_be_bytes());
-            out.extend_from_slice(&f.data_bytes.to_be_bytes());
+        out.extend_from_slice(&vm.backup_size.to_be_bytes());
+        out.extend_from_slice(&len_u32(vm.expected_files.len(), "files")?.to_be_bytes());
+        for f in &vm.expected_files {
+            put_str(out, f)?;
         }
     }
     Ok(())
@@ -198,6 +198,7 @@ pub(crate) fn put_begin(out: &mut Vec<u8>, b: &Begin) -> Result<()> {
     }
     out.extend_from_slice(&b.mode.to_be_bytes());
     out.extend_from_slice(&b.size.to_be_bytes());
+    out.extend_from_slice(&b.data_bytes.to_be_bytes());
     Ok(())
 }
 
@@ -214,7 +215,7 @@ pub(crate) fn put_error(out: &mut Vec<u8>, class: ErrorClass, message: &str) -> 
     put_str(out, message)
 }
 
-/// PROTO-8: an error class travels as its exit code (ERR-3).
+/// PROTO-9: an error class travels as its exit code (ERR-3).
 pub(crate) fn class_code(class: ErrorClass) -> u8 {
     u8::try_from(class.exit_code()).unwrap_or(0)
 }
@@ -236,7 +237,7 @@ pub(crate) fn get_hello(c: &mut Cursor<'_>) -> Result<u16> {
 }
 
 pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
-    use crate::limits::{MAX_PROTO_FILES, MAX_PROTO_LABEL_LEN, MAX_VMS};
+    use crate::limits::{MAX_PROTO_LABEL_LEN, MAX_VMS};
     let count = c.u32()?;
     if u64::from(count) > MAX_VMS as u64 {
         return Err(Error::limit(format!(
@@ -244,7 +245,6 @@ pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
         )));
     }
     let mut vms = Vec::new();
-    let mut total_files: u64 = 0;
     for _ in 0..count {
         let name = c.string("VM name", 31)?;
         let class = c.string("VM class", 64)?;
@@ -262,20 +262,18 @@ pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
             2 => Layout::Dom0Home,
             tag => return Err(Error::malformed(format!("protocol: layout tag {tag}"))),
         };
+        let backup_size = c.u64()?;
         let nfiles = c.u32()?;
-        total_files = total_files.saturating_add(u64::from(nfiles));
-        if total_files > MAX_PROTO_FILES {
+        // PROTO-3: expected names are unique allowlist names, so at most that many.
+        if u64::from(nfiles) > ALLOWED_VM_FILES.len() as u64 {
             return Err(Error::limit(format!(
-                "protocol: manifest lists more than LIM-30 ({MAX_PROTO_FILES}) files"
+                "protocol: VM {name:?} expects {nfiles} files (at most {})",
+                ALLOWED_VM_FILES.len()
             )));
         }
-        let mut files = Vec::new();
+        let mut expected_files = Vec::new();
         for _ in 0..nfiles {
-            files.push(ManifestFile {
-                name: c.string("file name", MAX_PATH_LEN)?,
-                size: c.u64()?,
-                data_bytes: c.u64()?,
-            });
+            expected_files.push(c.string("expected file name", 32)?);
         }
         vms.push(ManifestVm {
             name,
@@ -284,7 +282,8 @@ pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
             template,
             netvm,
             layout,
-            files,
+            backup_size,
+            expected_files,
         });
     }
     Ok(Manifest { vms })
@@ -307,6 +306,7 @@ pub(crate) fn get_begin(c: &mut Cursor<'_>) -> Result<Begin> {
         kind,
         mode: c.u32()?,
         size: c.u64()?,
+        data_bytes: c.u64()?,
     })
 }
 

@@ -1,4 +1,4 @@
-//! SHA-256 of a file's logical content with holes as zeros (PROTO-6).
+//! SHA-256 of a file's logical content with holes as zeros (PROTO-7).
 
 use sha2::{Digest as _, Sha256};
 

@@ -1,4 +1,4 @@
-//! The verifier↔packer stdio protocol (docs/PROTOCOL.md, SPEC.md PROTO-1 … PROTO-12).
+//! The verifier→restore stdio protocol, version 2 (SPEC.md §21, PROTO-1 … PROTO-13).
 //!
 //! The unprivileged verifier (`qbackup-verify emit`) writes verified VM data with an
 //! [`write::Encoder`]; the privileged restore (`qbackup-pack restore`) reads it with a
@@ -6,9 +6,10 @@
 //! ([`state::Checker`]), so the encoder cannot produce a stream the decoder refuses.
 //!
 //! A stream is a sequence of records `type:u8 ‖ length:u32be ‖ payload` (PROTO-2):
-//! `Hello`, `Manifest`, then per manifest file in manifest order `Begin`, `Data`*, `End`,
-//! and finally `Summary` — or an `Error` record at any point after `Hello`. Nothing may
-//! follow the last record.
+//! `Hello`, `Manifest` (the VMs), then per file `Begin` (name, kind, sizes), `Data`*,
+//! `End` (SHA-256), and finally `Summary` — or an `Error` record at any point after
+//! `Hello`. It is produced in one pass: a file's sizes are announced by its `Begin`, not
+//! by the manifest. Nothing may follow the last record.
 //!
 //! Sans-IO (GEN-1): generic over [`std::io::Read`] / [`std::io::Write`], no files,
 //! processes or clock.
@@ -28,9 +29,9 @@ pub const MAGIC: [u8; 8] = *b"QBKPSTRM";
 
 /// PROTO-1: the protocol version this crate speaks. A reader accepts exactly the versions
 /// it implements; any change to the wire format or the state machine takes a new number.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
-/// PROTO-4: names a VM file may have outside template directories and dom0 home.
+/// PROTO-5: names a file of a `volumes` layout VM may have.
 pub const ALLOWED_VM_FILES: [&str; 8] = [
     "private.img",
     "root.img",
@@ -53,7 +54,7 @@ pub mod record_type {
     pub const ERROR: u8 = 0x07;
 }
 
-/// Which file names a VM's files may have (PROTO-4).
+/// Which file names a VM's files may have (PROTO-5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     /// Only names from [`ALLOWED_VM_FILES`], regular files only.
@@ -62,18 +63,6 @@ pub enum Layout {
     TemplateDir,
     /// dom0's home: any NAME-3 relative path (first component the user); VM `dom0`.
     Dom0Home,
-}
-
-/// One file the stream will carry (PROTO-3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestFile {
-    /// Relative to the VM's output directory (EXT-1): `private.img`, `apps/x.desktop`,
-    /// `user/.bashrc` (dom0).
-    pub name: String,
-    /// Logical size (holes included); 0 for directories and symlinks.
-    pub size: u64,
-    /// Stored data bytes: the sum of the lengths of the file's data records.
-    pub data_bytes: u64,
 }
 
 /// One VM of the manifest (PROTO-3).
@@ -85,16 +74,21 @@ pub struct ManifestVm {
     pub template: Option<String>,
     pub netvm: NetVm,
     pub layout: Layout,
-    pub files: Vec<ManifestFile>,
+    /// Declared `backup-size` (VER-4); 0: no per-VM bound. When non-zero, the VM's data
+    /// bytes may not exceed it by more than LIM-27 (PROTO-5).
+    pub backup_size: u64,
+    /// Files the stream MUST carry for this VM (VER-2), `volumes` layout only: names from
+    /// [`ALLOWED_VM_FILES`]. Other files may come too.
+    pub expected_files: Vec<String>,
 }
 
-/// What the stream will carry, in the order it will carry it (PROTO-3).
+/// The VMs the stream will carry, known before any data (PROTO-3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
     pub vms: Vec<ManifestVm>,
 }
 
-/// The kind of a file (PROTO-4).
+/// The kind of a file (PROTO-5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileKind {
     Regular,
@@ -106,20 +100,24 @@ pub enum FileKind {
     },
 }
 
-/// Opens one file of the manifest (PROTO-4).
+/// Opens one file (PROTO-5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Begin {
     /// Index into [`Manifest::vms`].
     pub vm: u32,
+    /// Relative to the VM's output directory (EXT-1): `private.img`, `apps/x.desktop`,
+    /// `user/.bashrc` (dom0).
     pub name: String,
     pub kind: FileKind,
     /// Permission bits only (`mode & !0o777 == 0`).
     pub mode: u32,
-    /// Logical size; equal to the manifest's.
+    /// Logical size, holes included (≤ LIM-12); 0 for directories and symlinks.
     pub size: u64,
+    /// Exactly the number of file bytes the data records of this file carry (≤ `size`).
+    pub data_bytes: u64,
 }
 
-/// The totals closing a stream (PROTO-7).
+/// The totals closing a stream (PROTO-8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     pub vms: u32,
@@ -145,13 +143,14 @@ pub enum Record<'a> {
         offset: u64,
         bytes: &'a [u8],
     },
-    /// The file's SHA-256 over its logical content, holes as zeros: the consumer MUST
-    /// compare it with its own [`FileHasher`] (PROTO-6).
+    /// The file is complete and its SHA-256 (logical content, holes as zeros) matched
+    /// what the decoder hashed itself (PROTO-7): the consumer may commit it now.
     End {
         sha256: [u8; 32],
     },
+    /// The stream is complete (PROTO-8). Terminal.
     Summary(Summary),
-    /// The producer gave up (PROTO-8). Terminal.
+    /// The producer gave up (PROTO-9). Terminal.
     Error {
         class: crate::ErrorClass,
         message: String,

@@ -1,6 +1,8 @@
 //! The consumer side (the privileged restore). Every byte is hostile: record lengths are
 //! bounded per type before anything is buffered (PROTO-2), payloads are parsed exactly,
-//! and each record passes the state machine before it is returned.
+//! and each record passes the state machine before it is returned. The decoder hashes
+//! every file itself and refuses an `end` whose digest differs (PROTO-7), so a returned
+//! [`Record::End`] means the file is complete and intact.
 
 use std::io::Read;
 
@@ -8,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::codec::{self, Cursor, DATA_PREFIX, HEADER_LEN};
 use super::state::Checker;
-use super::{record_type as t, Manifest, Record};
+use super::{record_type as t, FileHasher, Manifest, Record};
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::MAX_PROTO_DATA_LEN;
 
@@ -20,6 +22,8 @@ pub struct Decoder<R: Read> {
     /// Payload of the current record; grows with bytes actually received, never beyond
     /// the per-type bound (LIM-28, LIM-29).
     buf: Vec<u8>,
+    /// The open file's digest so far (PROTO-7).
+    hasher: Option<FileHasher>,
     failed: bool,
     ended: bool,
 }
@@ -31,6 +35,7 @@ impl<R: Read> Decoder<R> {
             checker: Checker::new(),
             transcript: Sha256::new(),
             buf: Vec::new(),
+            hasher: None,
             failed: false,
             ended: false,
         }
@@ -90,7 +95,7 @@ impl<R: Read> Decoder<R> {
     /// record kind, or `None` at a clean end.
     fn step(&mut self) -> Result<Option<Pending>> {
         if self.checker.is_done() {
-            // PROTO-9: end of input must follow the last record.
+            // PROTO-10: end of input must follow the last record.
             let mut byte = [0u8; 1];
             loop {
                 return match self.input.read(&mut byte) {
@@ -174,6 +179,7 @@ impl<R: Read> Decoder<R> {
                 let b = codec::get_begin(&mut c)?;
                 c.finish()?;
                 self.checker.begin(&b)?;
+                self.hasher = Some(FileHasher::new(b.size));
                 Pending::Begin(b)
             }
             t::DATA => {
@@ -181,12 +187,21 @@ impl<R: Read> Decoder<R> {
                 let bytes = c.rest();
                 debug_assert!(bytes.len() <= MAX_PROTO_DATA_LEN);
                 self.checker.data(offset, bytes.len())?;
+                if let Some(h) = self.hasher.as_mut() {
+                    h.data(offset, bytes)?;
+                }
                 Pending::Data(offset)
             }
             t::END => {
                 let sha256 = c.digest()?;
                 c.finish()?;
                 self.checker.end()?;
+                let got = self.hasher.take().map(FileHasher::finish);
+                if got != Some(sha256) {
+                    return Err(Error::mac(
+                        "protocol: file digest in end record differs from the data received",
+                    ));
+                }
                 Pending::End(sha256)
             }
             t::SUMMARY => {

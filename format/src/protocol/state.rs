@@ -1,29 +1,30 @@
-//! The protocol state machine (PROTO-3 … PROTO-9), shared by the encoder and the decoder.
+//! The protocol state machine (PROTO-3 … PROTO-10), shared by the encoder and the decoder.
 //!
 //! ```text
-//! ExpectHello ─hello─▶ ExpectManifest ─manifest─▶ ExpectBegin ─begin─▶ InFile ─end─▶ ExpectBegin
-//!                                                     │                  │ data*
-//!                                                     └─summary─▶ Done ◀─┘ (error from any state)
+//! ExpectHello ─hello─▶ ExpectManifest ─manifest─▶ Between ─begin─▶ InFile ─end─▶ Between
+//!                                                    │               │ data*
+//!                                                    └─summary─▶ Done (error from any state
+//!                                                                      after hello)
 //! ```
-//! `ExpectBegin` accepts only the next file of the manifest, in manifest order; `summary`
-//! only once every manifest file has ended.
+//! A VM's files are contiguous: once a begin names another VM, the previous one is
+//! closed (its expected files checked) and may not come back.
 
 use std::collections::HashSet;
 
 use super::{Begin, FileKind, Layout, Manifest, Summary, ALLOWED_VM_FILES, VERSION};
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::{
-    MAX_FILE_SIZE, MAX_PATH_LEN, MAX_PROTO_DATA_LEN, MAX_PROTO_FILES, MAX_PROTO_LABEL_LEN,
-    MAX_PROTO_MESSAGE_LEN, MAX_VMS,
+    BACKUP_SIZE_SLACK, MAX_FILE_SIZE, MAX_PATH_LEN, MAX_PROTO_DATA_LEN, MAX_PROTO_FILES,
+    MAX_PROTO_LABEL_LEN, MAX_PROTO_MESSAGE_LEN, MAX_PROTO_NAME_BYTES, MAX_VMS,
 };
 use crate::paths::{validate_relative, DotComponents};
-use crate::qubes_xml::{validate_class, validate_vm_name, NetVm};
+use crate::qubes_xml::{truncate, validate_class, validate_vm_name, NetVm};
 
 #[derive(Debug)]
 enum State {
     ExpectHello,
     ExpectManifest,
-    ExpectBegin,
+    Between,
     InFile(Open),
     Done,
 }
@@ -45,9 +46,13 @@ struct Open {
 pub struct Checker {
     state: State,
     manifest: Manifest,
-    /// The next manifest file: (VM index, file index), always pointing at a file or
-    /// past the last VM.
-    next: (usize, usize),
+    /// Per manifest VM: its files have ended (another VM began after it).
+    closed: Vec<bool>,
+    /// The VM whose files are being sent, and the names sent for it so far.
+    current: Option<usize>,
+    names: HashSet<String>,
+    name_bytes: usize,
+    vm_data: u64,
     files: u64,
     logical: u64,
     data: u64,
@@ -64,7 +69,11 @@ impl Checker {
         Checker {
             state: State::ExpectHello,
             manifest: Manifest::default(),
-            next: (0, 0),
+            closed: Vec::new(),
+            current: None,
+            names: HashSet::new(),
+            name_bytes: 0,
+            vm_data: 0,
             files: 0,
             logical: 0,
             data: 0,
@@ -90,7 +99,7 @@ impl Checker {
         let expected = match self.state {
             State::ExpectHello => "hello",
             State::ExpectManifest => "manifest",
-            State::ExpectBegin => "begin or summary",
+            State::Between => "begin or summary",
             State::InFile(_) => "data or end",
             State::Done => "end of stream",
         };
@@ -117,91 +126,144 @@ impl Checker {
             return Err(self.unexpected("manifest"));
         }
         validate_manifest(&m)?;
+        // Bounded by LIM-14 (validated above).
+        self.closed = vec![false; m.vms.len()];
         self.manifest = m;
-        self.next = (0, 0);
-        self.skip_empty_vms();
-        self.state = State::ExpectBegin;
+        self.state = State::Between;
         Ok(())
     }
 
-    fn skip_empty_vms(&mut self) {
-        while let Some(vm) = self.manifest.vms.get(self.next.0) {
-            if self.next.1 < vm.files.len() {
-                break;
-            }
-            self.next = (self.next.0.saturating_add(1), 0);
+    /// PROTO-4: closes the current VM; every expected file must have been sent.
+    fn close_current(&mut self) -> Result<()> {
+        let Some(i) = self.current.take() else {
+            return Ok(());
+        };
+        if let Some(c) = self.closed.get_mut(i) {
+            *c = true;
         }
+        let names = std::mem::take(&mut self.names);
+        self.name_bytes = 0;
+        self.vm_data = 0;
+        if let Some(vm) = self.manifest.vms.get(i) {
+            check_expected(vm, &names)?;
+        }
+        Ok(())
     }
 
-    /// PROTO-4.
+    /// PROTO-4, PROTO-5.
     pub fn begin(&mut self, b: &Begin) -> Result<()> {
-        if !matches!(self.state, State::ExpectBegin) {
+        if !matches!(self.state, State::Between) {
             return Err(self.unexpected("begin"));
         }
-        let (vi, fi) = self.next;
-        let Some(vm) = self.manifest.vms.get(vi) else {
-            return Err(Error::order(format!(
-                "protocol: begin of {:?} after the last manifest file",
-                crate::qubes_xml::truncate(&b.name)
-            )));
-        };
-        let Some(file) = vm.files.get(fi) else {
-            return Err(Error::order("protocol: manifest cursor out of range"));
-        };
-        if usize::try_from(b.vm).ok() != Some(vi) || b.name != file.name {
-            return Err(Error::order(format!(
-                "protocol: expected file {:?} of VM {}, got VM index {} file {:?}",
-                file.name,
-                vm.name,
+        let vi = usize::try_from(b.vm).unwrap_or(usize::MAX);
+        if vi >= self.manifest.vms.len() {
+            return Err(Error::malformed(format!(
+                "protocol: begin names VM index {} of a manifest of {} VMs",
                 b.vm,
-                crate::qubes_xml::truncate(&b.name)
+                self.manifest.vms.len()
             )));
         }
+        if self.current != Some(vi) {
+            if self.closed.get(vi).copied().unwrap_or(true) {
+                return Err(Error::order(format!(
+                    "protocol: file {:?} of VM index {vi} after that VM's files ended",
+                    truncate(&b.name)
+                )));
+            }
+            self.close_current()?;
+            self.current = Some(vi);
+        }
+        let Some(vm) = self.manifest.vms.get(vi) else {
+            return Err(Error::malformed("protocol: VM index out of range"));
+        };
+        let ctx = |e: Error| e.context(format!("protocol: VM {}", vm.name));
+        validate_file_name(vm.layout, &b.name).map_err(ctx)?;
+        if self.files >= MAX_PROTO_FILES {
+            return Err(Error::limit(format!(
+                "protocol: more than LIM-30 ({MAX_PROTO_FILES}) files"
+            )));
+        }
+        if self.names.contains(&b.name) {
+            return Err(ctx(Error::order(format!(
+                "file {:?} sent twice",
+                truncate(&b.name)
+            ))));
+        }
+        let name_bytes = self
+            .name_bytes
+            .checked_add(b.name.len())
+            .filter(|n| *n <= MAX_PROTO_NAME_BYTES)
+            .ok_or_else(|| {
+                ctx(Error::limit(format!(
+                    "file names exceed LIM-33 ({MAX_PROTO_NAME_BYTES} bytes)"
+                )))
+            })?;
         if b.mode & !0o777 != 0 {
-            return Err(Error::malformed(format!(
-                "protocol: mode {:o} of {:?} has bits beyond 0o777",
-                b.mode, file.name
-            )));
+            return Err(ctx(Error::malformed(format!(
+                "mode {:o} of {:?} has bits beyond 0o777",
+                b.mode,
+                truncate(&b.name)
+            ))));
         }
-        if b.size != file.size {
-            return Err(Error::malformed(format!(
-                "protocol: {:?} begins with size {}, the manifest said {}",
-                file.name, b.size, file.size
-            )));
+        if b.size > MAX_FILE_SIZE || b.data_bytes > b.size {
+            return Err(ctx(Error::limit(format!(
+                "file {:?}: size {} / data {} (data ≤ size ≤ LIM-12)",
+                truncate(&b.name),
+                b.size,
+                b.data_bytes
+            ))));
         }
         let regular = match &b.kind {
             FileKind::Regular => true,
             FileKind::Directory => false,
             FileKind::Symlink { target } => {
-                validate_target(target)?;
+                validate_target(target).map_err(ctx)?;
                 false
             }
         };
         if !regular {
             if vm.layout == Layout::Volumes {
-                return Err(Error::unsafe_path(format!(
-                    "protocol: {:?} of VM {} must be a regular file",
-                    file.name, vm.name
-                )));
+                return Err(ctx(Error::unsafe_path(format!(
+                    "{:?} must be a regular file",
+                    truncate(&b.name)
+                ))));
             }
-            if file.size != 0 || file.data_bytes != 0 {
-                return Err(Error::malformed(format!(
-                    "protocol: directory or symlink {:?} with a size",
-                    file.name
-                )));
+            if b.size != 0 {
+                return Err(ctx(Error::malformed(format!(
+                    "directory or symlink {:?} with a size",
+                    truncate(&b.name)
+                ))));
             }
         }
+        let vm_data = self.vm_data.saturating_add(b.data_bytes);
+        if vm.backup_size > 0 && vm_data > vm.backup_size.saturating_add(BACKUP_SIZE_SLACK) {
+            return Err(ctx(Error::limit(format!(
+                "{vm_data} data bytes exceed the declared backup-size {} plus LIM-27",
+                vm.backup_size
+            ))));
+        }
+        let logical = self.logical.checked_add(b.size);
+        let data = self.data.checked_add(b.data_bytes);
+        let (Some(logical), Some(data)) = (logical, data) else {
+            return Err(Error::limit("protocol: stream totals overflow 64 bits"));
+        };
+        self.names.insert(b.name.clone());
+        self.name_bytes = name_bytes;
+        self.vm_data = vm_data;
+        self.files = self.files.saturating_add(1);
+        self.logical = logical;
+        self.data = data;
         self.state = State::InFile(Open {
-            size: file.size,
+            size: b.size,
             regular,
             pos: 0,
             data: 0,
-            expected_data: file.data_bytes,
+            expected_data: b.data_bytes,
         });
         Ok(())
     }
 
-    /// PROTO-5.
+    /// PROTO-6.
     pub fn data(&mut self, offset: u64, len: usize) -> Result<()> {
         let State::InFile(open) = &mut self.state else {
             return Err(self.unexpected("data"));
@@ -238,7 +300,7 @@ impl Checker {
             .filter(|d| *d <= open.expected_data)
             .ok_or_else(|| {
                 Error::limit(format!(
-                    "protocol: more data than the {} bytes the manifest declared",
+                    "protocol: more data than the {} bytes the begin record declared",
                     open.expected_data
                 ))
             })?;
@@ -247,7 +309,7 @@ impl Checker {
         Ok(())
     }
 
-    /// PROTO-6.
+    /// PROTO-7 (the digest itself is compared by the decoder).
     pub fn end(&mut self) -> Result<()> {
         let State::InFile(open) = &self.state else {
             return Err(self.unexpected("end"));
@@ -261,13 +323,7 @@ impl Checker {
                 ),
             ));
         }
-        // Totals cannot overflow: the manifest's sums were checked (validate_manifest).
-        self.files = self.files.saturating_add(1);
-        self.logical = self.logical.saturating_add(open.size);
-        self.data = self.data.saturating_add(open.data);
-        self.next = (self.next.0, self.next.1.saturating_add(1));
-        self.skip_empty_vms();
-        self.state = State::ExpectBegin;
+        self.state = State::Between;
         Ok(())
     }
 
@@ -282,20 +338,17 @@ impl Checker {
         }
     }
 
-    /// PROTO-7: `s` with its transcript already compared by the caller.
+    /// PROTO-8: `s` with its transcript already compared by the caller.
     pub fn summary(&mut self, s: &Summary) -> Result<()> {
-        if !matches!(self.state, State::ExpectBegin) {
+        if !matches!(self.state, State::Between) {
             return Err(self.unexpected("summary"));
         }
-        if let Some(vm) = self.manifest.vms.get(self.next.0) {
-            let name = vm.files.get(self.next.1).map_or("", |f| f.name.as_str());
-            return Err(Error::new(
-                ErrorClass::MissingData,
-                format!(
-                    "protocol: summary before file {name:?} of VM {} was sent",
-                    vm.name
-                ),
-            ));
+        self.close_current()?;
+        let empty = HashSet::new();
+        for (vm, closed) in self.manifest.vms.iter().zip(&self.closed) {
+            if !closed {
+                check_expected(vm, &empty)?;
+            }
         }
         let want = self.totals();
         if (s.vms, s.files, s.logical_bytes, s.data_bytes)
@@ -311,7 +364,7 @@ impl Checker {
         Ok(())
     }
 
-    /// PROTO-8: allowed in every state after hello; ends the stream.
+    /// PROTO-9: allowed in every state after hello; ends the stream.
     pub fn error(&mut self, message: &str) -> Result<()> {
         if matches!(self.state, State::ExpectHello | State::Done) {
             return Err(self.unexpected("error"));
@@ -326,7 +379,21 @@ impl Checker {
     }
 }
 
-/// PROTO-3: names, references, counts and sizes of a manifest.
+/// PROTO-4: every expected file of a VM was sent (`sent` is empty for a VM never visited).
+fn check_expected(vm: &super::ManifestVm, sent: &HashSet<String>) -> Result<()> {
+    if let Some(missing) = vm.expected_files.iter().find(|f| !sent.contains(*f)) {
+        return Err(Error::new(
+            ErrorClass::MissingData,
+            format!(
+                "protocol: VM {} ended without its file {missing:?}",
+                vm.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// PROTO-3: names, references and expected files of a manifest.
 pub fn validate_manifest(m: &Manifest) -> Result<()> {
     if m.vms.len() > MAX_VMS {
         return Err(Error::limit(format!(
@@ -334,11 +401,8 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
         )));
     }
     let mut names = HashSet::new();
-    let mut files_total: u64 = 0;
-    let mut logical_total: u64 = 0;
-    let mut data_total: u64 = 0;
     for vm in &m.vms {
-        let ctx = |e: Error| e.context(format!("protocol manifest, VM {:?}", vm.name));
+        let ctx = |e: Error| e.context(format!("protocol manifest, VM {:?}", truncate(&vm.name)));
         validate_vm_name(&vm.name).map_err(ctx)?;
         validate_class(&vm.class).map_err(ctx)?;
         if !names.insert(vm.name.as_str()) {
@@ -371,39 +435,25 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
                 vm.layout, vm.class
             ))));
         }
-        let mut file_names = HashSet::new();
-        for f in &vm.files {
-            files_total = files_total.saturating_add(1);
-            if files_total > MAX_PROTO_FILES {
-                return Err(Error::limit(format!(
-                    "protocol: more than LIM-30 ({MAX_PROTO_FILES}) files"
-                )));
-            }
-            validate_file_name(vm.layout, &f.name).map_err(ctx)?;
-            if !file_names.insert(f.name.as_str()) {
+        if vm.layout != Layout::Volumes && !vm.expected_files.is_empty() {
+            return Err(ctx(Error::malformed(
+                "expected files listed for a directory layout",
+            )));
+        }
+        let mut files = HashSet::new();
+        for f in &vm.expected_files {
+            validate_file_name(Layout::Volumes, f).map_err(ctx)?;
+            if !files.insert(f.as_str()) {
                 return Err(ctx(Error::malformed(format!(
-                    "duplicate file {:?}",
-                    f.name
+                    "expected file {f:?} listed twice"
                 ))));
             }
-            if f.size > MAX_FILE_SIZE || f.data_bytes > f.size {
-                return Err(ctx(Error::limit(format!(
-                    "file {:?}: size {} / data {} (data ≤ size ≤ LIM-12)",
-                    f.name, f.size, f.data_bytes
-                ))));
-            }
-            logical_total = logical_total
-                .checked_add(f.size)
-                .ok_or_else(|| Error::limit("protocol: total size overflows"))?;
-            data_total = data_total
-                .checked_add(f.data_bytes)
-                .ok_or_else(|| Error::limit("protocol: total size overflows"))?;
         }
     }
     Ok(())
 }
 
-/// PROTO-4: file names by layout.
+/// PROTO-5: file names by layout.
 pub fn validate_file_name(layout: Layout, name: &str) -> Result<()> {
     match layout {
         Layout::Volumes => {
@@ -427,7 +477,7 @@ pub fn validate_file_name(layout: Layout, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// PROTO-4: symlink targets are text, bounded; EXT-4 is the consumer's.
+/// PROTO-5: symlink targets are text, bounded; EXT-4 is the consumer's.
 fn validate_target(target: &str) -> Result<()> {
     if target.is_empty() || target.len() > MAX_PATH_LEN || target.chars().any(char::is_control) {
         return Err(Error::unsafe_path(format!(

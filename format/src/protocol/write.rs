@@ -39,6 +39,16 @@ impl<W: Write> Encoder<W> {
         self.out
     }
 
+    /// The underlying writer, e.g. to flush it.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    /// True after [`Encoder::summary`] or [`Encoder::error`]: the stream is complete.
+    pub fn is_done(&self) -> bool {
+        self.checker.is_done()
+    }
+
     /// True between [`Encoder::begin`] and [`Encoder::end`].
     pub fn in_file(&self) -> bool {
         self.checker.in_file()
@@ -55,7 +65,7 @@ impl<W: Write> Encoder<W> {
     }
 
     /// Writes header and payload; `hashed` bytes of the payload go into the transcript
-    /// (all of it except the file bytes of data records, PROTO-7).
+    /// (all of it except the file bytes of data records, PROTO-8).
     fn emit(&mut self, record_type: u8, payload: &[&[u8]], hashed: usize) -> Result<()> {
         let len: usize = payload.iter().map(|p| p.len()).sum();
         let len32 = u32::try_from(len)
@@ -117,7 +127,7 @@ impl<W: Write> Encoder<W> {
         self.emit_payload(t::MANIFEST)
     }
 
-    /// PROTO-4: opens the next manifest file.
+    /// PROTO-4, PROTO-5: opens a file of a manifest VM.
     pub fn begin(&mut self, b: &Begin) -> Result<()> {
         self.usable()?;
         self.payload.clear();
@@ -127,7 +137,7 @@ impl<W: Write> Encoder<W> {
         self.emit_payload(t::BEGIN)
     }
 
-    /// PROTO-5: file bytes at `offset`, split into records of at most LIM-28 bytes; an
+    /// PROTO-6: file bytes at `offset`, split into records of at most LIM-28 bytes; an
     /// empty slice writes nothing.
     pub fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
         self.usable()?;
@@ -144,7 +154,7 @@ impl<W: Write> Encoder<W> {
         Ok(())
     }
 
-    /// PROTO-6: closes the file; returns the SHA-256 it sent (of what [`Encoder::data`] got).
+    /// PROTO-7: closes the file; returns the SHA-256 it sent (of what [`Encoder::data`] got).
     pub fn end(&mut self) -> Result<[u8; 32]> {
         self.usable()?;
         self.checker.end()?;
@@ -157,7 +167,7 @@ impl<W: Write> Encoder<W> {
         Ok(digest)
     }
 
-    /// PROTO-7: the last record; totals and transcript are computed here.
+    /// PROTO-8: the last record; totals and transcript are computed here.
     pub fn summary(&mut self) -> Result<Summary> {
         self.usable()?;
         let mut s = self.checker.totals();
@@ -169,7 +179,7 @@ impl<W: Write> Encoder<W> {
         Ok(s)
     }
 
-    /// PROTO-8: gives up. The message is made safe to send: control characters become
+    /// PROTO-9: gives up. The message is made safe to send: control characters become
     /// `?` and it is cut to LIM-31 bytes.
     pub fn error(&mut self, class: ErrorClass, message: &str) -> Result<()> {
         self.usable()?;
