@@ -10,6 +10,7 @@ pub mod params;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod restore;
 pub mod source;
 
 /// `QBACKUP_PACK_TRACE=1`: timestamped pipeline events on stderr (for tuning).
@@ -94,7 +95,7 @@ fn normalize(mut p: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, Failure> {
     Ok(p)
 }
 
-fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, Failure> {
+pub(crate) fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, Failure> {
     if let Some(f) = file {
         let mut buf = Zeroizing::new(Vec::new());
         std::fs::File::open(f)

@@ -9,14 +9,16 @@ static ALLOC: qbackup_bigalloc::BigAlloc = qbackup_bigalloc::BigAlloc;
 fn main() {
     qbackup_bigalloc::configure();
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Create(c) => match qbackup_pack::run(c) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("qbackup-pack: {e}");
-                e.exit_code()
-            }
-        },
+    let result = match cli.command {
+        Command::Create(c) => qbackup_pack::run(c),
+        Command::Restore(r) => qbackup_pack::restore::run(r),
+    };
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("qbackup-pack: {e}");
+            e.exit_code()
+        }
     };
     std::process::exit(code);
 }
