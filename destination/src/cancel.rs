@@ -96,6 +96,18 @@ pub fn signalled() -> bool {
     SIGNALLED.load(Ordering::SeqCst)
 }
 
+/// Exit with `code`, unless a cancellation is under way: then leave the exit (with
+/// [`EXIT_CANCELLED`]) to the watcher, so an error the cancellation itself caused (the
+/// killed child's stream ending) never wins the race.
+pub fn exit(code: i32) -> ! {
+    if signalled() && INSTALLED.is_completed() {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    std::process::exit(code);
+}
+
 fn cancel_now() -> ! {
     let mut r = lock();
     let child = CHILD.load(Ordering::SeqCst);

@@ -20,5 +20,5 @@ fn main() {
             e.exit_code()
         }
     };
-    std::process::exit(code);
+    qbackup_destination::cancel::exit(code);
 }
