@@ -111,7 +111,7 @@ fn refused(scenario: &str, code: i32, says: &str, extra: &[&str]) {
     assert_only_the_complete_file(&c, &o);
 }
 
-/// RST-1, RST-4, EXT-3, EXT-4: a well-formed stream is restored: files committed under
+/// RST-1, RST-3, RST-4, EXT-3, EXT-4: a well-formed stream is restored: files committed under
 /// DIR/VM/… and DIR/dom0-home/…, holes kept, an inside symlink recreated, an escaping
 /// one skipped and reported.
 #[test]
@@ -267,11 +267,13 @@ fn an_existing_file_is_never_replaced() {
     assert_eq!(files(&c.out()), ["work/private.img"]);
 }
 
-/// RST-1: a bad --timeout is a usage error.
+/// RST-5, LIM-38: a --timeout of 0 or beyond one day is a usage error.
 #[test]
 fn timeout_is_bounded() {
-    let c = Case::new();
-    let o = c.restore("good", &["--timeout", "0"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(files(&c.out()).is_empty());
+    for bad in ["0", "86401"] {
+        let c = Case::new();
+        let o = c.restore("good", &["--timeout", bad]);
+        assert_eq!(o.status.code(), Some(2), "--timeout {bad}");
+        assert!(files(&c.out()).is_empty());
+    }
 }

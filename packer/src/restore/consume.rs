@@ -55,6 +55,16 @@ pub fn consume<R: Read>(
     dest: &mut Destination,
     select: Option<&[String]>,
 ) -> Result<Restored> {
+    consume_bounded(input, dest, select, MAX_RESTORE_FILES)
+}
+
+/// [`consume`] with at most `max_files` files (LIM-39; smaller in tests).
+fn consume_bounded<R: Read>(
+    input: R,
+    dest: &mut Destination,
+    select: Option<&[String]>,
+    max_files: u64,
+) -> Result<Restored> {
     let mut decoder = Decoder::new(input);
     let mut out = Restored::default();
     // Per manifest VM: its output directory if selected, and its layout.
@@ -70,11 +80,9 @@ pub fn consume<R: Read>(
                 out.files = out
                     .files
                     .checked_add(1)
-                    .filter(|n| *n <= MAX_RESTORE_FILES)
+                    .filter(|n| *n <= max_files)
                     .ok_or_else(|| {
-                        Error::limit(format!(
-                            "restore: more than LIM-39 ({MAX_RESTORE_FILES}) files"
-                        ))
+                        Error::limit(format!("restore: more than LIM-39 ({max_files}) files"))
                     })?;
                 open = Some(begin(dest, &dirs, &b, &mut out.notes)?);
             }
@@ -210,4 +218,96 @@ fn begin(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qbackup_format::protocol::write::Encoder;
+    use qbackup_format::protocol::ManifestVm;
+    use qbackup_format::qubes_xml::NetVm;
+
+    fn vm(name: &str, class: &str, layout: Layout) -> ManifestVm {
+        ManifestVm {
+            name: name.into(),
+            class: class.into(),
+            label: None,
+            template: None,
+            netvm: NetVm::Default,
+            layout,
+            backup_size: 0,
+            expected_files: Vec::new(),
+        }
+    }
+
+    fn file(e: &mut Encoder<Vec<u8>>, vm: u32, name: &str, data: &[u8]) {
+        e.begin(&Begin {
+            vm,
+            name: name.into(),
+            kind: FileKind::Regular,
+            mode: 0o600,
+            size: data.len() as u64,
+            data_bytes: data.len() as u64,
+        })
+        .unwrap();
+        e.data(0, data).unwrap();
+        e.end().unwrap();
+    }
+
+    /// RST-2, LIM-39: the consumer bounds the files it creates itself; what came before
+    /// the bound stays, complete.
+    #[test]
+    fn file_count_is_bounded() {
+        let mut e = Encoder::new(Vec::new());
+        e.hello().unwrap();
+        e.manifest(&Manifest {
+            vms: vec![vm("work", "AppVM", Layout::Volumes)],
+        })
+        .unwrap();
+        file(&mut e, 0, "private.img", b"one");
+        file(&mut e, 0, "root.img", b"two");
+        e.summary().unwrap();
+        let stream = e.into_inner();
+
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dest = Destination::open(tmp.path()).unwrap();
+        let err = consume_bounded(&stream[..], &mut dest, None, 1).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::LimitExceeded);
+        assert_eq!(
+            std::fs::read(tmp.path().join("work/private.img")).unwrap(),
+            b"one"
+        );
+        assert!(!tmp.path().join("work/root.img").exists());
+
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dest = Destination::open(tmp.path()).unwrap();
+        let done = consume_bounded(&stream[..], &mut dest, None, 2).unwrap();
+        assert_eq!(done.files, 2);
+        assert_eq!(
+            std::fs::read(tmp.path().join("work/root.img")).unwrap(),
+            b"two"
+        );
+    }
+
+    /// RST-1, EXT-1: a VM named `dom0-home` would share dom0's output directory.
+    #[test]
+    fn output_directories_do_not_collide() {
+        let m = Manifest {
+            vms: vec![
+                vm("dom0", "AdminVM", Layout::Dom0Home),
+                vm("dom0-home", "AppVM", Layout::Volumes),
+            ],
+        };
+        let err = output_dirs(&m, None).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::UnsafePath);
+        let ok = Manifest {
+            vms: vec![
+                vm("dom0", "AdminVM", Layout::Dom0Home),
+                vm("work", "AppVM", Layout::Volumes),
+            ],
+        };
+        let dirs = output_dirs(&ok, Some(&["work".to_string()])).unwrap();
+        assert_eq!(dirs[0].0, None);
+        assert_eq!(dirs[1].0.as_deref(), Some(Path::new("work")));
+    }
 }

@@ -112,3 +112,25 @@ pub fn run(r: Restore) -> Result<(), Failure> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    /// RST-5, LIM-37: the time-out on silence defaults to five minutes.
+    #[test]
+    fn default_timeout() {
+        let cli = Cli::parse_from(["qbackup-pack", "restore", "a.bin", "--to", "out"]);
+        let Command::Restore(r) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!(
+            r.timeout,
+            qbackup_format::limits::DEFAULT_RESTORE_TIMEOUT_SECS
+        );
+        assert_eq!(r.timeout, 300);
+        assert!(r.verifier_cmd.is_none() && r.vms.is_empty());
+    }
+}
