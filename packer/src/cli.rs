@@ -45,6 +45,11 @@ pub struct Restore {
     /// `qbackup-verify` next to this program, as `qbackup-verify emit -`.
     #[arg(long, value_name = "CMD")]
     pub verifier_cmd: Option<String>,
+    /// Send the passphrase and a newline on the child's stdin before the archive, instead
+    /// of in its environment: for a --verifier-cmd whose environment does not travel
+    /// (`qvm-run --pass-io`); the far side reads it with `IFS= read -r`.
+    #[arg(long, requires = "verifier_cmd")]
+    pub passphrase_on_stdin: bool,
     /// Give up when the verifier sends nothing for this many seconds (RST-5).
     #[arg(long, value_name = "SECS", default_value_t = qbackup_format::limits::DEFAULT_RESTORE_TIMEOUT_SECS)]
     pub timeout: u64,

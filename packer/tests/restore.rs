@@ -277,3 +277,30 @@ fn timeout_is_bounded() {
         assert!(files(&c.out()).is_empty());
     }
 }
+
+/// RST-5: with --passphrase-on-stdin the passphrase is the first line of the child's stdin
+/// (and not in its environment), followed by the archive.
+#[test]
+fn passphrase_on_stdin() {
+    let c = Case::new();
+    let cmd = format!(
+        "[ -z \"$QBACKUP_PASSPHRASE\" ] || exit 7; IFS= read -r P; \
+         [ \"$P\" = 'unused by the child' ] || exit 8; \
+         head -c 27 | grep -q '^archive bytes for the child$' || exit 9; exec {} good",
+        evil_child().display()
+    );
+    let o = Command::new(PACK)
+        .arg("restore")
+        .arg(c.dir.path().join("archive"))
+        .arg("--to")
+        .arg(c.out())
+        .arg("--passphrase-file")
+        .arg(c.dir.path().join("pass"))
+        .arg("--passphrase-on-stdin")
+        .arg("--verifier-cmd")
+        .arg(cmd)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(files(&c.out()).len(), 3);
+}

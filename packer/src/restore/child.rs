@@ -11,6 +11,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use qbackup_format::{Error, ErrorClass, Result};
+use zeroize::Zeroizing;
 
 use crate::cancel;
 
@@ -34,7 +35,8 @@ pub struct Verifier {
 impl Verifier {
     /// Start the child with piped stdin/stdout (stderr inherited) and register it for
     /// cancellation.
-    pub fn spawn(program: Program<'_>, passphrase: &[u8]) -> Result<Verifier> {
+    /// `passphrase`: put in the child's environment; `None` when it travels on stdin.
+    pub fn spawn(program: Program<'_>, passphrase: Option<&[u8]>) -> Result<Verifier> {
         use std::os::unix::ffi::OsStrExt;
         let mut cmd = match program {
             Program::Verifier(path) => {
@@ -48,8 +50,11 @@ impl Verifier {
                 c
             }
         };
+        match passphrase {
+            Some(p) => cmd.env(PASSPHRASE_ENV, std::ffi::OsStr::from_bytes(p)),
+            None => cmd.env_remove(PASSPHRASE_ENV),
+        };
         let child = cmd
-            .env(PASSPHRASE_ENV, std::ffi::OsStr::from_bytes(passphrase))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -183,9 +188,18 @@ impl Read for TimedReader {
     }
 }
 
-/// Copy the archive into the child's stdin (on its own thread). A child that stops
-/// reading is not an error here (its stream says why); a failing archive read is.
-pub fn pump(mut from: Box<dyn Read + Send>, mut to: ChildStdin) -> Result<u64> {
+/// Copy `prefix` (the passphrase line, or nothing) and then the archive into the child's
+/// stdin (on its own thread). A child that stops reading is not an error here (its
+/// stream says why); a failing archive read is.
+pub fn pump(
+    prefix: Zeroizing<Vec<u8>>,
+    mut from: Box<dyn Read + Send>,
+    mut to: ChildStdin,
+) -> Result<u64> {
+    if to.write_all(&prefix).is_err() {
+        return Ok(0);
+    }
+    drop(prefix);
     let mut buf = vec![0u8; 1 << 20];
     let mut total: u64 = 0;
     loop {

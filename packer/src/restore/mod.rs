@@ -49,7 +49,16 @@ pub fn run(r: Restore) -> Result<(), Failure> {
             Program::Verifier(&default_verifier)
         }
     };
-    let mut verifier = Verifier::spawn(program, &pass)?;
+    // RST-5: the passphrase goes into the child's environment, or on its stdin ahead of
+    // the archive (`--passphrase-on-stdin`); never on a command line.
+    let mut prefix = zeroize::Zeroizing::new(Vec::new());
+    let mut verifier = if r.passphrase_on_stdin {
+        prefix.extend_from_slice(&pass);
+        prefix.push(b'\n');
+        Verifier::spawn(program, None)?
+    } else {
+        Verifier::spawn(program, Some(&pass))?
+    };
     drop(pass);
     let stdin = verifier
         .take_stdin()
@@ -57,7 +66,7 @@ pub fn run(r: Restore) -> Result<(), Failure> {
     let stdout = verifier
         .take_stdout()
         .ok_or_else(|| Failure::io("the verifier has no stdout"))?;
-    let pumper = std::thread::spawn(move || child::pump(input, stdin));
+    let pumper = std::thread::spawn(move || child::pump(prefix, input, stdin));
 
     let select = (!r.vms.is_empty()).then_some(r.vms.as_slice());
     let result = consume::consume(TimedReader::new(stdout, timeout), &mut dest, select);
