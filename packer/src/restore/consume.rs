@@ -143,7 +143,7 @@ fn output_dirs(m: &Manifest, select: Option<&[String]>) -> Result<Vec<(Option<Pa
                 "restore: two VMs would be written to {dir}/ (EXT-1)"
             )));
         }
-        let selected = select.is_none_or(|s| s.iter().any(|n| *n == vm.name));
+        let selected = select.is_none_or(|s| s.contains(&vm.name));
         dirs.push((selected.then(|| PathBuf::from(dir)), vm.layout));
     }
     for name in select.unwrap_or(&[]) {
