@@ -86,6 +86,32 @@ impl Destination {
         Ok(())
     }
 
+    /// EXT-5: no directory on the way to `path` is a symbolic link, so the lexical
+    /// resolution of EXT-4 is the real one and nothing is written through a link (one
+    /// the restore created, or one that was in DIR before).
+    pub fn refuse_links_above(&self, path: &Path) -> Result<()> {
+        let mut prefix = PathBuf::new();
+        let mut parts = path.components().peekable();
+        while let Some(c) = parts.next() {
+            if parts.peek().is_none() {
+                break;
+            }
+            prefix.push(c);
+            if self
+                .root
+                .symlink_metadata(&prefix)
+                .is_ok_and(|m| m.file_type().is_symlink())
+            {
+                return Err(Error::unsafe_path(format!(
+                    "{} passes through the symbolic link {} (EXT-5)",
+                    self.shown(path).display(),
+                    self.shown(&prefix).display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Create the parent directories of `path` inside DIR.
     pub fn ensure_parent(&self, path: &Path) -> Result<()> {
         match path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -94,8 +120,9 @@ impl Destination {
         }
     }
 
-    /// Create the directory `path` and its parents inside DIR.
+    /// Create the directory `path` and its parents inside DIR (never through a link).
     pub fn create_dir_all(&self, path: &Path) -> Result<()> {
+        self.refuse_links_above(&path.join("x"))?;
         self.root.create_dir_all(path).map_err(|e| {
             io_err(
                 format!("creating directory {}", self.shown(path).display()),
@@ -108,6 +135,7 @@ impl Destination {
     /// and its temporary is created exclusively beside it and registered for cancellation.
     pub fn create(&mut self, final_path: &Path) -> Result<TempFile> {
         self.ensure_parent(final_path)?;
+        self.refuse_links_above(final_path)?;
         let temp = self.temp_name(final_path);
         let shown = self.shown(&temp);
         let root = self.root.clone();
@@ -154,6 +182,7 @@ impl Destination {
     /// Create the symlink `link` → `target` (the caller applied EXT-4 first).
     pub fn symlink(&self, link: &Path, target: &Path) -> Result<()> {
         self.ensure_parent(link)?;
+        self.refuse_links_above(link)?;
         self.refuse_existing(link)?;
         self.root.symlink(target, link).map_err(|e| {
             io_err(
@@ -327,5 +356,25 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path(), inner.join("up")).unwrap();
         assert!(d.create(Path::new("up/escape")).is_err());
         assert!(!tmp.path().join("escape").exists());
+    }
+
+    /// EXT-4, EXT-5: nothing is written through a link, even one staying inside DIR.
+    #[test]
+    fn nothing_is_written_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = Destination::open(tmp.path()).unwrap();
+        d.create_dir_all(Path::new("vm/sub")).unwrap();
+        d.symlink(Path::new("vm/alias"), Path::new("sub")).unwrap();
+        for p in ["vm/alias/f", "vm/alias/deeper/f"] {
+            let e = d.create(Path::new(p)).err().expect("refused");
+            assert_eq!(e.class(), ErrorClass::UnsafePath, "{p}");
+        }
+        let e = d.create_dir_all(Path::new("vm/alias/dir")).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::UnsafePath);
+        let e = d
+            .symlink(Path::new("vm/alias/l"), Path::new("x"))
+            .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::UnsafePath);
+        assert_eq!(names(&tmp.path().join("vm/sub")), Vec::<String>::new());
     }
 }

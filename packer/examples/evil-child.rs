@@ -132,6 +132,31 @@ fn main() {
             }
             silent = scenario == "linger";
         }
+        "through-link" => {
+            // A link that stays inside (EXT-4), then a file written through it (EXT-5).
+            let mut e = Encoder::new(Vec::new());
+            e.hello().unwrap();
+            e.manifest(&manifest()).unwrap();
+            e.begin(&begin(0, "private.img", 1 << 20, GOOD.len() as u64))
+                .unwrap();
+            e.data(4096, GOOD).unwrap();
+            e.end().unwrap();
+            e.begin(&Begin {
+                vm: 1,
+                name: "user/x".into(),
+                kind: FileKind::Symlink { target: ".".into() },
+                mode: 0o777,
+                size: 0,
+                data_bytes: 0,
+            })
+            .unwrap();
+            e.end().unwrap();
+            e.begin(&begin(1, "user/x/y", 1, 1)).unwrap();
+            e.data(0, b"y").unwrap();
+            e.end().unwrap();
+            e.summary().unwrap();
+            out = e.into_inner();
+        }
         "traversal" => raw(&mut out, 0x03, &raw_begin(1, "user/../../../etc/x", 1, 1)),
         "traversal-volume" => raw(&mut out, 0x03, &raw_begin(0, "../root.img", 1, 1)),
         "beyond-size" => {

@@ -167,6 +167,21 @@ fn traversal_names_are_refused() {
     refused("traversal-volume", 16, "unsafe-path", &[]);
 }
 
+/// RST-3, EXT-5: a file is never written through a link the stream created, even one
+/// that stays inside its VM's directory.
+#[test]
+fn nothing_is_written_through_a_link() {
+    let c = Case::new();
+    let o = c.restore("through-link", &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(16), "{stderr}");
+    assert!(
+        stderr.contains("passes through the symbolic link"),
+        "{stderr}"
+    );
+    assert_eq!(files(&c.out()), ["dom0-home/user/x", "work/private.img"]);
+}
+
 /// RST-2: bytes beyond a file's declared size are refused.
 #[test]
 fn data_beyond_the_declared_size_is_refused() {
