@@ -574,3 +574,25 @@ fn packer_archive_restores_byte_exact() {
     );
     assert!(!files(&dest).iter().any(|f| f.contains("qbackup-partial")));
 }
+
+/// RST-1, RST-5: `ARCHIVE` may be `-`: stdin is pumped into the child unchanged.
+#[test]
+fn archive_from_stdin() {
+    let c = Case::new();
+    let cmd = format!(
+        "head -c 27 | grep -q '^archive bytes for the child$' || exit 9; exec {} good",
+        evil_child().display()
+    );
+    let o = Command::new(PACK)
+        .args(["restore", "-", "--to"])
+        .arg(c.out())
+        .arg("--passphrase-file")
+        .arg(c.dir.path().join("pass"))
+        .arg("--verifier-cmd")
+        .arg(cmd)
+        .stdin(fs::File::open(c.dir.path().join("archive")).expect("archive"))
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(files(&c.out()).len(), 3);
+}
