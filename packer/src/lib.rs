@@ -1,5 +1,6 @@
 //! `qbackup-pack`: writes Qubes OS backup archives (SPEC.md WRT-1 … WRT-4) from a plan.
-//! The binary (`main.rs`) is a thin shell around [`run`].
+//! The binary (`main.rs`) is a thin shell around [`run`] and [`restore::run`] (the
+//! privileged restore through a verifier child, SPEC.md RST).
 
 pub mod cancel;
 pub mod cli;
