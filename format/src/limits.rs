@@ -106,19 +106,19 @@ pub const MAX_DECODER_MEMORY: u64 = 256 << 20;
 /// symlinked `icon.png` files and adds directory trees' small files, so real archives may
 /// hold slightly more. 16 MiB keeps that honest while still bounding decompression bombs.
 pub const BACKUP_SIZE_SLACK: u64 = 16 << 20;
-/// LIM-28: most file bytes in one protocol data record (PROTO-5). Bounds the buffer the
+/// LIM-28: most file bytes in one protocol data record (PROTO-6). Bounds the buffer the
 /// privileged reader of the verifier↔packer stream holds per record.
 pub const MAX_PROTO_DATA_LEN: usize = 1 << 20;
 
-/// LIM-29: largest protocol manifest record (PROTO-3). 64 MiB holds [`MAX_PROTO_FILES`]
-/// entries of typical length (a v3 template directory or a dom0 home lists every entry).
+/// LIM-29: largest protocol manifest record (PROTO-3); a manifest of [`MAX_VMS`] VMs
+/// needs at most about 5.2 MB.
 pub const MAX_PROTO_MANIFEST_LEN: usize = 64 << 20;
 
-/// LIM-30: most files in one protocol manifest, all VMs together (PROTO-3); the same
+/// LIM-30: most files in one protocol stream, all VMs together (PROTO-5); the same
 /// bound as the inner entries of one backed-up file ([`MAX_INNER_ENTRIES`]).
 pub const MAX_PROTO_FILES: u64 = MAX_INNER_ENTRIES;
 
-/// LIM-31: longest message of a protocol error record, in bytes (PROTO-8).
+/// LIM-31: longest message of a protocol error record, in bytes (PROTO-9).
 pub const MAX_PROTO_MESSAGE_LEN: usize = 4096;
 
 /// LIM-32: longest VM label in a protocol manifest (a colour name such as `red`).

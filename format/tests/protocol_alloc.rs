@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::record_type as t;
 use qbackup_format::protocol::write::Encoder;
+use qbackup_format::protocol::{Begin, FileKind, Layout as VmLayout, Manifest, ManifestVm};
+use qbackup_format::qubes_xml::NetVm;
 use qbackup_format::ErrorClass;
 
 struct Counting;
@@ -51,6 +53,7 @@ fn decode_class(bytes: &[u8]) -> ErrorClass {
     }
 }
 
+/// PROTO-2, PROTO-11: claimed lengths, counts and sizes allocate nothing.
 #[test]
 fn claimed_lengths_and_counts_do_not_allocate() {
     let mut cases: Vec<(Vec<u8>, ErrorClass)> = Vec::new();
@@ -67,13 +70,45 @@ fn claimed_lengths_and_counts_do_not_allocate() {
         s.extend_from_slice(&u32::MAX.to_be_bytes());
         cases.push((s, ErrorClass::LimitExceeded));
     }
-    // 10 000 VMs claimed, none sent; then u32::MAX files for one VM.
+    // 10 000 VMs claimed, one sent that claims u32::MAX expected files.
     let mut s = hello();
+    let mut p = 10_000u32.to_be_bytes().to_vec();
+    p.extend_from_slice(&[0, 2, b'v', b'm', 0, 5]);
+    p.extend_from_slice(b"AppVM");
+    p.extend_from_slice(&[0, 0, 0, 0]);
+    p.extend_from_slice(&0u64.to_be_bytes());
+    p.extend_from_slice(&u32::MAX.to_be_bytes());
     s.push(t::MANIFEST);
-    s.extend_from_slice(&8u32.to_be_bytes());
-    s.extend_from_slice(&10_000u32.to_be_bytes());
-    s.extend_from_slice(&[0, 0, 0, 0]);
-    cases.push((s, ErrorClass::Malformed));
+    s.extend_from_slice(&(p.len() as u32).to_be_bytes());
+    s.extend_from_slice(&p);
+    cases.push((s, ErrorClass::LimitExceeded));
+    // A begin claiming a 16 TiB file with 16 TiB of data, then one byte.
+    let mut e = Encoder::new(Vec::new());
+    e.hello().unwrap();
+    e.manifest(&Manifest {
+        vms: vec![ManifestVm {
+            name: "work".into(),
+            class: "AppVM".into(),
+            label: None,
+            template: None,
+            netvm: NetVm::None,
+            layout: VmLayout::Volumes,
+            backup_size: 0,
+            expected_files: Vec::new(),
+        }],
+    })
+    .unwrap();
+    e.begin(&Begin {
+        vm: 0,
+        name: "private.img".into(),
+        kind: FileKind::Regular,
+        mode: 0o600,
+        size: 16 << 40,
+        data_bytes: 16 << 40,
+    })
+    .unwrap();
+    e.data(0, b"x").unwrap();
+    cases.push((e.into_inner(), ErrorClass::Truncated));
 
     let before = LARGEST.swap(0, Ordering::Relaxed);
     assert!(before > 0, "allocator not counting");

@@ -1,7 +1,8 @@
-//! The worked example of docs/PROTOCOL.md, byte for byte.
+//! The worked example of SPEC.md §21 (PROTO-2), byte for byte.
 
+use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
-use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, ManifestFile, ManifestVm};
+use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, ManifestVm, Record};
 use qbackup_format::qubes_xml::NetVm;
 use sha2::{Digest, Sha256};
 
@@ -9,6 +10,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// PROTO-2, PROTO-3, PROTO-5 … PROTO-8: the SPEC example, encoded and decoded.
 #[test]
 fn documented_example() {
     let mut e = Encoder::new(Vec::new());
@@ -21,11 +23,8 @@ fn documented_example() {
             template: None,
             netvm: NetVm::Default,
             layout: Layout::Volumes,
-            files: vec![ManifestFile {
-                name: "private.img".into(),
-                size: 4 << 20,
-                data_bytes: 3,
-            }],
+            backup_size: 0,
+            expected_files: vec!["private.img".into()],
         }],
     })
     .unwrap();
@@ -35,34 +34,37 @@ fn documented_example() {
         kind: FileKind::Regular,
         mode: 0o644,
         size: 4 << 20,
+        data_bytes: 3,
     })
     .unwrap();
     e.data(4096, b"abc").unwrap();
     let digest = e.end().unwrap();
-    e.summary().unwrap();
+    let summary = e.summary().unwrap();
     let s = e.into_inner();
 
-    let mut logical = vec![0u8; 4 << 20];
-    logical[4096..4099].copy_from_slice(b"abc");
-    assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&logical)));
-
+    // PROTO-7: the file digest covers the announced sizes and each data record.
+    let mut d = Sha256::new();
+    d.update(b"qbackup-file-v2\0");
+    d.update((4u64 << 20).to_be_bytes());
+    d.update(3u64.to_be_bytes());
+    d.update(4096u64.to_be_bytes());
+    d.update(3u32.to_be_bytes());
+    d.update(b"abc");
+    assert_eq!(digest, <[u8; 32]>::from(d.finalize()));
     let mut want = String::new();
     want += "010000000a";
     want += &hex(b"QBKPSTRM");
-    want += "0001";
-    want += "020000003b00000001";
+    want += "0002";
+    want += "020000003300000001";
     want += &format!(
         "0004{}0005{}010003{}000000",
         hex(b"work"),
         hex(b"AppVM"),
         hex(b"red")
     );
+    want += &format!("000000000000000000000001000b{}", hex(b"private.img"));
     want += &format!(
-        "00000001000b{}00000000004000000000000000000003",
-        hex(b"private.img")
-    );
-    want += &format!(
-        "030000001e00000000000b{}00000001a40000000000400000",
+        "030000002600000000000b{}00000001a400000000004000000000000000000003",
         hex(b"private.img")
     );
     want += &format!("040000000b0000000000001000{}", hex(b"abc"));
@@ -72,7 +74,38 @@ fn documented_example() {
     want += "0000000000000001";
     want += "0000000000400000";
     want += "0000000000000003";
-    let got = hex(&s);
-    assert_eq!(&got[..want.len()], want);
-    assert_eq!(got.len(), want.len() + 64);
+    want += &hex(&summary.transcript);
+    assert_eq!(hex(&s), want);
+
+    // The transcript covers everything before the summary except data file bytes.
+    let mut t = Sha256::new();
+    let data_at = s.windows(5).position(|w| w == [4, 0, 0, 0, 11]).unwrap();
+    t.update(&s[..data_at + 13]);
+    t.update(&s[data_at + 16..s.len() - 65]);
+    assert_eq!(<[u8; 32]>::from(t.finalize()), summary.transcript);
+
+    let mut d = Decoder::new(&s[..]);
+    let mut kinds = Vec::new();
+    while let Some(r) = d.read_record().unwrap() {
+        kinds.push(match r {
+            Record::Hello { version } => format!("hello {version}"),
+            Record::Manifest(m) => format!("manifest {}", m.vms.len()),
+            Record::Begin(b) => format!("begin {}", b.name),
+            Record::Data { offset, bytes } => format!("data {offset} {}", bytes.len()),
+            Record::End { .. } => "end".into(),
+            Record::Summary(s) => format!("summary {}", s.files),
+            Record::Error { .. } => "error".into(),
+        });
+    }
+    assert_eq!(
+        kinds,
+        [
+            "hello 2",
+            "manifest 1",
+            "begin private.img",
+            "data 4096 3",
+            "end",
+            "summary 1"
+        ]
+    );
 }

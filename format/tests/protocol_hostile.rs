@@ -1,17 +1,17 @@
 //! PROTO-*: the decoder against hostile streams. Every byte flip, truncation or extension
-//! of a valid stream is an error (never a panic); every state-machine rule has a test.
+//! of a valid stream is an error (never a panic); every state-machine rule has a test
+//! that checks its error class.
 
 use proptest::prelude::*;
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
 use qbackup_format::protocol::{
-    record_type as t, Begin, FileHasher, FileKind, Layout, Manifest, ManifestFile, ManifestVm,
-    Record,
+    record_type as t, Begin, FileKind, Layout, Manifest, ManifestVm, Record,
 };
 use qbackup_format::qubes_xml::NetVm;
 use qbackup_format::{Error, ErrorClass, Result};
 
-fn vm(name: &str, class: &str, layout: Layout, files: &[(&str, u64, u64)]) -> ManifestVm {
+fn vm(name: &str, class: &str, layout: Layout, expected: &[&str]) -> ManifestVm {
     ManifestVm {
         name: name.into(),
         class: class.into(),
@@ -19,98 +19,83 @@ fn vm(name: &str, class: &str, layout: Layout, files: &[(&str, u64, u64)]) -> Ma
         template: None,
         netvm: NetVm::Default,
         layout,
-        files: files
-            .iter()
-            .map(|(n, s, d)| ManifestFile {
-                name: (*n).into(),
-                size: *s,
-                data_bytes: *d,
-            })
-            .collect(),
+        backup_size: 0,
+        expected_files: expected.iter().map(|s| (*s).into()).collect(),
     }
 }
 
 fn manifest() -> Manifest {
     Manifest {
         vms: vec![
-            vm(
-                "work",
-                "AppVM",
-                Layout::Volumes,
-                &[("private.img", 9000, 300), ("firewall.xml", 5, 5)],
-            ),
-            vm(
-                "tpl",
-                "TemplateVM",
-                Layout::TemplateDir,
-                &[("apps", 0, 0), ("apps/x.desktop", 3, 3), ("apps/l", 0, 0)],
-            ),
-            vm("dom0", "AdminVM", Layout::Dom0Home, &[("user", 0, 0)]),
+            vm("work", "AppVM", Layout::Volumes, &["private.img"]),
+            vm("tpl", "TemplateVM", Layout::TemplateDir, &[]),
+            vm("dom0", "AdminVM", Layout::Dom0Home, &[]),
         ],
     }
 }
 
-fn begin(vm: u32, name: &str, kind: FileKind, size: u64) -> Begin {
+fn begin(vm: u32, name: &str, kind: FileKind, size: u64, data_bytes: u64) -> Begin {
     Begin {
         vm,
         name: name.into(),
         kind,
         mode: 0o644,
         size,
+        data_bytes,
     }
 }
 
-fn prefix() -> Encoder<Vec<u8>> {
+fn reg(vm: u32, name: &str, size: u64, data_bytes: u64) -> Begin {
+    begin(vm, name, FileKind::Regular, size, data_bytes)
+}
+
+fn prefix_with(m: &Manifest) -> Encoder<Vec<u8>> {
     let mut e = Encoder::new(Vec::new());
     e.hello().unwrap();
-    e.manifest(&manifest()).unwrap();
+    e.manifest(m).unwrap();
     e
+}
+
+fn prefix() -> Encoder<Vec<u8>> {
+    prefix_with(&manifest())
 }
 
 /// A complete valid stream with holes, several records per file and every kind.
 fn valid() -> Vec<u8> {
     let mut e = prefix();
-    e.begin(&begin(0, "private.img", FileKind::Regular, 9000))
-        .unwrap();
+    e.begin(&reg(0, "private.img", 9000, 300)).unwrap();
     e.data(100, &[1u8; 100]).unwrap();
     e.data(4096, &[2u8; 200]).unwrap();
     e.end().unwrap();
-    e.begin(&begin(0, "firewall.xml", FileKind::Regular, 5))
-        .unwrap();
+    e.begin(&reg(0, "firewall.xml", 5, 5)).unwrap();
     e.data(0, b"<fw/>").unwrap();
     e.end().unwrap();
-    e.begin(&begin(1, "apps", FileKind::Directory, 0)).unwrap();
-    e.end().unwrap();
-    e.begin(&begin(1, "apps/x.desktop", FileKind::Regular, 3))
+    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
         .unwrap();
+    e.end().unwrap();
+    e.begin(&reg(1, "apps/x.desktop", 3, 3)).unwrap();
     e.data(0, b"abc").unwrap();
     e.end().unwrap();
     let link = FileKind::Symlink {
         target: "x.desktop".into(),
     };
-    e.begin(&begin(1, "apps/l", link, 0)).unwrap();
+    e.begin(&begin(1, "apps/l", link, 0, 0)).unwrap();
     e.end().unwrap();
-    e.begin(&begin(2, "user", FileKind::Directory, 0)).unwrap();
+    e.begin(&begin(2, "user", FileKind::Directory, 0, 0))
+        .unwrap();
     e.end().unwrap();
     e.summary().unwrap();
     e.into_inner()
 }
 
-/// A consumer doing everything PROTO-6 asks (digest check) and returning the outcome.
+/// Decodes to the end; the decoder itself checks digests (PROTO-7).
 fn consume(bytes: &[u8]) -> Result<usize> {
     let mut d = Decoder::new(bytes);
-    let mut hasher = None;
     let mut records = 0;
     while let Some(r) = d.read_record()? {
         records += 1;
-        match r {
-            Record::Begin(b) => hasher = Some(FileHasher::new(b.size)),
-            Record::Data { offset, bytes } => hasher.as_mut().unwrap().data(offset, bytes)?,
-            Record::End { sha256 } if hasher.take().unwrap().finish() != sha256 => {
-                return Err(Error::mac("digest mismatch"))
-            }
-            Record::Error { class, message } => return Err(Error::new(class, message)),
-            _ => {}
+        if let Record::Error { class, message } = r {
+            return Err(Error::new(class, message));
         }
     }
     // A clean end stays clean.
@@ -134,13 +119,14 @@ fn with(mut stream: Vec<u8>, more: &[u8]) -> Vec<u8> {
     stream
 }
 
-fn begin_payload(vm: u32, name: &str, kind: u8, mode: u32, size: u64) -> Vec<u8> {
+fn begin_payload(vm: u32, name: &str, kind: u8, mode: u32, size: u64, data: u64) -> Vec<u8> {
     let mut p = vm.to_be_bytes().to_vec();
     p.extend_from_slice(&(name.len() as u16).to_be_bytes());
     p.extend_from_slice(name.as_bytes());
     p.push(kind);
     p.extend_from_slice(&mode.to_be_bytes());
     p.extend_from_slice(&size.to_be_bytes());
+    p.extend_from_slice(&data.to_be_bytes());
     p
 }
 
@@ -150,11 +136,13 @@ fn data_payload(offset: u64, bytes: &[u8]) -> Vec<u8> {
     p
 }
 
+/// PROTO-10: the grammar accepts a complete stream; records are counted as sent.
 #[test]
 fn valid_stream_is_accepted() {
     assert_eq!(consume(&valid()).unwrap(), 2 + 4 + 3 + 2 + 3 + 2 + 2 + 1);
 }
 
+/// PROTO-7, PROTO-8: every single-byte change of a stream is detected.
 #[test]
 fn every_byte_flip_is_an_error() {
     let good = valid();
@@ -171,6 +159,7 @@ fn every_byte_flip_is_an_error() {
     }
 }
 
+/// PROTO-2, PROTO-10: a cut stream is truncated; bytes after the summary are malformed.
 #[test]
 fn every_truncation_and_extension_is_an_error() {
     let good = valid();
@@ -185,50 +174,89 @@ fn every_truncation_and_extension_is_an_error() {
     );
 }
 
+/// PROTO-1: version and magic; PROTO-2: unknown types, fixed lengths, trailing bytes.
 #[test]
-fn hello_rules() {
-    // Version 2 is not ours; bad magic; nothing before hello.
-    let mut p = b"QBKPSTRM".to_vec();
-    p.extend_from_slice(&2u16.to_be_bytes());
-    assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Unsupported);
+fn hello_and_framing_rules() {
+    for version in [1u16, 3, u16::MAX] {
+        let mut p = b"QBKPSTRM".to_vec();
+        p.extend_from_slice(&version.to_be_bytes());
+        assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Unsupported);
+    }
     let mut p = b"QBKPSTRX".to_vec();
-    p.extend_from_slice(&1u16.to_be_bytes());
+    p.extend_from_slice(&2u16.to_be_bytes());
     assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Malformed);
     assert_eq!(class(&raw(t::MANIFEST, &[0; 4])), ErrorClass::Malformed);
     assert_eq!(class(&[]), ErrorClass::Truncated);
-    // Hello with trailing payload byte.
+    // Hello with a trailing payload byte: a fixed-size record of the wrong length.
     let mut p = b"QBKPSTRM".to_vec();
-    p.extend_from_slice(&[0, 1, 0]);
+    p.extend_from_slice(&[0, 2, 0]);
     assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Malformed);
-    // Unknown record type after hello.
-    let mut e = Encoder::new(Vec::new());
-    e.hello().unwrap();
+    let hello = prefix_hello();
     assert_eq!(
-        class(&with(e.into_inner(), &raw(0x42, &[]))),
+        class(&with(hello.clone(), &raw(0x42, &[]))),
+        ErrorClass::Malformed
+    );
+    assert_eq!(
+        class(&with(hello.clone(), &raw(0x00, &[]))),
+        ErrorClass::Malformed
+    );
+    // An end record of 31 bytes; a summary of 61.
+    let good = prefix().into_inner();
+    assert_eq!(
+        class(&with(good.clone(), &raw(t::END, &[0; 31]))),
+        ErrorClass::Malformed
+    );
+    assert_eq!(
+        class(&with(good.clone(), &raw(t::SUMMARY, &[0; 61]))),
+        ErrorClass::Malformed
+    );
+    // Trailing bytes inside a begin record.
+    let mut b = begin_payload(0, "private.img", 0, 0o644, 10, 0);
+    b.push(0);
+    assert_eq!(
+        class(&with(good.clone(), &raw(t::BEGIN, &b))),
+        ErrorClass::Malformed
+    );
+    // A string that is not UTF-8, one with a control character.
+    let b = begin_payload(0, "priv\u{7f}te.img", 0, 0o644, 10, 0);
+    assert_eq!(
+        class(&with(good.clone(), &raw(t::BEGIN, &b))),
+        ErrorClass::Malformed
+    );
+    let mut b = begin_payload(0, "private.img", 0, 0o644, 10, 0);
+    b[6] = 0xff;
+    assert_eq!(
+        class(&with(good, &raw(t::BEGIN, &b))),
         ErrorClass::Malformed
     );
 }
 
+fn prefix_hello() -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    e.hello().unwrap();
+    e.into_inner()
+}
+
+/// PROTO-3: the manifest's checks, on both the encoder and the decoder side.
 #[test]
 fn manifest_rules() {
     let bad = |m: Manifest| {
         let mut e = Encoder::new(Vec::new());
         e.hello().unwrap();
-        // The decoder runs the same state machine (protocol::state) on what it parses.
         e.manifest(&m).expect_err("encoder must refuse").class()
     };
     let mut m = manifest();
-    m.vms[0].files[0].name = "../private.img".into();
+    m.vms[0].expected_files = vec!["../private.img".into()];
     assert_eq!(bad(m), ErrorClass::UnsafePath);
     let mut m = manifest();
-    m.vms[0].files[0].name = "kernel".into();
+    m.vms[0].expected_files = vec!["kernel.img".into()];
     assert_eq!(bad(m), ErrorClass::UnsafePath);
     let mut m = manifest();
-    m.vms[1].files[1].name = "apps/../../etc".into();
-    assert_eq!(bad(m), ErrorClass::UnsafePath);
+    m.vms[0].expected_files = vec!["root.img".into(), "root.img".into()];
+    assert_eq!(bad(m), ErrorClass::Malformed);
     let mut m = manifest();
-    m.vms[1].files[1].name = "apps//x".into();
-    assert_eq!(bad(m), ErrorClass::UnsafePath);
+    m.vms[1].expected_files = vec!["root.img".into()]; // only volumes layouts expect files
+    assert_eq!(bad(m), ErrorClass::Malformed);
     let mut m = manifest();
     m.vms[0].layout = Layout::TemplateDir; // an AppVM is no template directory
     assert_eq!(bad(m), ErrorClass::Malformed);
@@ -236,33 +264,38 @@ fn manifest_rules() {
     m.vms[0].layout = Layout::Dom0Home;
     assert_eq!(bad(m), ErrorClass::Malformed);
     let mut m = manifest();
+    m.vms[2].layout = Layout::Volumes; // dom0 never has volumes
+    assert_eq!(bad(m), ErrorClass::Malformed);
+    let mut m = manifest();
     m.vms[1].name = "work".into();
     assert_eq!(bad(m), ErrorClass::Malformed);
     let mut m = manifest();
-    m.vms[0].files[1].data_bytes = 6; // more data than size
-    assert_eq!(bad(m), ErrorClass::LimitExceeded);
+    m.vms[1].name = "../x".into();
+    assert_eq!(bad(m), ErrorClass::Malformed);
     let mut m = manifest();
-    m.vms[0].files[0].size = (16 << 40) + 1;
-    assert_eq!(bad(m), ErrorClass::LimitExceeded);
+    m.vms[0].class = "App VM".into();
+    assert_eq!(bad(m), ErrorClass::Malformed);
     let mut m = manifest();
     m.vms[0].label = Some("r\x1bd".into());
     assert_eq!(bad(m), ErrorClass::Malformed);
     let mut m = manifest();
-    m.vms[0].netvm = NetVm::Named("-bad".into());
+    m.vms[0].label = Some(String::new());
     assert_eq!(bad(m), ErrorClass::Malformed);
     let mut m = manifest();
-    m.vms[0].files[1].name = "private.img".into();
+    m.vms[0].template = Some("a b".into());
+    assert_eq!(bad(m), ErrorClass::Malformed);
+    let mut m = manifest();
+    m.vms[0].netvm = NetVm::Named("-bad".into());
     assert_eq!(bad(m), ErrorClass::Malformed);
 
-    // Decoder side, raw bytes: a second manifest; a huge VM count; a huge file count.
+    // Decoder side, raw bytes: a second manifest; a huge VM count; bad tags; a huge
+    // expected-file count; a trailing byte.
     let good = prefix().into_inner();
     assert_eq!(
         class(&with(good, &raw(t::MANIFEST, &0u32.to_be_bytes()))),
         ErrorClass::Malformed
     );
-    let mut e = Encoder::new(Vec::new());
-    e.hello().unwrap();
-    let hello = e.into_inner();
+    let hello = prefix_hello();
     assert_eq!(
         class(&with(
             hello.clone(),
@@ -270,65 +303,225 @@ fn manifest_rules() {
         )),
         ErrorClass::LimitExceeded
     );
-    let mut p = 1u32.to_be_bytes().to_vec();
-    p.extend_from_slice(&[0, 2, b'v', b'm', 0, 5]);
-    p.extend_from_slice(b"AppVM");
-    p.extend_from_slice(&[0, 0, 0, 0]); // no label, no template, netvm default, volumes
-    p.extend_from_slice(&u32::MAX.to_be_bytes());
+    let vm_payload = |label_tag: u8, netvm: u8, layout: u8, nfiles: u32| {
+        let mut p = 1u32.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0, 2, b'v', b'm', 0, 5]);
+        p.extend_from_slice(b"AppVM");
+        p.extend_from_slice(&[label_tag, 0, netvm, layout]);
+        p.extend_from_slice(&0u64.to_be_bytes());
+        p.extend_from_slice(&nfiles.to_be_bytes());
+        p
+    };
+    assert!(consume(&with(
+        hello.clone(),
+        &raw(t::MANIFEST, &vm_payload(0, 0, 0, 0))
+    ))
+    .is_err_and(|e| e.class() == ErrorClass::Truncated));
+    for p in [
+        vm_payload(2, 0, 0, 0),
+        vm_payload(0, 3, 0, 0),
+        vm_payload(0, 0, 3, 0),
+    ] {
+        assert_eq!(
+            class(&with(hello.clone(), &raw(t::MANIFEST, &p))),
+            ErrorClass::Malformed
+        );
+    }
     assert_eq!(
-        class(&with(hello.clone(), &raw(t::MANIFEST, &p))),
+        class(&with(
+            hello.clone(),
+            &raw(t::MANIFEST, &vm_payload(0, 0, 0, 9))
+        )),
         ErrorClass::LimitExceeded
     );
-    // Same VM with no files, plus a trailing byte inside the record.
-    let mut p2 = p[..p.len() - 4].to_vec();
-    p2.extend_from_slice(&[0, 0, 0, 0, 9]);
+    let mut p = vm_payload(0, 0, 0, 0);
+    p.push(9);
     assert_eq!(
-        class(&with(hello, &raw(t::MANIFEST, &p2))),
+        class(&with(hello, &raw(t::MANIFEST, &p))),
         ErrorClass::Malformed
     );
 }
 
+/// PROTO-4: VM indices, contiguity of a VM's files, expected files before a VM closes.
 #[test]
-fn files_come_in_manifest_order_and_match_it() {
+fn vm_order_rules() {
     let good = prefix().into_inner();
-    // Second file first.
-    let b = raw(t::BEGIN, &begin_payload(0, "firewall.xml", 0, 0o644, 5));
-    assert_eq!(class(&with(good.clone(), &b)), ErrorClass::OrderFailure);
-    // A file not in the manifest.
-    let b = raw(t::BEGIN, &begin_payload(0, "root.img", 0, 0o644, 9000));
-    assert_eq!(class(&with(good.clone(), &b)), ErrorClass::OrderFailure);
-    // Wrong VM index.
-    let b = raw(t::BEGIN, &begin_payload(7, "private.img", 0, 0o644, 9000));
-    assert_eq!(class(&with(good.clone(), &b)), ErrorClass::OrderFailure);
-    // Size differs from the manifest.
-    let b = raw(t::BEGIN, &begin_payload(0, "private.img", 0, 0o644, 9001));
+    let b = raw(t::BEGIN, &begin_payload(3, "private.img", 0, 0o644, 10, 0));
     assert_eq!(class(&with(good.clone(), &b)), ErrorClass::Malformed);
-    // setuid bit.
-    let b = raw(t::BEGIN, &begin_payload(0, "private.img", 0, 0o4644, 9000));
-    assert_eq!(class(&with(good.clone(), &b)), ErrorClass::Malformed);
-    // A directory where a volume goes.
-    let b = raw(t::BEGIN, &begin_payload(0, "private.img", 1, 0o755, 9000));
-    assert_eq!(class(&with(good.clone(), &b)), ErrorClass::UnsafePath);
-    // Unknown kind.
-    let b = raw(t::BEGIN, &begin_payload(0, "private.img", 9, 0o644, 9000));
-    assert_eq!(class(&with(good.clone(), &b)), ErrorClass::Malformed);
-    // Data or end before begin; summary before the files.
-    let d = raw(t::DATA, &data_payload(0, b"x"));
-    assert_eq!(class(&with(good.clone(), &d)), ErrorClass::Malformed);
-    assert_eq!(
-        class(&with(good.clone(), &raw(t::END, &[0; 32]))),
-        ErrorClass::Malformed
+    let b = raw(
+        t::BEGIN,
+        &begin_payload(u32::MAX, "private.img", 0, 0o644, 10, 0),
     );
+    assert_eq!(class(&with(good.clone(), &b)), ErrorClass::Malformed);
+    // Back to a VM whose files ended.
+    let mut e = prefix();
+    e.begin(&reg(0, "private.img", 10, 0)).unwrap();
+    e.end().unwrap();
+    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
+        .unwrap();
+    e.end().unwrap();
+    assert_eq!(
+        e.begin(&reg(0, "root.img", 1, 0)).unwrap_err().class(),
+        ErrorClass::OrderFailure
+    );
+    let s = e.into_inner();
+    let b = raw(t::BEGIN, &begin_payload(0, "root.img", 0, 0o644, 10, 0));
+    assert_eq!(class(&with(s, &b)), ErrorClass::OrderFailure);
+    // Leaving VM 0 without its expected private.img.
+    let mut e = prefix();
+    e.begin(&reg(0, "root.img", 10, 0)).unwrap();
+    e.end().unwrap();
+    let s = e.into_inner();
+    let b = raw(t::BEGIN, &begin_payload(1, "apps", 1, 0o755, 0, 0));
+    assert_eq!(class(&with(s, &b)), ErrorClass::MissingData);
+    // Summary while VM 0 never sent its expected file, and while it is current.
     let mut e = prefix();
     assert_eq!(e.summary().unwrap_err().class(), ErrorClass::MissingData);
+    let mut e = prefix();
+    e.begin(&reg(0, "root.img", 10, 0)).unwrap();
+    e.end().unwrap();
+    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::MissingData);
+    // VMs in any order, some with no file at all, is fine.
+    let mut e = prefix();
+    e.begin(&begin(2, "user", FileKind::Directory, 0, 0))
+        .unwrap();
+    e.end().unwrap();
+    e.begin(&reg(0, "private.img", 10, 0)).unwrap();
+    e.end().unwrap();
+    e.summary().unwrap();
+    assert_eq!(consume(&e.into_inner()).unwrap(), 2 + 4 + 1);
 }
 
+/// PROTO-5: names, kinds, modes and sizes of a begin record.
+#[test]
+fn begin_rules() {
+    let good = prefix().into_inner();
+    let cases: &[(u32, &str, u8, u32, u64, u64, ErrorClass)] = &[
+        (0, "kernel.img", 0, 0o644, 10, 0, ErrorClass::UnsafePath),
+        (0, "../private.img", 0, 0o644, 10, 0, ErrorClass::UnsafePath),
+        (1, "apps/../../etc", 0, 0o644, 10, 0, ErrorClass::UnsafePath),
+        (1, "apps//x", 0, 0o644, 10, 0, ErrorClass::UnsafePath),
+        (1, "/etc/passwd", 0, 0o644, 10, 0, ErrorClass::UnsafePath),
+        (1, "apps/", 1, 0o755, 0, 0, ErrorClass::UnsafePath),
+        (2, "./user", 1, 0o755, 0, 0, ErrorClass::UnsafePath),
+        (1, "", 1, 0o755, 0, 0, ErrorClass::UnsafePath),
+        (0, "private.img", 0, 0o4644, 10, 0, ErrorClass::Malformed),
+        (0, "private.img", 1, 0o755, 0, 0, ErrorClass::UnsafePath),
+        (0, "private.img", 9, 0o644, 10, 0, ErrorClass::Malformed),
+        (
+            0,
+            "private.img",
+            0,
+            0o644,
+            10,
+            11,
+            ErrorClass::LimitExceeded,
+        ),
+        (
+            0,
+            "private.img",
+            0,
+            0o644,
+            (16 << 40) + 1,
+            0,
+            ErrorClass::LimitExceeded,
+        ),
+        (1, "apps", 1, 0o755, 1, 0, ErrorClass::Malformed),
+    ];
+    for &(vm, name, kind, mode, size, data, want) in cases {
+        let b = raw(t::BEGIN, &begin_payload(vm, name, kind, mode, size, data));
+        assert_eq!(class(&with(good.clone(), &b)), want, "{name:?} kind {kind}");
+    }
+    // Symlink targets: empty, control characters (the decoder refuses both).
+    for target in ["", "a\u{1}b"] {
+        let mut p = 1u32.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0, 1, b'l', 2]);
+        p.extend_from_slice(&(target.len() as u16).to_be_bytes());
+        p.extend_from_slice(target.as_bytes());
+        p.extend_from_slice(&[0; 4 + 8 + 8]);
+        let want = if target.is_empty() {
+            ErrorClass::UnsafePath
+        } else {
+            ErrorClass::Malformed
+        };
+        assert_eq!(
+            class(&with(good.clone(), &raw(t::BEGIN, &p))),
+            want,
+            "{target:?}"
+        );
+    }
+    // The same name twice in a VM.
+    let mut e = prefix();
+    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
+        .unwrap();
+    e.end().unwrap();
+    assert_eq!(
+        e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
+            .unwrap_err()
+            .class(),
+        ErrorClass::OrderFailure
+    );
+    let s = e.into_inner();
+    let b = raw(t::BEGIN, &begin_payload(1, "apps", 1, 0o755, 0, 0));
+    assert_eq!(class(&with(s, &b)), ErrorClass::OrderFailure);
+    // The same name in two VMs is fine.
+    let mut e = prefix();
+    e.begin(&reg(1, "private.img", 1, 0)).unwrap();
+    e.end().unwrap();
+    e.begin(&reg(0, "private.img", 1, 0)).unwrap();
+    e.end().unwrap();
+    e.summary().unwrap();
+}
+
+/// PROTO-5: a VM's data bytes stay within its declared backup-size plus LIM-27.
+#[test]
+fn declared_backup_size_bounds_a_vms_data() {
+    let mut m = manifest();
+    m.vms[0].backup_size = 1000;
+    let slack = qbackup_format::limits::BACKUP_SIZE_SLACK;
+    let mut e = prefix_with(&m);
+    e.begin(&reg(0, "private.img", 1 << 30, 1000 + slack))
+        .unwrap();
+    let s = e.into_inner();
+    let b = raw(
+        t::BEGIN,
+        &begin_payload(0, "private.img", 0, 0o644, 1 << 30, 1001 + slack),
+    );
+    let mut e = prefix_with(&m);
+    assert_eq!(
+        e.begin(&reg(0, "private.img", 1 << 30, 1001 + slack))
+            .unwrap_err()
+            .class(),
+        ErrorClass::LimitExceeded
+    );
+    assert_eq!(class(&with(e.into_inner(), &b)), ErrorClass::LimitExceeded);
+    drop(s);
+    // Summed over the VM's files.
+    let mut e = prefix_with(&m);
+    e.begin(&reg(0, "root.img", 600, 600)).unwrap();
+    e.data(0, &[0; 600]).unwrap();
+    e.end().unwrap();
+    let s = e.into_inner();
+    let b = raw(
+        t::BEGIN,
+        &begin_payload(0, "private.img", 0, 0o644, 1 << 30, slack + 401),
+    );
+    assert_eq!(class(&with(s, &b)), ErrorClass::LimitExceeded);
+    // Within the bound is fine.
+    let mut e = prefix_with(&m);
+    e.begin(&reg(0, "root.img", 600, 600)).unwrap();
+    e.data(0, &[0; 600]).unwrap();
+    e.end().unwrap();
+    e.begin(&reg(0, "private.img", 1 << 30, slack + 400))
+        .unwrap();
+}
+
+/// PROTO-6: offsets strictly increase, stay inside the size, and data matches the begin.
 #[test]
 fn data_rules() {
     let open = || {
         let mut e = prefix();
-        e.begin(&begin(0, "private.img", FileKind::Regular, 9000))
-            .unwrap();
+        e.begin(&reg(0, "private.img", 9000, 300)).unwrap();
         e.data(100, &[1; 10]).unwrap();
         e.into_inner()
     };
@@ -347,45 +540,68 @@ fn data_rules() {
     let mut huge = vec![t::DATA];
     huge.extend_from_slice(&(8 + (1u32 << 20) + 1).to_be_bytes());
     assert_eq!(class(&with(open(), &huge)), ErrorClass::LimitExceeded);
-    // End before all declared data.
-    let mut e = prefix();
-    e.begin(&begin(0, "private.img", FileKind::Regular, 9000))
-        .unwrap();
-    e.data(0, &[1; 299]).unwrap();
-    assert_eq!(e.end().unwrap_err().class(), ErrorClass::MissingData);
     // Data for a directory.
     let mut e = prefix();
-    for (vm, name, size, data) in [(0, "private.img", 9000, 300), (0, "firewall.xml", 5, 5)] {
-        e.begin(&begin(vm, name, FileKind::Regular, size)).unwrap();
-        e.data(0, &vec![0; data]).unwrap();
-        e.end().unwrap();
-    }
-    e.begin(&begin(1, "apps", FileKind::Directory, 0)).unwrap();
+    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
+        .unwrap();
+    assert!(e.data(0, b"x").is_err());
     let s = e.into_inner();
     assert_eq!(class(&with(s, &d(0, 1))), ErrorClass::Malformed);
 }
 
+/// PROTO-7: an end before all declared data is missing data; a wrong digest is a MAC
+/// failure, detected by the decoder itself.
 #[test]
-fn digest_mismatch_is_the_consumers_error() {
+fn end_rules() {
     let mut e = prefix();
-    e.begin(&begin(0, "private.img", FileKind::Regular, 9000))
-        .unwrap();
+    e.begin(&reg(0, "private.img", 9000, 300)).unwrap();
+    e.data(0, &[1; 299]).unwrap();
+    assert_eq!(e.end().unwrap_err().class(), ErrorClass::MissingData);
+    let s = with(e.into_inner(), &raw(t::END, &[0; 32]));
+    assert_eq!(class(&s), ErrorClass::MissingData);
+    let mut e = prefix();
+    e.begin(&reg(0, "private.img", 9000, 300)).unwrap();
     e.data(0, &[1; 300]).unwrap();
-    let mut s = e.into_inner();
-    s.extend(raw(t::END, &[0; 32]));
+    let s = with(e.into_inner(), &raw(t::END, &[0; 32]));
     assert_eq!(class(&s), ErrorClass::MacFailure);
+    // End outside a file.
+    assert_eq!(
+        class(&with(prefix().into_inner(), &raw(t::END, &[0; 32]))),
+        ErrorClass::Malformed
+    );
 }
 
+/// PROTO-8: a summary's counts and transcript must match the stream.
+#[test]
+fn summary_must_match() {
+    let good = valid();
+    let body = &good[..good.len() - 65];
+    for byte in [3usize, 11, 19, 27, 59] {
+        let mut summary = good[good.len() - 60..].to_vec();
+        summary[byte] ^= 1;
+        assert_eq!(
+            class(&with(body.to_vec(), &raw(t::SUMMARY, &summary))),
+            ErrorClass::Malformed,
+            "summary byte {byte}"
+        );
+    }
+    // A summary inside a file.
+    let mut e = prefix();
+    e.begin(&reg(0, "private.img", 1, 0)).unwrap();
+    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::Malformed);
+}
+
+/// PROTO-9: an error record ends the stream with its class; its text is made safe.
 #[test]
 fn error_record_ends_the_stream() {
     let mut e = prefix();
-    e.begin(&begin(0, "private.img", FileKind::Regular, 9000))
-        .unwrap();
+    e.begin(&reg(0, "private.img", 9000, 300)).unwrap();
     e.error(
         ErrorClass::MacFailure,
         "chunk vm3/private.img.004\x1b[2J failed",
     )
     .unwrap();
+    assert!(e.is_done());
     let s = e.into_inner();
     let err = consume(&s).unwrap_err();
     assert_eq!(err.class(), ErrorClass::MacFailure);
@@ -395,7 +611,9 @@ fn error_record_ends_the_stream() {
     let mut d = Decoder::new(&s[..]);
     while !matches!(d.read_record().unwrap(), Some(Record::Error { .. })) {}
     assert_eq!(d.read_record().unwrap_err().class(), ErrorClass::Malformed);
-    // A control character or unknown class in a raw error record.
+    // And a failed decoder stays failed.
+    assert!(d.read_record().is_err());
+    // A control character or unknown class in a raw error record; error before hello.
     let mut p = vec![12u8, 0, 2, b'a', b'\n'];
     assert_eq!(
         class(&with(prefix().into_inner(), &raw(t::ERROR, &p))),
@@ -406,40 +624,48 @@ fn error_record_ends_the_stream() {
         class(&with(prefix().into_inner(), &raw(t::ERROR, &p))),
         ErrorClass::Malformed
     );
-}
-
-#[test]
-fn summary_must_match() {
-    let good = valid();
-    // Replace the summary by one with wrong counts but a correct transcript: still refused.
-    let body = &good[..good.len() - 65];
-    let mut summary = good[good.len() - 60..].to_vec();
-    summary[3] ^= 1; // VM count
     assert_eq!(
-        class(&with(body.to_vec(), &raw(t::SUMMARY, &summary))),
+        class(&raw(t::ERROR, &[12, 0, 1, b'a'])),
         ErrorClass::Malformed
     );
+    // Right after hello and inside a manifest-less stream it is allowed.
+    let s = with(prefix_hello(), &raw(t::ERROR, &[12, 0, 1, b'a']));
+    assert_eq!(class(&s), ErrorClass::MacFailure);
+    // A long message is cut to LIM-31.
+    let mut e = prefix();
+    e.error(ErrorClass::Io, &"é".repeat(5000)).unwrap();
+    let err = consume(&e.into_inner()).unwrap_err();
+    assert!(err.message().len() <= qbackup_format::limits::MAX_PROTO_MESSAGE_LEN);
+    assert_eq!(err.class(), ErrorClass::Io);
 }
 
+/// PROTO-10: the encoder runs the same state machine, so it refuses what the decoder
+/// would.
 #[test]
 fn encoder_refuses_what_the_decoder_would() {
+    let mut e = Encoder::new(Vec::new());
+    assert!(e.manifest(&manifest()).is_err());
+    assert!(e.error(ErrorClass::Io, "x").is_err());
     let mut e = prefix();
     assert_eq!(
-        e.begin(&begin(0, "firewall.xml", FileKind::Regular, 5))
-            .unwrap_err()
-            .class(),
-        ErrorClass::OrderFailure
+        e.begin(&reg(0, "kernel", 5, 0)).unwrap_err().class(),
+        ErrorClass::UnsafePath
     );
-    e.begin(&begin(0, "private.img", FileKind::Regular, 9000))
-        .unwrap();
+    assert!(e.data(0, b"x").is_err());
+    assert!(e.end().is_err());
+    e.begin(&reg(0, "private.img", 9000, 10)).unwrap();
     assert!(e.data(9000, b"x").is_err());
     assert!(e.hello().is_err());
+    assert!(e.manifest(&manifest()).is_err());
+    e.error(ErrorClass::Io, "stop").unwrap();
+    assert!(e.summary().is_err());
+    assert!(e.error(ErrorClass::Io, "again").is_err());
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Random edits of a valid stream: refused or accepted, never a panic.
+    /// PROTO-2: random edits of a valid stream: refused or accepted, never a panic.
     #[test]
     fn random_edits_never_panic(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
                                 tail in prop::collection::vec(any::<u8>(), 0..64)) {
@@ -452,12 +678,10 @@ proptest! {
         let _ = consume(&s);
     }
 
-    /// Arbitrary bytes after hello: never a panic.
+    /// PROTO-2: arbitrary bytes after hello: never a panic, never accepted.
     #[test]
     fn arbitrary_records_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let mut e = Encoder::new(Vec::new());
-        e.hello().unwrap();
-        let s = with(e.into_inner(), &body);
+        let s = with(prefix_hello(), &body);
         prop_assert!(consume(&s).is_err());
     }
 }
@@ -485,6 +709,7 @@ impl std::io::Read for Trickle<'_> {
     }
 }
 
+/// PROTO-2: framing does not depend on how reads are split.
 #[test]
 fn short_and_interrupted_reads_change_nothing() {
     let good = valid();
@@ -497,4 +722,88 @@ fn short_and_interrupted_reads_change_nothing() {
         n += 1;
     }
     assert_eq!(n, 19);
+}
+
+/// PROTO-7: holes cost the decoder nothing: a 16 TiB file with one byte at its end
+/// decodes at once (the digest covers records, not the logical content).
+#[test]
+fn huge_sparse_files_are_cheap() {
+    let size = 16u64 << 40;
+    let mut e = prefix();
+    e.begin(&reg(0, "private.img", size, 1)).unwrap();
+    e.data(size - 1, b"x").unwrap();
+    e.end().unwrap();
+    e.summary().unwrap();
+    // Hashing 16 TiB of zeros would take hours: this returning at all is the check.
+    assert_eq!(consume(&e.into_inner()).unwrap(), 2 + 3 + 1);
+}
+
+/// PROTO-5, LIM-33: one VM's file names are bounded in total (the checker remembers
+/// them); LIM-30 bounds the file count. Run on the shared state machine directly.
+#[test]
+fn name_bytes_of_a_vm_are_bounded() {
+    use qbackup_format::limits::MAX_PROTO_NAME_BYTES;
+    use qbackup_format::protocol::state::Checker;
+    let mut c = Checker::new();
+    c.hello(qbackup_format::protocol::VERSION).unwrap();
+    c.accept_manifest(manifest()).unwrap();
+    let long = "a".repeat(4000);
+    let mut total = 0usize;
+    let mut i = 0u32;
+    let err = loop {
+        let name = format!("{i:06}/{long}");
+        let r = c.begin(&begin(1, &name, FileKind::Directory, 0, 0));
+        match r {
+            Ok(()) => {
+                total += name.len();
+                c.end().unwrap();
+            }
+            Err(e) => break e,
+        }
+        i += 1;
+    };
+    assert_eq!(err.class(), ErrorClass::LimitExceeded);
+    assert!(total <= MAX_PROTO_NAME_BYTES && total + 4007 > MAX_PROTO_NAME_BYTES);
+    // Another VM starts afresh.
+    c.begin(&begin(2, "user", FileKind::Directory, 0, 0))
+        .unwrap();
+}
+
+/// PROTO-10: a refused record changes nothing: a begin for another VM that fails its
+/// checks neither closes the current VM nor writes bytes.
+#[test]
+fn refused_records_leave_the_state_alone() {
+    let mut e = prefix();
+    e.begin(&reg(0, "root.img", 1, 0)).unwrap();
+    e.end().unwrap();
+    let len = e.get_mut().len();
+    // VM 0 still misses private.img, so switching to VM 1 is refused.
+    assert_eq!(
+        e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
+            .unwrap_err()
+            .class(),
+        ErrorClass::MissingData
+    );
+    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::MissingData);
+    assert_eq!(e.get_mut().len(), len);
+    e.begin(&reg(0, "private.img", 1, 0)).unwrap();
+    e.end().unwrap();
+    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
+        .unwrap();
+    e.end().unwrap();
+    let len = e.get_mut().len();
+    // A bad name for VM 2 is refused; VM 1 stays open and VM 2 unvisited.
+    assert_eq!(
+        e.begin(&reg(2, "../x", 1, 0)).unwrap_err().class(),
+        ErrorClass::UnsafePath
+    );
+    assert_eq!(e.get_mut().len(), len);
+    e.begin(&begin(1, "apps/y", FileKind::Directory, 0, 0))
+        .unwrap();
+    e.end().unwrap();
+    e.begin(&begin(2, "user", FileKind::Directory, 0, 0))
+        .unwrap();
+    e.end().unwrap();
+    e.summary().unwrap();
+    consume(&e.into_inner()).unwrap();
 }

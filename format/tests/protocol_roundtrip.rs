@@ -1,14 +1,16 @@
 //! PROTO-*: streams the encoder writes decode to the same records (proptest), and the
-//! decoder's consumer-side SHA-256 check with [`FileHasher`] agrees with the encoder.
+//! digest a consumer computes with [`RecordDigest`] agrees with the encoder's and the
+//! decoder's own check (PROTO-7).
 
 use proptest::prelude::*;
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
 use qbackup_format::protocol::{
-    Begin, FileHasher, FileKind, Layout, Manifest, ManifestFile, ManifestVm, Record,
+    Begin, FileHasher, FileKind, Layout, Manifest, ManifestVm, Record, RecordDigest,
 };
 use qbackup_format::qubes_xml::NetVm;
 use qbackup_format::ErrorClass;
+use sha2::Digest as _;
 
 /// One file as the test producer holds it: runs at offsets inside `size`.
 #[derive(Debug, Clone)]
@@ -83,47 +85,57 @@ fn file_strategy(layout: Layout, idx: usize) -> impl Strategy<Value = TestFile> 
 }
 
 fn vm_strategy(i: usize) -> impl Strategy<Value = TestVm> {
-    (0u8..3, 0usize..5, any::<bool>(), 0u8..3).prop_flat_map(move |(l, n, lab, net)| {
-        let (layout, name, class) = match l {
-            0 => (Layout::Volumes, format!("vm{i}"), "AppVM"),
-            1 => (Layout::TemplateDir, format!("tpl{i}"), "TemplateVM"),
-            _ if i == 0 => (Layout::Dom0Home, "dom0".to_string(), "AdminVM"),
-            _ => (Layout::Volumes, format!("sa{i}"), "StandaloneVM"),
-        };
-        let n = if layout == Layout::Volumes {
-            n.min(8)
-        } else {
-            n
-        };
-        let files: Vec<_> = (0..n).map(|k| file_strategy(layout, k)).collect();
-        files.prop_map(move |files| TestVm {
-            vm: ManifestVm {
-                name: name.clone(),
-                class: class.to_string(),
-                label: lab.then(|| "red".to_string()),
-                template: (class == "AppVM").then(|| "fedora-41".to_string()),
-                netvm: match net {
-                    0 => NetVm::Default,
-                    1 => NetVm::None,
-                    _ => NetVm::Named("sys-firewall".to_string()),
+    (0u8..3, 0usize..5, any::<bool>(), 0u8..3, 0usize..3).prop_flat_map(
+        move |(l, n, lab, net, exp)| {
+            let (layout, name, class) = match l {
+                0 => (Layout::Volumes, format!("vm{i}"), "AppVM"),
+                1 => (Layout::TemplateDir, format!("tpl{i}"), "TemplateVM"),
+                _ if i == 0 => (Layout::Dom0Home, "dom0".to_string(), "AdminVM"),
+                _ => (Layout::Volumes, format!("sa{i}"), "StandaloneVM"),
+            };
+            let n = if layout == Layout::Volumes {
+                n.min(8)
+            } else {
+                n
+            };
+            let files: Vec<_> = (0..n).map(|k| file_strategy(layout, k)).collect();
+            files.prop_map(move |files| TestVm {
+                vm: ManifestVm {
+                    name: name.clone(),
+                    class: class.to_string(),
+                    label: lab.then(|| "red".to_string()),
+                    template: (class == "AppVM").then(|| "fedora-41".to_string()),
+                    netvm: match net {
+                        0 => NetVm::Default,
+                        1 => NetVm::None,
+                        _ => NetVm::Named("sys-firewall".to_string()),
+                    },
+                    layout,
+                    backup_size: if lab { 0 } else { 1 << 20 },
+                    expected_files: if layout == Layout::Volumes {
+                        files.iter().take(exp).map(|f| f.name.clone()).collect()
+                    } else {
+                        Vec::new()
+                    },
                 },
-                layout,
-                files: files
-                    .iter()
-                    .map(|f| ManifestFile {
-                        name: f.name.clone(),
-                        size: f.size,
-                        data_bytes: f.runs.iter().map(|r| r.1.len() as u64).sum(),
-                    })
-                    .collect(),
-            },
-            files,
-        })
-    })
+                files,
+            })
+        },
+    )
 }
 
 fn stream_strategy() -> impl Strategy<Value = Vec<TestVm>> {
     (0usize..4).prop_flat_map(|n| (0..n).map(vm_strategy).collect::<Vec<_>>())
+}
+
+/// The order VMs are sent in: manifest order, or reversed for odd `split` (PROTO-4
+/// allows any order as long as each VM's files are contiguous).
+fn order(n: usize, split: usize) -> Vec<usize> {
+    if split % 2 == 1 {
+        (0..n).rev().collect()
+    } else {
+        (0..n).collect()
+    }
 }
 
 /// Encodes `vms`, splitting each run at `split` to exercise record boundaries.
@@ -134,7 +146,8 @@ fn encode(vms: &[TestVm], split: usize) -> Vec<u8> {
         vms: vms.iter().map(|v| v.vm.clone()).collect(),
     })
     .unwrap();
-    for (i, vm) in vms.iter().enumerate() {
+    for i in order(vms.len(), split) {
+        let vm = &vms[i];
         for f in &vm.files {
             e.begin(&Begin {
                 vm: i as u32,
@@ -142,6 +155,7 @@ fn encode(vms: &[TestVm], split: usize) -> Vec<u8> {
                 kind: f.kind.clone(),
                 mode: f.mode,
                 size: f.size,
+                data_bytes: f.runs.iter().map(|r| r.1.len() as u64).sum(),
             })
             .unwrap();
             for (off, bytes) in &f.runs {
@@ -158,7 +172,7 @@ fn encode(vms: &[TestVm], split: usize) -> Vec<u8> {
 
 type Runs = Vec<(u64, Vec<u8>)>;
 
-/// What a consumer sees, with the SHA-256 check done as PROTO-6 asks.
+/// What a consumer sees, with its own digest check too (PROTO-7).
 #[derive(Debug, PartialEq)]
 struct Seen {
     manifest: Manifest,
@@ -174,14 +188,14 @@ fn consume(bytes: &[u8]) -> qbackup_format::Result<Seen> {
     let mut hasher = None;
     while let Some(r) = d.read_record()? {
         match r {
-            Record::Hello { version } => assert_eq!(version, 1),
+            Record::Hello { version } => assert_eq!(version, 2),
             Record::Manifest(m) => seen.manifest = m.clone(),
             Record::Begin(b) => {
-                hasher = Some(FileHasher::new(b.size));
+                hasher = Some(RecordDigest::new(b.size, b.data_bytes));
                 seen.files.push((b, Vec::new()));
             }
             Record::Data { offset, bytes } => {
-                hasher.as_mut().unwrap().data(offset, bytes)?;
+                hasher.as_mut().unwrap().record(offset, bytes);
                 let runs = &mut seen.files.last_mut().unwrap().1;
                 // Merge adjacent records back into the producer's runs.
                 match runs.last_mut() {
@@ -209,22 +223,25 @@ fn consume(bytes: &[u8]) -> qbackup_format::Result<Seen> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// PROTO-2 … PROTO-8: what the encoder writes decodes to what it was given.
     #[test]
     fn round_trip(vms in stream_strategy(), split in 0usize..4000) {
         let bytes = encode(&vms, split);
         let seen = consume(&bytes).unwrap();
         prop_assert_eq!(&seen.manifest.vms, &vms.iter().map(|v| v.vm.clone()).collect::<Vec<_>>());
-        let want: Vec<_> = vms.iter().flat_map(|v| v.files.iter()).collect();
+        let want: Vec<_> = order(vms.len(), split).into_iter().flat_map(|i| vms[i].files.iter()).collect();
         prop_assert_eq!(seen.files.len(), want.len());
         for ((b, runs), f) in seen.files.iter().zip(want) {
             prop_assert_eq!(&b.name, &f.name);
             prop_assert_eq!(&b.kind, &f.kind);
             prop_assert_eq!(b.size, f.size);
+            prop_assert_eq!(b.mode, f.mode);
             prop_assert_eq!(runs, &f.runs);
         }
     }
 }
 
+/// PROTO-6, PROTO-13, LIM-28: the encoder splits runs into records of at most LIM-28 bytes.
 #[test]
 fn large_runs_are_split_into_bounded_records() {
     let size = 3 * (1 << 20) + 5;
@@ -235,11 +252,8 @@ fn large_runs_are_split_into_bounded_records() {
         template: None,
         netvm: NetVm::None,
         layout: Layout::Volumes,
-        files: vec![ManifestFile {
-            name: "private.img".into(),
-            size,
-            data_bytes: size - 5,
-        }],
+        backup_size: 0,
+        expected_files: vec!["private.img".into()],
     };
     let mut e = Encoder::new(Vec::new());
     e.hello().unwrap();
@@ -250,6 +264,7 @@ fn large_runs_are_split_into_bounded_records() {
         kind: FileKind::Regular,
         mode: 0o600,
         size,
+        data_bytes: size - 5,
     })
     .unwrap();
     let data = vec![7u8; (size - 5) as usize];
@@ -260,17 +275,26 @@ fn large_runs_are_split_into_bounded_records() {
     let mut d = Decoder::new(&bytes[..]);
     let mut data_records = 0;
     let mut h = None;
+    let mut logical = Vec::new();
     while let Some(r) = d.read_record().unwrap() {
         match r {
             Record::Begin(b) => h = Some(FileHasher::new(b.size)),
             Record::Data { offset, bytes } => {
                 assert!(bytes.len() <= 1 << 20);
                 h.as_mut().unwrap().data(offset, bytes).unwrap();
+                logical.extend_from_slice(bytes);
                 data_records += 1;
             }
             Record::End { sha256 } => {
                 assert_eq!(sha256, sent);
-                assert_eq!(h.take().unwrap().finish(), sha256);
+                // The logical SHA-256 (holes as zeros) is a different digest.
+                let mut full = vec![0u8; 5];
+                full.extend_from_slice(&logical);
+                assert_eq!(
+                    h.take().unwrap().finish(),
+                    <[u8; 32]>::from(sha2::Sha256::digest(&full))
+                );
+                assert_ne!(sent, <[u8; 32]>::from(sha2::Sha256::digest(&full)));
             }
             _ => {}
         }

@@ -7,7 +7,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use qbackup_fuzz_targets::{pipeline_verifies, TARGETS};
+use qbackup_fuzz_targets::{pipeline_verifies, protocol_ops, protocol_records, TARGETS};
 
 /// Regression inputs of findings not fixed yet: `(target, file name, finding)`. They are
 /// skipped by `replay_corpus_and_regressions` and run by the ignored test `open_findings`.
@@ -102,6 +102,35 @@ fn real_key_archive_seeds_verify() {
             panic!("{seed} does not verify:\n{report}");
         }
     }
+}
+
+/// The `protocol_decode` seeds (output of `qbackup-verify emit`, see FUZZING.md) are what
+/// they claim: complete streams, or streams ending in an error record; and each
+/// `protocol_roundtrip` seed is the same stream as that target's operations
+/// ([`protocol_ops`]). PROTO-10: the decoder accepts real emit output to its end.
+#[test]
+fn protocol_seeds_are_real_streams() {
+    let dir = fuzz_dir().join("corpus");
+    let mut n = 0;
+    for file in inputs("protocol_decode") {
+        let name = file.file_name().expect("name").to_owned();
+        if !name.to_string_lossy().starts_with("seed-emit-") {
+            continue;
+        }
+        let stream = std::fs::read(&file).expect("read seed");
+        let (records, clean) = protocol_records(&stream);
+        assert!(clean, "{}: the decoder refuses it", file.display());
+        let ops = protocol_ops(&records);
+        let path = dir.join("protocol_roundtrip").join(&name);
+        if std::env::var_os("QBACKUP_WRITE_PROTOCOL_SEEDS").is_some() {
+            std::fs::write(&path, &ops).expect("write seed");
+        }
+        let committed = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (regenerate: see FUZZING.md)", path.display()));
+        assert!(committed == ops, "{} is stale", path.display());
+        n += 1;
+    }
+    assert!(n >= 5, "only {n} emit seeds");
 }
 
 /// Every corpus directory belongs to a target (a renamed target leaves no corpus behind).

@@ -38,6 +38,16 @@ pub enum Command {
         #[arg(value_name = "VM", trailing_var_arg = true)]
         vms: Vec<String>,
     },
+    /// Write verified VM data to stdout as a protocol v2 stream (SPEC.md §21) for
+    /// `qbackup-pack restore`; the report goes to stderr. Operands: `[VM...] ARCHIVE`
+    /// (the last operand is the archive, `-` for stdin; VMs default to all).
+    Emit {
+        #[command(flatten)]
+        common: Common,
+        /// The archive comes last: `emit work dom0 backup.bin`.
+        #[arg(value_name = "VM_THEN_ARCHIVE", trailing_var_arg = true)]
+        operands: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

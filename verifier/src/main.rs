@@ -18,7 +18,7 @@ use qbackup_format::{Error, ErrorClass};
 use cli::{Cli, Command, Common};
 use qbackup_verify::output::{Output, VerifyOnly};
 use qbackup_verify::report::Report;
-use qbackup_verify::{driver, extract, passphrase};
+use qbackup_verify::{driver, emit, extract, passphrase};
 
 /// Exit code when everything verified.
 const EXIT_OK: i32 = 0;
@@ -55,6 +55,16 @@ fn run(cli: Cli) -> Result<i32, Error> {
         Command::Verify { common } => ("verify", common, None, Vec::new()),
         Command::List { common } => ("list", common, None, Vec::new()),
         Command::Extract { common, to, vms } => ("extract", common, Some(to), vms),
+        Command::Emit {
+            mut common,
+            mut operands,
+        } => {
+            // `[VM...] ARCHIVE`: clap put the first operand in `archive`.
+            operands.insert(0, common.archive.display().to_string());
+            let archive = operands.pop().unwrap_or_default();
+            common.archive = archive.into();
+            ("emit", common, None, operands)
+        }
     };
     let on_stdin = common.archive == Path::new("-");
     let (input, total): (Box<dyn Read + Send>, Option<u64>) = if on_stdin {
@@ -71,6 +81,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
     };
     let pass = passphrase::obtain(common.passphrase_file.as_deref(), on_stdin)?;
     let settings = settings(&common, pass.to_vec(), name == "list", vms, total);
+    if name == "emit" {
+        return run_emit(input, settings, &common);
+    }
     let mut report = match extract_to {
         Some(dir) => {
             let mut out = extract::Extractor::open(&dir)?;
@@ -83,6 +96,32 @@ fn run(cli: Cli) -> Result<i32, Error> {
     };
     finish_progress();
     emit(&mut report, name, common.json)?;
+    Ok(report.first_class().map_or(EXIT_OK, ErrorClass::exit_code))
+}
+
+/// `emit`: the stream on stdout (buffered), the report on stderr; exit code = class.
+fn run_emit(
+    input: Box<dyn Read + Send>,
+    settings: driver::Settings,
+    common: &Common,
+) -> Result<i32, Error> {
+    let stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    let mut out = emit::Emitter::new(stdout, settings.select.clone(), common.ignore_backup_size);
+    let mut report = driver::run(input, settings, &mut out);
+    report.notes.extend(Output::take_notes(&mut out));
+    if let Err(e) = out.finish(&report) {
+        if report.findings.is_empty() {
+            // A consumer that closed the pipe, or a summary the protocol refused.
+            report.fail(e, None, None);
+        }
+    }
+    finish_progress();
+    report_to(
+        &mut report,
+        "emit",
+        common.json,
+        &mut std::io::stderr().lock(),
+    )?;
     Ok(report.first_class().map_or(EXIT_OK, ErrorClass::exit_code))
 }
 
@@ -139,6 +178,15 @@ fn settings(
 }
 
 fn emit(report: &mut Report, command: &str, json: bool) -> Result<(), Error> {
+    report_to(report, command, json, &mut std::io::stdout().lock())
+}
+
+fn report_to(
+    report: &mut Report,
+    command: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
     let text = if json {
         let mut s = serde_json::to_string_pretty(&report.to_json(command))
             .map_err(|e| Error::new(ErrorClass::Io, e.to_string()))?;
@@ -147,11 +195,7 @@ fn emit(report: &mut Report, command: &str, json: bool) -> Result<(), Error> {
     } else {
         report.human(command, command == "list")
     };
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         // A consumer that closed the pipe early is not an error of ours.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

@@ -20,7 +20,7 @@ pub mod read;
 pub mod state;
 pub mod write;
 
-pub use hash::FileHasher;
+pub use hash::{FileHasher, RecordDigest};
 
 use crate::qubes_xml::NetVm;
 
@@ -143,8 +143,8 @@ pub enum Record<'a> {
         offset: u64,
         bytes: &'a [u8],
     },
-    /// The file is complete and its SHA-256 (logical content, holes as zeros) matched
-    /// what the decoder hashed itself (PROTO-7): the consumer may commit it now.
+    /// The file is complete and its digest ([`RecordDigest`]) matched what the decoder
+    /// computed itself (PROTO-7): the consumer may commit it now.
     End {
         sha256: [u8; 32],
     },

@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::codec::{self, Cursor, DATA_PREFIX, HEADER_LEN};
 use super::state::Checker;
-use super::{record_type as t, FileHasher, Manifest, Record};
+use super::{record_type as t, Manifest, Record, RecordDigest};
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::MAX_PROTO_DATA_LEN;
 
@@ -23,7 +23,7 @@ pub struct Decoder<R: Read> {
     /// the per-type bound (LIM-28, LIM-29).
     buf: Vec<u8>,
     /// The open file's digest so far (PROTO-7).
-    hasher: Option<FileHasher>,
+    hasher: Option<RecordDigest>,
     failed: bool,
     ended: bool,
 }
@@ -179,7 +179,7 @@ impl<R: Read> Decoder<R> {
                 let b = codec::get_begin(&mut c)?;
                 c.finish()?;
                 self.checker.begin(&b)?;
-                self.hasher = Some(FileHasher::new(b.size));
+                self.hasher = Some(RecordDigest::new(b.size, b.data_bytes));
                 Pending::Begin(b)
             }
             t::DATA => {
@@ -188,7 +188,7 @@ impl<R: Read> Decoder<R> {
                 debug_assert!(bytes.len() <= MAX_PROTO_DATA_LEN);
                 self.checker.data(offset, bytes.len())?;
                 if let Some(h) = self.hasher.as_mut() {
-                    h.data(offset, bytes)?;
+                    h.record(offset, bytes);
                 }
                 Pending::Data(offset)
             }
@@ -196,7 +196,7 @@ impl<R: Read> Decoder<R> {
                 let sha256 = c.digest()?;
                 c.finish()?;
                 self.checker.end()?;
-                let got = self.hasher.take().map(FileHasher::finish);
+                let got = self.hasher.take().map(RecordDigest::finish);
                 if got != Some(sha256) {
                     return Err(Error::mac(
                         "protocol: file digest in end record differs from the data received",

@@ -133,21 +133,22 @@ impl Checker {
         Ok(())
     }
 
-    /// PROTO-4: closes the current VM; every expected file must have been sent.
-    fn close_current(&mut self) -> Result<()> {
-        let Some(i) = self.current.take() else {
-            return Ok(());
-        };
-        if let Some(c) = self.closed.get_mut(i) {
+    /// PROTO-4: the current VM may be closed: every expected file was sent.
+    fn check_current(&self) -> Result<()> {
+        match self.current.and_then(|i| self.manifest.vms.get(i)) {
+            Some(vm) => check_expected(vm, &self.names),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes the current VM (after [`Checker::check_current`] passed).
+    fn close_current(&mut self) {
+        if let Some(c) = self.current.take().and_then(|i| self.closed.get_mut(i)) {
             *c = true;
         }
-        let names = std::mem::take(&mut self.names);
+        self.names.clear();
         self.name_bytes = 0;
         self.vm_data = 0;
-        if let Some(vm) = self.manifest.vms.get(i) {
-            check_expected(vm, &names)?;
-        }
-        Ok(())
     }
 
     /// PROTO-4, PROTO-5.
@@ -163,16 +164,23 @@ impl Checker {
                 self.manifest.vms.len()
             )));
         }
-        if self.current != Some(vi) {
+        // Every check runs before anything changes: a refused record leaves the state
+        // as it was (the encoder then has written nothing, PROTO-10).
+        let switching = self.current != Some(vi);
+        if switching {
             if self.closed.get(vi).copied().unwrap_or(true) {
                 return Err(Error::order(format!(
                     "protocol: file {:?} of VM index {vi} after that VM's files ended",
                     truncate(&b.name)
                 )));
             }
-            self.close_current()?;
-            self.current = Some(vi);
+            self.check_current()?;
         }
+        let (name_bytes, vm_data) = if switching {
+            (0, 0)
+        } else {
+            (self.name_bytes, self.vm_data)
+        };
         let Some(vm) = self.manifest.vms.get(vi) else {
             return Err(Error::malformed("protocol: VM index out of range"));
         };
@@ -183,14 +191,13 @@ impl Checker {
                 "protocol: more than LIM-30 ({MAX_PROTO_FILES}) files"
             )));
         }
-        if self.names.contains(&b.name) {
+        if !switching && self.names.contains(&b.name) {
             return Err(ctx(Error::order(format!(
                 "file {:?} sent twice",
                 truncate(&b.name)
             ))));
         }
-        let name_bytes = self
-            .name_bytes
+        let name_bytes = name_bytes
             .checked_add(b.name.len())
             .filter(|n| *n <= MAX_PROTO_NAME_BYTES)
             .ok_or_else(|| {
@@ -235,7 +242,7 @@ impl Checker {
                 ))));
             }
         }
-        let vm_data = self.vm_data.saturating_add(b.data_bytes);
+        let vm_data = vm_data.saturating_add(b.data_bytes);
         if vm.backup_size > 0 && vm_data > vm.backup_size.saturating_add(BACKUP_SIZE_SLACK) {
             return Err(ctx(Error::limit(format!(
                 "{vm_data} data bytes exceed the declared backup-size {} plus LIM-27",
@@ -247,6 +254,10 @@ impl Checker {
         let (Some(logical), Some(data)) = (logical, data) else {
             return Err(Error::limit("protocol: stream totals overflow 64 bits"));
         };
+        if switching {
+            self.close_current();
+            self.current = Some(vi);
+        }
         self.names.insert(b.name.clone());
         self.name_bytes = name_bytes;
         self.vm_data = vm_data;
@@ -343,10 +354,10 @@ impl Checker {
         if !matches!(self.state, State::Between) {
             return Err(self.unexpected("summary"));
         }
-        self.close_current()?;
+        self.check_current()?;
         let empty = HashSet::new();
-        for (vm, closed) in self.manifest.vms.iter().zip(&self.closed) {
-            if !closed {
+        for (i, (vm, closed)) in self.manifest.vms.iter().zip(&self.closed).enumerate() {
+            if !closed && self.current != Some(i) {
                 check_expected(vm, &empty)?;
             }
         }
@@ -360,6 +371,7 @@ impl Checker {
                 want.vms, want.files, want.logical_bytes, want.data_bytes
             )));
         }
+        self.close_current();
         self.state = State::Done;
         Ok(())
     }

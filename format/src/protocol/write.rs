@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::codec::{self, HEADER_LEN};
 use super::state::Checker;
-use super::{record_type as t, Begin, FileHasher, Manifest, Summary, VERSION};
+use super::{record_type as t, Begin, Manifest, RecordDigest, Summary, VERSION};
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::{MAX_PROTO_DATA_LEN, MAX_PROTO_MESSAGE_LEN};
 
@@ -17,7 +17,7 @@ pub struct Encoder<W: Write> {
     out: W,
     checker: Checker,
     transcript: Sha256,
-    hasher: Option<FileHasher>,
+    hasher: Option<RecordDigest>,
     payload: Vec<u8>,
     broken: bool,
 }
@@ -133,7 +133,7 @@ impl<W: Write> Encoder<W> {
         self.payload.clear();
         codec::put_begin(&mut self.payload, b)?;
         self.checker.begin(b)?;
-        self.hasher = Some(FileHasher::new(b.size));
+        self.hasher = Some(RecordDigest::new(b.size, b.data_bytes));
         self.emit_payload(t::BEGIN)
     }
 
@@ -145,7 +145,7 @@ impl<W: Write> Encoder<W> {
         for piece in bytes.chunks(MAX_PROTO_DATA_LEN) {
             self.checker.data(offset, piece.len())?;
             if let Some(h) = &mut self.hasher {
-                h.data(offset, piece)?;
+                h.record(offset, piece);
             }
             let off = offset.to_be_bytes();
             self.emit(t::DATA, &[&off, piece], off.len())?;
@@ -154,14 +154,15 @@ impl<W: Write> Encoder<W> {
         Ok(())
     }
 
-    /// PROTO-7: closes the file; returns the SHA-256 it sent (of what [`Encoder::data`] got).
+    /// PROTO-7: closes the file; returns the digest it sent ([`RecordDigest`] of the data
+    /// records written).
     pub fn end(&mut self) -> Result<[u8; 32]> {
         self.usable()?;
         self.checker.end()?;
         let digest = self
             .hasher
             .take()
-            .map(FileHasher::finish)
+            .map(RecordDigest::finish)
             .unwrap_or_default();
         self.emit(t::END, &[&digest], digest.len())?;
         Ok(digest)

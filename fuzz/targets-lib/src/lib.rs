@@ -48,6 +48,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("qubes_xml", qubes_xml),
     ("sequencer", sequencer),
     ("pipeline", pipeline),
+    ("protocol_decode", protocol_decode),
+    ("protocol_roundtrip", protocol_roundtrip),
 ];
 
 /// Whether the spec check `id` (a finding number of FUZZING.md, e.g. `F1`) is listed in
@@ -557,4 +559,327 @@ pub fn pipeline_verifies(data: &[u8]) -> std::result::Result<(), String> {
     } else {
         Err(human)
     }
+}
+
+// ---- the verifier→restore protocol (SPEC.md §21) ----------------------------------------
+
+use qbackup_format::protocol::read::Decoder;
+use qbackup_format::protocol::write::Encoder;
+use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, ManifestVm, Record, Summary};
+use qbackup_format::qubes_xml::NetVm;
+
+/// A protocol record with owned parts, to compare what was encoded with what decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtoRecord {
+    Hello,
+    Manifest(Manifest),
+    Begin(Begin),
+    Data(u64, Vec<u8>),
+    End([u8; 32]),
+    Summary(Summary),
+    Error(ErrorClass, String),
+}
+
+fn owned(r: &Record<'_>) -> ProtoRecord {
+    match r {
+        Record::Hello { .. } => ProtoRecord::Hello,
+        Record::Manifest(m) => ProtoRecord::Manifest((*m).clone()),
+        Record::Begin(b) => ProtoRecord::Begin(b.clone()),
+        Record::Data { offset, bytes } => ProtoRecord::Data(*offset, bytes.to_vec()),
+        Record::End { sha256 } => ProtoRecord::End(*sha256),
+        Record::Summary(s) => ProtoRecord::Summary(*s),
+        Record::Error { class, message } => ProtoRecord::Error(*class, message.clone()),
+    }
+}
+
+/// Decode `stream` with the protocol [`Decoder`]: the records it accepted, and whether it
+/// ended cleanly (summary or error record, then end of input).
+pub fn protocol_records(stream: &[u8]) -> (Vec<ProtoRecord>, bool) {
+    let mut d = Decoder::new(stream);
+    let mut out = Vec::new();
+    loop {
+        match d.read_record() {
+            Ok(Some(r)) => out.push(owned(&r)),
+            Ok(None) => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// Feed `r` to the encoder; `Ok(false)` when the encoder refuses it.
+fn encode_record<W: std::io::Write>(e: &mut Encoder<W>, r: &ProtoRecord) -> bool {
+    match r {
+        ProtoRecord::Hello => e.hello().is_ok(),
+        ProtoRecord::Manifest(m) => e.manifest(m).is_ok(),
+        ProtoRecord::Begin(b) => e.begin(b).is_ok(),
+        ProtoRecord::Data(offset, bytes) => e.data(*offset, bytes).is_ok(),
+        ProtoRecord::End(want) => e.end().is_ok_and(|got| got == *want),
+        ProtoRecord::Summary(want) => e.summary().is_ok_and(|got| got == *want),
+        ProtoRecord::Error(class, message) => e.error(*class, message).is_ok(),
+    }
+}
+
+/// The protocol decoder (PROTO-1 … PROTO-10) on arbitrary bytes: the [`Decoder`] with its
+/// state machine ([`qbackup_format::protocol::state::Checker`]). Oracle: the encoder
+/// accepts every record the decoder accepted, in order, and re-encodes them to exactly the
+/// bytes they were decoded from (so a complete stream round-trips byte for byte).
+pub fn protocol_decode(data: &[u8]) {
+    let (records, clean) = protocol_records(data);
+    let mut e = Encoder::new(Vec::new());
+    for r in &records {
+        assert!(
+            encode_record(&mut e, r),
+            "the encoder refuses a record the decoder accepted: {r:?}"
+        );
+    }
+    let again = e.into_inner();
+    assert!(
+        data.starts_with(&again),
+        "re-encoded records differ from the input"
+    );
+    if clean {
+        assert_eq!(again.len(), data.len(), "a clean stream re-encodes whole");
+    }
+}
+
+/// Reads the structured input of [`protocol_roundtrip`]; zeros once exhausted.
+struct Ops<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Ops<'a> {
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.rest.len());
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        head
+    }
+    fn u8(&mut self) -> u8 {
+        self.bytes(1).first().copied().unwrap_or(0)
+    }
+    fn uint(&mut self, n: usize) -> u64 {
+        self.bytes(n)
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+    }
+    fn string(&mut self, len_bytes: usize) -> String {
+        let n = self.uint(len_bytes) as usize;
+        String::from_utf8_lossy(self.bytes(n)).into_owned()
+    }
+    fn opt(&mut self) -> Option<String> {
+        (self.u8() & 1 == 1).then(|| self.string(1))
+    }
+}
+
+/// Serialise records as [`protocol_roundtrip`] input (used to make its seeds from real
+/// `qbackup-verify emit` output).
+pub fn protocol_ops(records: &[ProtoRecord]) -> Vec<u8> {
+    fn s8(out: &mut Vec<u8>, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(255)];
+        out.push(b.len() as u8);
+        out.extend_from_slice(b);
+    }
+    fn s16(out: &mut Vec<u8>, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(65535)];
+        out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    fn opt(out: &mut Vec<u8>, s: &Option<String>) {
+        match s {
+            Some(s) => {
+                out.push(1);
+                s8(out, s);
+            }
+            None => out.push(0),
+        }
+    }
+    let mut out = Vec::new();
+    if !records
+        .iter()
+        .any(|r| matches!(r, ProtoRecord::Manifest(_)))
+    {
+        out.push(0); // no VMs
+    }
+    for r in records {
+        match r {
+            ProtoRecord::Hello => {}
+            ProtoRecord::Manifest(m) => {
+                out.push(m.vms.len().min(255) as u8);
+                for vm in m.vms.iter().take(255) {
+                    s8(&mut out, &vm.name);
+                    s8(&mut out, &vm.class);
+                    opt(&mut out, &vm.label);
+                    opt(&mut out, &vm.template);
+                    match &vm.netvm {
+                        NetVm::Default => out.push(0),
+                        NetVm::None => out.push(1),
+                        NetVm::Named(n) => {
+                            out.push(2);
+                            s8(&mut out, n);
+                        }
+                    }
+                    out.push(match vm.layout {
+                        Layout::Volumes => 0,
+                        Layout::TemplateDir => 1,
+                        Layout::Dom0Home => 2,
+                    });
+                    out.extend_from_slice(&vm.backup_size.to_be_bytes());
+                    out.push(vm.expected_files.len().min(255) as u8);
+                    for f in vm.expected_files.iter().take(255) {
+                        s8(&mut out, f);
+                    }
+                }
+            }
+            ProtoRecord::Begin(b) => {
+                out.push(0);
+                out.extend_from_slice(&b.vm.to_be_bytes());
+                s16(&mut out, &b.name);
+                match &b.kind {
+                    FileKind::Regular => out.push(0),
+                    FileKind::Directory => out.push(1),
+                    FileKind::Symlink { target } => {
+                        out.push(2);
+                        s16(&mut out, target);
+                    }
+                }
+                out.extend_from_slice(&b.mode.to_be_bytes());
+                out.extend_from_slice(&b.size.to_be_bytes());
+                out.extend_from_slice(&b.data_bytes.to_be_bytes());
+            }
+            ProtoRecord::Data(offset, bytes) => {
+                out.push(1);
+                out.extend_from_slice(&offset.to_be_bytes());
+                out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+            ProtoRecord::End(_) => out.push(2),
+            ProtoRecord::Summary(_) => out.push(3),
+            ProtoRecord::Error(class, message) => {
+                out.push(4);
+                out.push(ErrorClass::ALL.iter().position(|c| c == class).unwrap_or(0) as u8);
+                s16(&mut out, message);
+            }
+        }
+    }
+    out
+}
+
+/// The protocol in the other direction (PROTO-10): arbitrary structured input (a manifest,
+/// then begin / data / end / summary / error operations with arbitrary fields; see
+/// [`protocol_ops`]) drives the [`Encoder`]. Oracle: what the encoder accepted decodes to
+/// exactly the same records, ending cleanly — the encoder refuses whatever the decoder's
+/// checker would refuse, and a refused operation writes nothing.
+pub fn protocol_roundtrip(data: &[u8]) {
+    let mut ops = Ops { rest: data };
+    let mut e = Encoder::new(Vec::new());
+    let mut sent = vec![ProtoRecord::Hello];
+    assert!(e.hello().is_ok());
+    let n = usize::from(ops.u8() % 9);
+    let mut vms = Vec::new();
+    for _ in 0..n {
+        vms.push(ManifestVm {
+            name: ops.string(1),
+            class: ops.string(1),
+            label: ops.opt(),
+            template: ops.opt(),
+            netvm: match ops.u8() % 3 {
+                0 => NetVm::Default,
+                1 => NetVm::None,
+                _ => NetVm::Named(ops.string(1)),
+            },
+            layout: match ops.u8() % 3 {
+                0 => Layout::Volumes,
+                1 => Layout::TemplateDir,
+                _ => Layout::Dom0Home,
+            },
+            backup_size: ops.uint(8),
+            expected_files: (0..ops.u8() % 10).map(|_| ops.string(1)).collect(),
+        });
+    }
+    let manifest = Manifest { vms };
+    let len = e.get_mut().len();
+    if e.manifest(&manifest).is_ok() {
+        sent.push(ProtoRecord::Manifest(manifest));
+    } else {
+        assert_eq!(e.get_mut().len(), len, "a refused manifest wrote bytes");
+    }
+    while !ops.rest.is_empty() && !e.is_done() {
+        let len = e.get_mut().len();
+        let (rec, ok) = match ops.u8() % 5 {
+            0 => {
+                let b = Begin {
+                    vm: ops.uint(4) as u32,
+                    name: ops.string(2),
+                    kind: match ops.u8() % 3 {
+                        0 => FileKind::Regular,
+                        1 => FileKind::Directory,
+                        _ => FileKind::Symlink {
+                            target: ops.string(2),
+                        },
+                    },
+                    mode: ops.uint(4) as u32,
+                    size: ops.uint(8),
+                    data_bytes: ops.uint(8),
+                };
+                let ok = e.begin(&b).is_ok();
+                (ProtoRecord::Begin(b), ok)
+            }
+            1 => {
+                let offset = ops.uint(8);
+                // At most LIM-28 bytes, so the encoder writes one record or none.
+                let n = (ops.uint(4) as usize).min(qbackup_format::limits::MAX_PROTO_DATA_LEN);
+                let bytes = ops.bytes(n).to_vec();
+                let ok = e.data(offset, &bytes).is_ok();
+                if bytes.is_empty() {
+                    assert_eq!(e.get_mut().len(), len, "empty data wrote bytes");
+                    continue;
+                }
+                (ProtoRecord::Data(offset, bytes), ok)
+            }
+            2 => match e.end() {
+                Ok(d) => (ProtoRecord::End(d), true),
+                Err(_) => (ProtoRecord::End([0; 32]), false),
+            },
+            3 => match e.summary() {
+                Ok(s) => (ProtoRecord::Summary(s), true),
+                Err(_) => (ProtoRecord::Hello, false),
+            },
+            _ => {
+                let class = ErrorClass::ALL[usize::from(ops.u8()) % ErrorClass::ALL.len()];
+                let message = ops.string(2);
+                let ok = e.error(class, &message).is_ok();
+                // The encoder makes the text safe: control characters become `?`, and
+                // it is cut to LIM-31 bytes.
+                let mut clean = String::new();
+                for c in message.chars() {
+                    let c = if c.is_control() { '?' } else { c };
+                    if clean.len() + c.len_utf8() > qbackup_format::limits::MAX_PROTO_MESSAGE_LEN {
+                        break;
+                    }
+                    clean.push(c);
+                }
+                (ProtoRecord::Error(class, clean), ok)
+            }
+        };
+        if ok {
+            sent.push(rec);
+        } else {
+            assert_eq!(e.get_mut().len(), len, "a refused operation wrote bytes");
+        }
+    }
+    if !e.is_done() {
+        if let Ok(s) = e.summary() {
+            sent.push(ProtoRecord::Summary(s));
+        } else {
+            assert!(e.error(ErrorClass::Io, "stop").is_ok(), "error refused");
+            sent.push(ProtoRecord::Error(ErrorClass::Io, "stop".into()));
+        }
+    }
+    let stream = e.into_inner();
+    let (decoded, clean) = protocol_records(&stream);
+    assert!(clean, "the decoder refuses what the encoder wrote");
+    assert_eq!(
+        decoded, sent,
+        "decoded records differ from the encoded ones"
+    );
 }
