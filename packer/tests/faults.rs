@@ -243,6 +243,37 @@ fn sigkill_of_the_child_mid_restore() {
     assert_eq!(files(&out), ["work/private.img"]);
 }
 
+/// RST-5, RST-6: the real verifier child (`qbackup-verify emit`) killed with SIGKILL
+/// while it streams an image: reported, and the image is not left, neither under its
+/// final name nor as a temporary.
+#[test]
+fn sigkill_of_the_real_verifier_mid_restore() {
+    let f = Fixture::new();
+    let archive = f.archive(6 << 20);
+    verifier();
+    let child = Command::new(PACK)
+        .arg("restore")
+        .arg(&archive)
+        .arg("--to")
+        .arg(f.path("out"))
+        .arg("--passphrase-file")
+        .arg(f.path("pass"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = f.path("out");
+    wait_for("the temporary of private.img", || {
+        !temporaries(&out).is_empty()
+    });
+    let verifiers = children_of(child.id());
+    assert_eq!(verifiers.len(), 1, "one verifier child");
+    signal(verifiers[0], SIGKILL);
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(18), "{}", stderr(&o));
+    assert!(stderr(&o).contains("killed by signal 9"), "{}", stderr(&o));
+    assert!(files(&out).is_empty(), "{:?}", files(&out));
+}
+
 /// RST-7: SIGINT of `restore`: the child is killed, each temporary is removed and named
 /// on stderr, the exit code is 130, and the complete file stays.
 #[test]

@@ -342,7 +342,7 @@ fn real_verifier() -> PathBuf {
 }
 
 /// Restore `archive` into `to` through the default child; panics unless it succeeds.
-fn restore_real(archive: &Path, pass: &Path, to: &Path) -> String {
+fn restore_real(archive: &Path, pass: &Path, to: &Path, vms: &[&str]) -> String {
     real_verifier();
     let o = Command::new(PACK)
         .arg("restore")
@@ -351,6 +351,7 @@ fn restore_real(archive: &Path, pass: &Path, to: &Path) -> String {
         .arg(to)
         .arg("--passphrase-file")
         .arg(pass)
+        .args(vms)
         .output()
         .expect("run qbackup-pack restore");
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -366,7 +367,6 @@ fn restore_real(archive: &Path, pass: &Path, to: &Path) -> String {
 /// boundaries) restore byte-exact through the real child; links recreated or reported;
 /// nothing else written, no temporary left. `qubes.xml` is not carried by protocol v2.
 #[test]
-#[ignore = "needs `qbackup-verify emit` (branch proto2, not merged yet)"]
 fn interop_archives_restore_byte_exact() {
     use qbackup_tests::{fixture_script, run_ok, sha256_file};
     let work = tempfile::tempdir().expect("tempdir");
@@ -440,7 +440,7 @@ fn interop_archives_restore_byte_exact() {
         )
         .expect("expect json");
         let dest = work.path().join(format!("{name}.out"));
-        let stderr = restore_real(&archive, &pass, &dest);
+        let stderr = restore_real(&archive, &pass, &dest, &[]);
         let mut seen = Vec::new();
         let mut checked = 0;
         for e in expect["files"].as_array().expect("files") {
@@ -511,7 +511,6 @@ fn interop_archives_restore_byte_exact() {
 /// RST-1, RST-4, EXT-3: a `qbackup-pack create` archive (sparse multi-chunk image, dom0
 /// home with a symlink) restores byte-exact through the real child, holes kept.
 #[test]
-#[ignore = "needs `qbackup-verify emit` (branch proto2, not merged yet)"]
 fn packer_archive_restores_byte_exact() {
     let work = tempfile::tempdir().expect("tempdir");
     let w = |p: &str| work.path().join(p);
@@ -557,7 +556,7 @@ fn packer_archive_restores_byte_exact() {
         .expect("pack");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let dest = w("out");
-    restore_real(&w("a.bin"), &w("pass"), &dest);
+    restore_real(&w("a.bin"), &w("pass"), &dest, &[]);
     assert_eq!(
         fs::read(dest.join("work/private.img")).expect("img"),
         fs::read(w("private.img")).expect("src")
@@ -573,6 +572,14 @@ fn packer_archive_restores_byte_exact() {
         Path::new("docs/a.txt")
     );
     assert!(!files(&dest).iter().any(|f| f.contains("qbackup-partial")));
+
+    // RST-1: a selection reaches the child and the consumer.
+    let only = w("only-dom0");
+    restore_real(&w("a.bin"), &w("pass"), &only, &["dom0"]);
+    assert_eq!(
+        files(&only),
+        ["dom0-home/user/docs/a.txt", "dom0-home/user/link"]
+    );
 }
 
 /// RST-1, RST-5: `ARCHIVE` may be `-`: stdin is pumped into the child unchanged.

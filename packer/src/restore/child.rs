@@ -20,8 +20,9 @@ pub const PASSPHRASE_ENV: &str = "QBACKUP_PASSPHRASE";
 
 /// How the child is started.
 pub enum Program<'a> {
-    /// `VERIFIER emit -` (the sibling `qbackup-verify` by default).
-    Verifier(&'a Path),
+    /// `VERIFIER emit [VM...] -` (the sibling `qbackup-verify` by default); the VM names
+    /// were validated (they cannot be options).
+    Verifier(&'a Path, &'a [String]),
     /// `sh -c CMD`: any command whose stdio speaks the protocol.
     Shell(&'a str),
 }
@@ -39,9 +40,9 @@ impl Verifier {
     pub fn spawn(program: Program<'_>, passphrase: Option<&[u8]>) -> Result<Verifier> {
         use std::os::unix::ffi::OsStrExt;
         let mut cmd = match program {
-            Program::Verifier(path) => {
+            Program::Verifier(path, vms) => {
                 let mut c = Command::new(path);
-                c.args(["emit", "-"]);
+                c.arg("emit").args(vms).arg("-");
                 c
             }
             Program::Shell(line) => {

@@ -27,6 +27,10 @@ pub fn run(r: Restore) -> Result<(), Failure> {
             "--timeout must be 1 … {MAX_RESTORE_TIMEOUT_SECS} seconds (LIM-38)"
         )));
     }
+    for vm in &r.vms {
+        qbackup_format::qubes_xml::validate_vm_name(vm)
+            .map_err(|e| Failure::Usage(format!("VM {vm:?}: {e}")))?;
+    }
     let timeout = Duration::from_secs(r.timeout);
     cancel::install();
     let on_stdin = r.archive == Path::new("-");
@@ -46,7 +50,8 @@ pub fn run(r: Restore) -> Result<(), Failure> {
         Some(cmd) => Program::Shell(cmd),
         None => {
             default_verifier = crate::output::default_verifier();
-            Program::Verifier(&default_verifier)
+            // The child selects too (less work); the consumer still filters (RST-1).
+            Program::Verifier(&default_verifier, &r.vms)
         }
     };
     // RST-5: the passphrase goes into the child's environment, or on its stdin ahead of
