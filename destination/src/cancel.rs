@@ -7,6 +7,11 @@
 //! temporary, renaming it into place and removing it all happen under one lock that the
 //! watcher takes before cleaning up, so a temporary is either still registered (and
 //! removed) or already carries its final name (and is complete).
+//!
+//! [`install`] only installs the handlers: the watcher thread starts with the first
+//! temporary (or with [`start_watcher`]), so `qbackup-verify extract` is still single
+//! threaded when it applies its sandbox. Until the watcher runs there is nothing to clean
+//! up, and the handler itself says so and exits.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -20,6 +25,10 @@ pub const EXIT_CANCELLED: i32 = 130;
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 static INSTALLED: Once = Once::new();
+static WATCHING: AtomicBool = AtomicBool::new(false);
+static WATCHER: Once = Once::new();
+/// The message prefix, readable from the signal handler.
+static PROGRAM: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
 /// The child to terminate on cancellation: a pid, or a negated process-group id; 0 when
 /// none.
@@ -55,6 +64,17 @@ fn lock() -> MutexGuard<'static, Registry> {
 
 extern "C" fn on_signal(_: libc::c_int) {
     SIGNALLED.store(true, Ordering::SeqCst);
+    if !WATCHING.load(Ordering::SeqCst) {
+        // No watcher yet: no temporary and no child exist. Only async-signal-safe calls.
+        let program = PROGRAM.get().copied().unwrap_or("qbackup");
+        let tail = b": cancelled\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffers are valid.
+        unsafe {
+            libc::write(2, program.as_ptr().cast(), program.len());
+            libc::write(2, tail.as_ptr().cast(), tail.len());
+            libc::_exit(EXIT_CANCELLED);
+        }
+    }
 }
 
 /// Install the SIGINT/SIGTERM handlers and start the watcher (once per process;
@@ -62,23 +82,36 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// as a write error (EFBIG) and the temporaries are cleaned up.
 pub fn install(program: &'static str) {
     lock().program = program;
+    let _ = PROGRAM.set(program);
     INSTALLED.call_once(|| {
         // SAFETY: the handler only stores to an atomic (async-signal-safe); sigaction is
         // given a zeroed, then filled struct.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            // Interrupted system calls restart: a signal never turns into a spurious I/O
+            // error that could win the race against the watcher's exit.
+            sa.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
             libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         }
+    });
+}
+
+/// Start the watcher thread (once); from then on a signal is handled by it. Called by
+/// the first registration of a temporary, and by programs that have a child or a
+/// partial file of their own before that (`create`, `restore`).
+pub fn start_watcher() {
+    WATCHER.call_once(|| {
         std::thread::spawn(|| loop {
             if SIGNALLED.load(Ordering::SeqCst) {
                 cancel_now();
             }
             std::thread::sleep(Duration::from_millis(50));
         });
+        WATCHING.store(true, Ordering::SeqCst);
     });
 }
 
@@ -154,7 +187,12 @@ pub(crate) struct Tracker<'a> {
 }
 
 impl Tracker<'_> {
+    /// Register a temporary; call before creating it, so a signal in between finds the
+    /// watcher running (and at worst a name that does not exist yet).
     pub(crate) fn register(&mut self, root: &Arc<Dir>, rel: PathBuf, shown: PathBuf) -> u64 {
+        if INSTALLED.is_completed() {
+            start_watcher();
+        }
         self.r.next = self.r.next.wrapping_add(1);
         let id = self.r.next;
         self.r.live.push(Live {

@@ -140,11 +140,16 @@ impl Destination {
         let shown = self.shown(&temp);
         let root = self.root.clone();
         cancel::locked(|t| {
-            let file = root
-                .open_with(&temp, OpenOptions::new().write(true).create_new(true))
-                .map_err(|e| io_err(format!("creating {}", shown.display()), e))?
-                .into_std();
-            let live = Some(t.register(&root, temp.clone(), shown));
+            let id = t.register(&root, temp.clone(), shown.clone());
+            let file = match root.open_with(&temp, OpenOptions::new().write(true).create_new(true))
+            {
+                Ok(f) => f.into_std(),
+                Err(e) => {
+                    t.unregister(id);
+                    return Err(io_err(format!("creating {}", shown.display()), e));
+                }
+            };
+            let live = Some(id);
             Ok(TempFile {
                 root: root.clone(),
                 file,

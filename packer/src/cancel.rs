@@ -16,6 +16,8 @@ pub static PARTIAL: Mutex<Option<PathBuf>> = Mutex::new(None);
 pub fn install() {
     qbackup_destination::cancel::install("qbackup-pack");
     qbackup_destination::cancel::add_hook(remove_partial);
+    // A child and FILE.partial exist before any destination temporary does.
+    qbackup_destination::cancel::start_watcher();
 }
 
 /// Cancellation hook: remove `FILE.partial` (waits for a rename in progress).
