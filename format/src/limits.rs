@@ -129,6 +129,19 @@ pub const MAX_PROTO_LABEL_LEN: usize = 64;
 /// each of [`MAX_PROTO_FILES`] files.
 pub const MAX_PROTO_NAME_BYTES: usize = 64 << 20;
 
+/// LIM-37: default time-out, in seconds, on silence of the restore's verifier child
+/// (RST-5). A header KDF at logN 21 takes 5–10 s per chunk on a slow machine and the
+/// child says nothing meanwhile; five minutes leaves a wide margin.
+pub const DEFAULT_RESTORE_TIMEOUT_SECS: u64 = 300;
+
+/// LIM-38: longest time-out a restore accepts (`--timeout`), one day: silence beyond it is
+/// a hung child, not a slow one.
+pub const MAX_RESTORE_TIMEOUT_SECS: u64 = 86_400;
+
+/// LIM-39: most files (of any kind) one restore writes (RST-2), independent of the
+/// protocol's own count (LIM-30): the consumer bounds what it creates itself.
+pub const MAX_RESTORE_FILES: u64 = 1_000_000;
+
 /// LIM-41: address space the sandboxed verifier may map besides KDF memory, chunk buffers,
 /// the allocator's cache and threads (SBX-5): code, libraries, decoder state (LIM-26),
 /// qubes.xml (LIM-4), bounded tables and the report.

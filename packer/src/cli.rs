@@ -6,9 +6,9 @@ use clap::{Args, Parser, Subcommand};
 
 /// Write Qubes OS backups (format 4, or 3 for compatibility tests) that upstream restores.
 ///
-/// Exit codes: 0 written (and verified with --verify); 1 internal error; 2 usage or plan
-/// error; 20 I/O error; 130 cancelled; with --verify, the verifier's code (10-20) when it
-/// rejects the archive.
+/// Exit codes: 0 written (and verified with --verify) or restored; 1 internal error; 2
+/// usage or plan error; 10-20 by error class (`restore`, and `create --verify` when the
+/// verifier rejects the archive; 20 also I/O errors); 130 cancelled.
 #[derive(Debug, Parser)]
 #[command(name = "qbackup-pack", version)]
 pub struct Cli {
@@ -20,6 +20,42 @@ pub struct Cli {
 pub enum Command {
     /// Create a backup archive.
     Create(Create),
+    /// Restore a backup to DIR/<vm>/… and DIR/dom0-home/<user>/… through a verifier child
+    /// that does all the parsing (`qbackup-verify emit -`, or --verifier-cmd); this
+    /// process only reads the child's checked stream (SPEC.md RST).
+    Restore(Restore),
+}
+
+#[derive(Debug, Args)]
+pub struct Restore {
+    /// The archive file, or `-` for stdin.
+    #[arg(value_name = "ARCHIVE")]
+    pub archive: PathBuf,
+    /// Destination directory (created if missing). Nothing is written outside it and no
+    /// existing file is replaced.
+    #[arg(long = "to", value_name = "DIR")]
+    pub to: PathBuf,
+    /// Read the passphrase from this file (one trailing newline removed); else
+    /// $QBACKUP_PASSPHRASE; else a prompt. The child gets it in its environment
+    /// (QBACKUP_PASSPHRASE), never on a command line.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Run `sh -c CMD` as the verifier: its stdin gets the archive, its stdout must speak
+    /// the protocol (e.g. a DisposableVM via `qvm-run --pass-io`). Default: the
+    /// `qbackup-verify` next to this program, as `qbackup-verify emit -`.
+    #[arg(long, value_name = "CMD")]
+    pub verifier_cmd: Option<String>,
+    /// Send the passphrase and a newline on the child's stdin before the archive, instead
+    /// of in its environment: for a --verifier-cmd whose environment does not travel
+    /// (`qvm-run --pass-io`); the far side reads it with `IFS= read -r`.
+    #[arg(long, requires = "verifier_cmd")]
+    pub passphrase_on_stdin: bool,
+    /// Give up when the verifier sends nothing for this many seconds (RST-5).
+    #[arg(long, value_name = "SECS", default_value_t = qbackup_format::limits::DEFAULT_RESTORE_TIMEOUT_SECS)]
+    pub timeout: u64,
+    /// Only these VMs (default: all). Use `dom0` for dom0's home.
+    #[arg(value_name = "VM")]
+    pub vms: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,15 +1,8 @@
 //! `qbackup-pack`: writes Qubes OS backup archives (SPEC.md WRT-1 … WRT-7) from a plan.
-//! The binary (`main.rs`) is a thin shell around [`run`].
+//! The binary (`main.rs`) is a thin shell around [`run`] and [`restore::run`] (the
+//! privileged restore through a verifier child, SPEC.md RST).
 
-/// `eprintln!` without its panic when stderr is a pipe whose reader went away (EPIPE): a
-/// message nobody reads must not change the exit code or stop a cancellation.
-#[macro_export]
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
+pub use qbackup_destination::say;
 
 pub mod cancel;
 pub mod cli;
@@ -20,6 +13,7 @@ pub mod params;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod restore;
 pub mod source;
 
 /// `QBACKUP_PACK_TRACE=1`: timestamped pipeline events on stderr (for tuning).
@@ -104,7 +98,7 @@ fn normalize(mut p: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, Failure> {
     Ok(p)
 }
 
-fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, Failure> {
+pub(crate) fn passphrase(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>, Failure> {
     if let Some(f) = file {
         let mut buf = Zeroizing::new(Vec::new());
         std::fs::File::open(f)

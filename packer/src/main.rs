@@ -9,14 +9,16 @@ static ALLOC: qbackup_bigalloc::BigAlloc = qbackup_bigalloc::BigAlloc;
 fn main() {
     qbackup_bigalloc::configure();
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Create(c) => match qbackup_pack::run(c) {
-            Ok(()) => 0,
-            Err(e) => {
-                qbackup_pack::say!("qbackup-pack: {e}");
-                e.exit_code()
-            }
-        },
+    let result = match cli.command {
+        Command::Create(c) => qbackup_pack::run(c),
+        Command::Restore(r) => qbackup_pack::restore::run(r),
     };
-    std::process::exit(code);
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            qbackup_pack::say!("qbackup-pack: {e}");
+            e.exit_code()
+        }
+    };
+    qbackup_destination::cancel::exit(code);
 }

@@ -8,9 +8,7 @@ use qbackup_format::limits::{
 use qbackup_format::outer_tar::OuterReader;
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
-use qbackup_format::protocol::{
-    record_type as t, Layout, Manifest, ManifestVm, Record,
-};
+use qbackup_format::protocol::{record_type as t, Layout, Manifest, ManifestVm, Record};
 use qbackup_format::qubes_xml::NetVm;
 use qbackup_format::ErrorClass;
 

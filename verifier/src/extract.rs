@@ -1,98 +1,38 @@
-//! Extraction into a confined directory (SPEC.md EXT-1 … EXT-5).
-//!
-//! All paths are opened through a `cap_std::fs::Dir` for DIR, which cannot reach outside
-//! it (no `..`, no absolute paths, no symlink escapes). Regular files are written under
-//! a temporary name beside their final name and renamed only when their whole archive
-//! file verified (EXT-2); on failure the temporaries are removed. All-zero blocks are
-//! not written, so volume images keep their holes (EXT-3). Symlinks are recreated only
-//! when relative and staying inside their VM's directory; other links and special files
-//! are skipped with a note (EXT-4).
+//! `extract`: maps the driver's [`Output`] calls onto the shared destination writer
+//! (`qbackup-destination`, SPEC.md EXT-1 … EXT-5), which owns confinement, temporaries,
+//! commit by rename, holes and cancellation (RST-7). What stays here: which entries of an
+//! archive file are committed together (EXT-2) and the EXT-4 choices for links and
+//! special files.
 
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use cap_std::fs::{Dir, OpenOptions};
+use qbackup_destination::{link_stays_inside, Destination, TempFile};
 use qbackup_format::archive::plan::{FileSpec, Placement};
 use qbackup_format::inner_tar::{DataSink, Entry, EntryKind};
 use qbackup_format::paths::escape;
-use qbackup_format::{Error, ErrorClass, Result};
+use qbackup_format::Result;
 
 use crate::output::Output;
 
-/// Block size for hole detection when writing.
-const HOLE_BLOCK: usize = 4096;
-
-fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> Error {
-    Error::new(ErrorClass::Io, format!("{what}: {e}"))
-}
-
-struct Staged {
-    temp: PathBuf,
-    final_path: PathBuf,
-}
-
 pub struct Extractor {
-    root: Dir,
-    staged: Vec<Staged>,
+    dest: Destination,
+    /// Regular files of the current archive file, committed together at its end (EXT-2).
+    staged: Vec<TempFile>,
     links: Vec<(PathBuf, PathBuf)>,
     notes: Vec<String>,
-    counter: u64,
 }
 
 impl Extractor {
-    /// Open (creating if needed) the destination directory.
+    /// Open (creating if needed) the destination directory, and arm cancellation: a
+    /// SIGINT/SIGTERM removes every temporary, names it on stderr and exits 130 (RST-7).
     pub fn open(dir: &Path) -> Result<Extractor> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
-        let root = Dir::open_ambient_dir(dir, cap_std::ambient_authority())
-            .map_err(|e| io_err(format!("opening {}", dir.display()), e))?;
+        qbackup_destination::cancel::install("qbackup-verify");
         Ok(Extractor {
-            root,
+            dest: Destination::open(dir)?,
             staged: Vec::new(),
             links: Vec::new(),
             notes: Vec::new(),
-            counter: 0,
         })
-    }
-
-    fn temp_name(&mut self, final_path: &Path) -> PathBuf {
-        self.counter += 1;
-        let base = final_path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let name = format!(
-            ".{base}.qbackup-partial-{}-{}",
-            std::process::id(),
-            self.counter
-        );
-        final_path.with_file_name(name)
-    }
-
-    fn refuse_existing(&self, final_path: &Path) -> Result<()> {
-        if self.root.symlink_metadata(final_path).is_ok() {
-            return Err(Error::unsafe_path(format!(
-                "{} already exists in the destination; extraction never replaces files (EXT-2)",
-                final_path.display()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Give a verified temporary its final name; never replace anything (EXT-2).
-    fn commit(&self, temp: &Path, final_path: &Path) -> Result<()> {
-        self.refuse_existing(final_path)?;
-        self.root
-            .rename(temp, &self.root, final_path)
-            .map_err(|e| io_err(format!("renaming into place {}", final_path.display()), e))
-    }
-
-    fn ensure_parent(&self, path: &Path) -> Result<()> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            self.root
-                .create_dir_all(parent)
-                .map_err(|e| io_err(format!("creating directory {}", parent.display()), e))?;
-        }
-        Ok(())
     }
 
     fn write_regular(
@@ -101,72 +41,13 @@ impl Extractor {
         entry: &Entry,
         read_data: &mut dyn FnMut(&mut dyn DataSink) -> Result<()>,
     ) -> Result<()> {
-        self.ensure_parent(path)?;
-        let temp = self.temp_name(path);
-        let file = self
-            .root
-            .open_with(&temp, OpenOptions::new().write(true).create_new(true))
-            .map_err(|e| io_err(format!("creating {}", temp.display()), e))?
-            .into_std();
-        self.staged.push(Staged {
-            temp: temp.clone(),
-            final_path: path.to_path_buf(),
-        });
-        let mut sink =
-            |offset: u64, bytes: &[u8]| -> Result<()> { write_keeping_holes(&file, offset, bytes) };
+        let mut file = self.dest.create(path)?;
+        let mut sink = |offset: u64, bytes: &[u8]| -> Result<()> { file.write_at(offset, bytes) };
         read_data(&mut sink)?;
-        file.set_len(entry.size)
-            .map_err(|e| io_err(format!("sizing {}", temp.display()), e))?;
-        let mode = entry.mode & 0o777;
-        file.set_permissions(std::fs::Permissions::from_mode(mode | 0o600))
-            .map_err(|e| io_err(format!("setting mode of {}", temp.display()), e))?;
-        file.sync_data()
-            .map_err(|e| io_err(format!("writing {}", temp.display()), e))?;
+        file.finish(entry.size, entry.mode)?;
+        self.staged.push(file);
         Ok(())
     }
-}
-
-/// Write `bytes` at `offset`, skipping all-zero aligned blocks (EXT-3).
-fn write_keeping_holes(file: &std::fs::File, offset: u64, bytes: &[u8]) -> Result<()> {
-    let mut pos = 0usize;
-    while pos < bytes.len() {
-        let here = offset + pos as u64;
-        let to_boundary = HOLE_BLOCK - (here % HOLE_BLOCK as u64) as usize;
-        let end = (pos + to_boundary).min(bytes.len());
-        let block = &bytes[pos..end];
-        if block.iter().any(|&b| b != 0) {
-            file.write_all_at(block, here)
-                .map_err(|e| io_err("writing extracted data", e))?;
-        }
-        pos = end;
-    }
-    Ok(())
-}
-
-/// EXT-4: a relative symlink target that, resolved lexically from the link's directory,
-/// stays inside `top` (the VM's output directory).
-fn link_stays_inside(link: &Path, target: &Path, top: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut resolved: Vec<Component<'_>> = link
-        .parent()
-        .map(|p| p.components().collect())
-        .unwrap_or_default();
-    for c in target.components() {
-        match c {
-            Component::Normal(_) => resolved.push(c),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if resolved.pop().is_none() {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
-    }
-    let resolved: PathBuf = resolved.iter().collect();
-    resolved.starts_with(top) && resolved != top
 }
 
 impl Output for Extractor {
@@ -185,10 +66,7 @@ impl Output for Extractor {
         let path = PathBuf::from(&placement.output);
         match &entry.kind {
             EntryKind::Regular => self.write_regular(&path, entry, read_data),
-            EntryKind::Directory => self
-                .root
-                .create_dir_all(&path)
-                .map_err(|e| io_err(format!("creating directory {}", path.display()), e)),
+            EntryKind::Directory => self.dest.create_dir_all(&path),
             EntryKind::Symlink { target } => {
                 let top = PathBuf::from(placement.output.split('/').next().unwrap_or_default());
                 let text = std::str::from_utf8(target)
@@ -226,33 +104,15 @@ impl Output for Extractor {
         let staged = std::mem::take(&mut self.staged);
         let links = std::mem::take(&mut self.links);
         if !ok {
-            for s in &staged {
-                let _ = self.root.remove_file(&s.temp);
-            }
+            // Dropping the temporaries removes them.
             return Ok(());
         }
-        // EXT-2: check every final name first, so a refusal leaves nothing half-committed.
-        let mut result = staged
-            .iter()
-            .try_for_each(|s| self.refuse_existing(&s.final_path));
-        for s in &staged {
-            if result.is_ok() {
-                result = self.commit(&s.temp, &s.final_path);
-            }
-            if result.is_err() {
-                let _ = self.root.remove_file(&s.temp);
-            }
-        }
-        result?;
+        self.dest.commit(staged)?;
         for (link, target) in links {
-            self.ensure_parent(&link)?;
-            let _ = self.root.remove_file(&link);
-            self.root.symlink(&target, &link).map_err(|e| {
-                io_err(
-                    format!("creating symlink {} of {}", link.display(), spec.path),
-                    e,
-                )
-            })?;
+            // Like files, links never replace an existing name (EXT-2).
+            self.dest
+                .symlink(&link, &target)
+                .map_err(|e| e.context(format!("in {}", spec.path)))?;
         }
         Ok(())
     }
@@ -262,40 +122,7 @@ impl Output for Extractor {
     }
 
     fn qubes_xml(&mut self, verified: &[u8]) -> Result<()> {
-        let path = Path::new(qbackup_format::member_name::QUBES_XML);
-        let temp = self.temp_name(path);
-        self.root
-            .write(&temp, verified)
-            .map_err(|e| io_err(format!("writing {}", temp.display()), e))?;
-        let result = self.commit(&temp, path);
-        if result.is_err() {
-            let _ = self.root.remove_file(&temp);
-        }
-        result
-    }
-}
-
-impl Drop for Extractor {
-    /// A run that stops early (error, panic) leaves no temporary behind.
-    fn drop(&mut self) {
-        for s in &self.staged {
-            let _ = self.root.remove_file(&s.temp);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn symlink_policy_is_lexical_and_confined() {
-        let top = Path::new("dom0-home");
-        let link = Path::new("dom0-home/user/.config/link");
-        assert!(link_stays_inside(link, Path::new("../.bashrc"), top));
-        assert!(link_stays_inside(link, Path::new("x/y"), top));
-        assert!(!link_stays_inside(link, Path::new("/etc/passwd"), top));
-        assert!(!link_stays_inside(link, Path::new("../../../etc"), top));
-        assert!(!link_stays_inside(link, Path::new("../../.."), top));
+        self.dest
+            .write_file(Path::new(qbackup_format::member_name::QUBES_XML), verified)
     }
 }

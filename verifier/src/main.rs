@@ -29,30 +29,23 @@ const EXIT_INTERNAL: i32 = 1;
 /// Exit code when the kernel cannot enforce the sandbox (SBX-7).
 const EXIT_SANDBOX: i32 = 21;
 
-/// Exit code after SIGINT or SIGTERM (128 + SIGINT, as `qbackup-pack`).
-const EXIT_CANCELLED: i32 = 130;
-
 fn main() {
     qbackup_bigalloc::configure();
     let cli = Cli::parse();
     let code = match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            say(&format!("qbackup-verify: {e}"));
+            qbackup_destination::say!("qbackup-verify: {e}");
             e.class().exit_code()
         }
         Err(_) => {
-            say("qbackup-verify: internal error (a bug); nothing was left under a final name");
+            qbackup_destination::say!(
+                "qbackup-verify: internal error (a bug); nothing was left under a final name"
+            );
             EXIT_INTERNAL
         }
     };
-    std::process::exit(code);
-}
-
-/// One line on stderr. Unlike `eprintln!`, a closed stderr (EPIPE) is no panic: the exit
-/// code must stay the finding's (ERR-3).
-fn say(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
+    qbackup_destination::cancel::exit(code);
 }
 
 fn physical_memory() -> u64 {
@@ -77,9 +70,8 @@ fn run(cli: Cli) -> Result<i32, Error> {
             ("emit", common, None, operands)
         }
     };
-    if extract_to.is_none() {
-        exit_on_signal();
-    }
+    // SIGINT/SIGTERM: exit 130, removing extract's temporaries (RST-7).
+    qbackup_destination::cancel::install("qbackup-verify");
     let on_stdin = common.archive == Path::new("-");
     let (input, total): (Box<dyn Read + Send>, Option<u64>) = if on_stdin {
         (Box::new(std::io::stdin()), None)
@@ -129,7 +121,7 @@ fn enter_sandbox(
     settings: &driver::Settings,
 ) -> Option<i32> {
     if no_sandbox {
-        say("qbackup-verify: --no-sandbox: running without the sandbox");
+        qbackup_destination::say!("qbackup-verify: --no-sandbox: running without the sandbox");
         return None;
     }
     let mode = match (command, dest) {
@@ -143,7 +135,7 @@ fn enter_sandbox(
     match applied {
         Ok(_) => None,
         Err(e) => {
-            say(&format!("qbackup-verify: {e}"));
+            qbackup_destination::say!("qbackup-verify: {e}");
             Some(EXIT_SANDBOX)
         }
     }
@@ -156,7 +148,7 @@ fn sandbox_check() -> i32 {
     let report = match sandbox::request(sandbox::Mode::Verify, budget, jobs) {
         Ok(req) => sandbox::check(&req),
         Err(e) => {
-            say(&format!("qbackup-verify: {e}"));
+            qbackup_destination::say!("qbackup-verify: {e}");
             return EXIT_SANDBOX;
         }
     };
@@ -169,38 +161,6 @@ fn sandbox_check() -> i32 {
         EXIT_OK
     } else {
         EXIT_SANDBOX
-    }
-}
-
-/// Whether stderr is a terminal (a progress bar may be on its last line).
-static STDERR_TTY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    const MSG: &[u8] = b"\nqbackup-verify: interrupted; nothing was written\n";
-    let skip = usize::from(!STDERR_TTY.load(std::sync::atomic::Ordering::Relaxed));
-    let msg = MSG.get(skip..).unwrap_or(MSG);
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; msg is a static buffer.
-    unsafe {
-        libc::write(2, msg.as_ptr().cast(), msg.len());
-        libc::_exit(EXIT_CANCELLED);
-    }
-}
-
-/// `verify` and `list` write nothing (RES-1), so SIGINT/SIGTERM need no clean-up: say so
-/// on stderr and exit 130 at once, from the handler (README "Exit codes").
-fn exit_on_signal() {
-    STDERR_TTY.store(
-        std::io::stderr().is_terminal(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    // SAFETY: a zeroed sigaction filled with a handler that only calls async-signal-safe
-    // functions; installed before any other thread exists.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
     }
 }
 

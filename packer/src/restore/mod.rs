@@ -1,0 +1,150 @@
+//! `qbackup-pack restore` (SPEC.md RST-1 … RST-7): the privileged side of the split
+//! restore. All parsing of the archive happens in the unprivileged verifier child
+//! (`qbackup-verify emit -`, or `sh -c CMD` with `--verifier-cmd`); this process pumps
+//! the archive into the child's stdin, reads the protocol stream from its stdout as
+//! hostile input ([`consume`]), and writes files through the shared destination writer.
+
+pub mod child;
+pub mod consume;
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use qbackup_destination::Destination;
+use qbackup_format::limits::MAX_RESTORE_TIMEOUT_SECS;
+use qbackup_format::{Error, ErrorClass};
+
+use crate::cli::Restore;
+use crate::{cancel, Failure};
+use child::{describe, Program, TimedReader, Verifier};
+
+/// Run a restore; on any failure the child is killed, the temporaries are removed, and
+/// DIR holds only complete files (RST-4, RST-6).
+pub fn run(r: Restore) -> Result<(), Failure> {
+    if r.timeout == 0 || r.timeout > MAX_RESTORE_TIMEOUT_SECS {
+        return Err(Failure::Usage(format!(
+            "--timeout must be 1 … {MAX_RESTORE_TIMEOUT_SECS} seconds (LIM-38)"
+        )));
+    }
+    for vm in &r.vms {
+        qbackup_format::qubes_xml::validate_vm_name(vm)
+            .map_err(|e| Failure::Usage(format!("VM {vm:?}: {e}")))?;
+    }
+    let timeout = Duration::from_secs(r.timeout);
+    cancel::install();
+    let on_stdin = r.archive == Path::new("-");
+    let input: Box<dyn Read + Send> = if on_stdin {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&r.archive)
+                .map_err(|e| Failure::io(format!("opening {}: {e}", r.archive.display())))?,
+        )
+    };
+    let pass = crate::passphrase(r.passphrase_file.as_deref())?;
+    let mut dest = Destination::open(&r.to)?;
+
+    let default_verifier;
+    let program = match &r.verifier_cmd {
+        Some(cmd) => Program::Shell(cmd),
+        None => {
+            default_verifier = crate::output::default_verifier();
+            // The child selects too (less work); the consumer still filters (RST-1).
+            Program::Verifier(&default_verifier, &r.vms)
+        }
+    };
+    // RST-5: the passphrase goes into the child's environment, or on its stdin ahead of
+    // the archive (`--passphrase-on-stdin`); never on a command line.
+    let mut prefix = zeroize::Zeroizing::new(Vec::new());
+    let mut verifier = if r.passphrase_on_stdin {
+        prefix.extend_from_slice(&pass);
+        prefix.push(b'\n');
+        Verifier::spawn(program, None)?
+    } else {
+        Verifier::spawn(program, Some(&pass))?
+    };
+    drop(pass);
+    let stdin = verifier
+        .take_stdin()
+        .ok_or_else(|| Failure::io("the verifier has no stdin"))?;
+    let stdout = verifier
+        .take_stdout()
+        .ok_or_else(|| Failure::io("the verifier has no stdout"))?;
+    let pumper = std::thread::spawn(move || child::pump(prefix, input, stdin));
+
+    let select = (!r.vms.is_empty()).then_some(r.vms.as_slice());
+    let result = consume::consume(TimedReader::new(stdout, timeout), &mut dest, select);
+    let outcome = match result {
+        Ok(restored) => verifier.wait(timeout).and_then(|status| {
+            if status.success() {
+                Ok(restored)
+            } else {
+                // RST-6: a complete stream but a failing child is a failure.
+                Err(Error::new(
+                    ErrorClass::Io,
+                    format!("the verifier {} after a complete stream", describe(status)),
+                ))
+            }
+        }),
+        Err(e) => {
+            // After an early end of its stream, say how the child ended (killed, crashed).
+            let own = if e.class() == ErrorClass::Truncated {
+                verifier
+                    .exited_within(Duration::from_millis(500))
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            verifier.kill();
+            Err(match own {
+                Some(s) if !s.success() => e.context(format!("the verifier {}", describe(s))),
+                _ => e,
+            })
+        }
+    };
+    // The child is gone: its stdin is closed and the pump ends.
+    let pumped = pumper
+        .join()
+        .unwrap_or_else(|_| Err(Error::new(ErrorClass::Io, "the archive pump panicked")));
+    let restored = match (outcome, pumped) {
+        // A failing archive read is the cause of whatever the child said.
+        (Err(_), Err(read)) => return Err(read.into()),
+        (Err(e), Ok(_)) => return Err(e.into()),
+        (Ok(_), Err(read)) => return Err(read.into()),
+        (Ok(restored), Ok(_)) => restored,
+    };
+    for n in &restored.notes {
+        crate::say!("qbackup-pack: note: {n}");
+    }
+    crate::say!(
+        "qbackup-pack: restored {} files ({} bytes of data) to {}",
+        restored.files,
+        restored.bytes,
+        r.to.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    /// RST-5, LIM-37: the time-out on silence defaults to five minutes.
+    #[test]
+    fn default_timeout() {
+        let cli = Cli::parse_from(["qbackup-pack", "restore", "a.bin", "--to", "out"]);
+        let Command::Restore(r) = cli.command else {
+            panic!("not restore")
+        };
+        assert_eq!(
+            r.timeout,
+            qbackup_format::limits::DEFAULT_RESTORE_TIMEOUT_SECS
+        );
+        assert_eq!(r.timeout, 300);
+        assert!(r.verifier_cmd.is_none() && r.vms.is_empty());
+    }
+}
