@@ -181,12 +181,13 @@ impl CbcDecryptor {
         self.pending.extend_from_slice(tail);
     }
 
-    /// Decrypt the held-back block and strip its PKCS#7 padding. A stream whose length is
-    /// not a positive multiple of 16 is Truncated; bad padding is Malformed.
+    /// Decrypt the held-back block and strip its PKCS#7 padding. A ciphertext whose length
+    /// is not a positive multiple of 16 is Malformed (V3-1): every complete chunk is a
+    /// multiple of 16, so a missing chunk cannot cause it. Bad padding is Malformed.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<()> {
         if self.pending.len() != BLOCK {
             bail!(
-                Truncated,
+                Malformed,
                 "encrypted stream ends inside a cipher block or has no block at all"
             );
         }
@@ -431,17 +432,18 @@ mod tests {
                 .class(),
             ErrorClass::Malformed
         );
+        // V3-1: a ciphertext length that is not a positive multiple of 16 is malformed.
         assert_eq!(
             decrypt_all(Cipher::Aes256Cbc, b"pw", &ct[..ct.len() - 1], &[])
                 .unwrap_err()
                 .class(),
-            ErrorClass::Truncated
+            ErrorClass::Malformed
         );
         assert_eq!(
             decrypt_all(Cipher::Aes256Cbc, b"pw", &ct[..16], &[])
                 .unwrap_err()
                 .class(),
-            ErrorClass::Truncated
+            ErrorClass::Malformed
         );
         // A wrong passphrase almost always breaks the padding (1/256 chance it does not;
         // this fixed case does).
@@ -476,9 +478,10 @@ mod tests {
         let e = r.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(Error::from_read(e, "x").class(), ErrorClass::Truncated);
 
+        // V3-1: ciphertext not a multiple of 16.
         let mut r = CbcDecryptReader::new(&ct[..ct.len() - 3], Cipher::Aes256Cbc, b"pw");
         let e = r.read_to_end(&mut Vec::new()).unwrap_err();
-        assert_eq!(Error::from_read(e, "x").class(), ErrorClass::Truncated);
+        assert_eq!(Error::from_read(e, "x").class(), ErrorClass::Malformed);
     }
 
     proptest! {
