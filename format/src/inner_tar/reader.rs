@@ -1,7 +1,10 @@
 //! The reader state machine shared by [`super::TarReader`] and [`super::MultiVolumeReader`].
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::mem;
+
+use sha2::{Digest, Sha256};
 
 use super::header::{cstr, is_zero, num_at, parse_header, parse_u64, RawHeader, BLOCK};
 use super::pax::{parse_dec, PaxValues};
@@ -147,6 +150,21 @@ pub(super) struct Core<R, I> {
     vol_start: bool,
     state: State,
     entries: u64,
+    /// TAR-7: name keys of the regular entries so far (at most LIM-13, 16 bytes each).
+    regular_names: HashSet<[u8; 16]>,
+}
+
+/// TAR-7: a fixed-size key for an entry name, `.` components dropped (NAME-4) so that a
+/// link target and the entry it names compare equal however GNU tar spelled them.
+fn name_key(path: &[u8]) -> [u8; 16] {
+    let normal = crate::paths::validate_relative(path, crate::paths::DotComponents::Drop);
+    let digest = match &normal {
+        Ok(p) => Sha256::digest(p.as_bytes()),
+        Err(_) => Sha256::digest(path),
+    };
+    let mut key = [0u8; 16];
+    key.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
+    key
 }
 
 /// TAR-9: sorted, non-overlapping, inside the real size, lengths summing to `stored`.
@@ -246,6 +264,7 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             vol_start: false,
             state: State::Headers,
             entries: 0,
+            regular_names: HashSet::new(),
         }
     }
 
@@ -765,6 +784,19 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                 LimitExceeded,
                 "inner tar path longer than {MAX_PATH_LEN} bytes"
             );
+        }
+        match &kind {
+            EntryKind::Regular => {
+                self.regular_names.insert(name_key(&path));
+            }
+            EntryKind::HardLink { target } if !self.regular_names.contains(&name_key(target)) => {
+                bail!(
+                    Malformed,
+                    "hard link {} names no earlier regular entry (TAR-7)",
+                    crate::paths::escape(&path)
+                );
+            }
+            _ => {}
         }
         let entry = Entry {
             path: path.clone(),

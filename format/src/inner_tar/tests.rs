@@ -225,6 +225,31 @@ fn unpadded_dense_entry_needs_one_full_zero_block() {
     assert_eq!(class(read_all(&out)), ErrorClass::Truncated);
 }
 
+/// TAR-7: a hard link must name an earlier regular entry of the same stream.
+#[test]
+fn hard_links_must_name_earlier_regular_entries() {
+    let link = |target: &[u8]| {
+        let mut h = ustar(b"d/l", b'1', 0);
+        h[157..157 + target.len()].copy_from_slice(target);
+        checksum(&mut h);
+        h
+    };
+    let mut ok = Vec::new();
+    member(&mut ok, b"d/", b'5', b"");
+    member(&mut ok, b"d/f", b'0', b"abc");
+    ok.extend_from_slice(&link(b"d/./f"));
+    end(&mut ok);
+    assert!(read_all(&ok).is_ok());
+    for target in [&b"d/g"[..], b"d", b"d/l"] {
+        let mut bad = Vec::new();
+        member(&mut bad, b"d/", b'5', b"");
+        bad.extend_from_slice(&link(target));
+        member(&mut bad, b"d/g", b'0', b"abc");
+        end(&mut bad);
+        assert_eq!(class(read_all(&bad)), ErrorClass::Malformed, "{target:?}");
+    }
+}
+
 /// TAR-8: entry and extension padding must be zero bytes.
 #[test]
 fn non_zero_padding_is_malformed() {
