@@ -192,8 +192,15 @@ impl PaxValues {
         Ok(())
     }
 
+    /// OUT-3: whether `path`, `size` or a `GNU.sparse.*` key was given (even empty).
+    pub(crate) fn sets_path_size_or_sparse(&self) -> bool {
+        self.seen
+            .iter()
+            .any(|k| *k == "path" || *k == "size" || k.starts_with("GNU.sparse."))
+    }
+
     /// Whether any `GNU.sparse.*` key was given.
-    pub(super) fn is_sparse(&self) -> bool {
+    pub(crate) fn is_sparse(&self) -> bool {
         self.sparse_major.is_some()
             || self.sparse_minor.is_some()
             || self.sparse_realsize.is_some()
