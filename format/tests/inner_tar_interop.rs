@@ -329,9 +329,7 @@ fn truncation_of_a_gnu_archive_at_every_block() {
     );
     assert_eq!(read_tar(&src, &bytes).len(), 2);
     // TAR-8: the stream may end once the first end-of-archive block is complete.
-    assert!(TarReader::new(&bytes[..bytes.len() - 512])
-        .next_entry()
-        .is_ok());
+    assert_eq!(read_tar(&src, &bytes[..bytes.len() - 512]).len(), 2);
     for cut in (0..bytes.len() - 512).step_by(512) {
         assert_eq!(
             err_class(&bytes[..cut]),

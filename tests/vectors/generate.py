@@ -778,9 +778,11 @@ def hand_built(g):
                        ("dom0-home/user", homet)], chunk=1024)
     g.add("ext-output-collision", coll, "ok", extract_expect="unsafe-path", may_only=True,
           comment=
-          "a VM named dom0-home whose file `user` would be extracted to dom0-home/user, where dom0's home "
-          "goes: the archive verifies, extraction fails (EXT-1, DEV-22).", reqs=["EXT-1", "DEV-22"],
-          groups=gx(xc) + [{"dom0-home/private.img": sha256(NOTES)}, {}, {}], fail_at=4)
+          "a VM named dom0-home whose file `user` is extracted to dom0-home/user, where dom0's home "
+          "directory goes: the archive verifies; extraction commits the VM's files and fails at dom0 "
+          "home, whose output path is taken (EXT-1, EXT-2, DEV-22).", reqs=["EXT-1", "EXT-2", "DEV-22"],
+          groups=gx(xc) + [{"dom0-home/private.img": sha256(NOTES)}, {"dom0-home/user": sha256(NOTES)}, {}],
+          fail_at=5)
 
     # ---- core2 prefix matching (ORD-7, DEV-18), ORD-9 interleaving, v3 directory files
     x10 = r3_xml(['<QubesAppVm qid="1" name="work" label="red" template_qid="9" backup_content="True" '

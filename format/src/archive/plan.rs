@@ -85,12 +85,6 @@ impl BackupPlan {
                 )));
             }
             let is_dom0 = vm.class == "AdminVM" || vm.qid == Some(0);
-            if !is_dom0 && is_within(&prefix, DOM0_HOME) {
-                return Err(Error::malformed(format!(
-                    "VM {}: only dom0's backup path may lie under {DOM0_HOME}/ (XML-3)",
-                    vm.name
-                )));
-            }
             if let Some(other) = vms
                 .iter()
                 .find(|o| is_within(&o.prefix, &prefix) || is_within(&prefix, &o.prefix))
@@ -298,33 +292,6 @@ mod tests {
             shape,
             out_dir: "work".into(),
             strip: "vm3".into(),
-        }
-    }
-
-    /// XML-3: no VM but dom0 may have a backup-path under `dom0-home/`.
-    #[test]
-    fn only_dom0_lives_under_dom0_home() {
-        let xml = |path: &str| {
-            format!(
-                "<qubes><labels><label id=\"label-1\">red</label></labels><properties/><domains>\
-                 <domain id=\"domain-5\" class=\"AppVM\"><properties>\
-                 <property name=\"name\">vm</property><property name=\"label\">label-1</property>\
-                 </properties><features><feature name=\"backup-content\">True</feature>\
-                 <feature name=\"backup-path\">{path}</feature></features></domain></domains></qubes>"
-            )
-        };
-        let plan = |path: &str| {
-            let x = crate::qubes_xml::parse(xml(path).as_bytes()).unwrap();
-            BackupPlan::from_qubes_xml(&x, Version::V4)
-        };
-        assert!(plan("vm5/").is_ok());
-        assert!(plan("dom0-homes/").is_ok());
-        for bad in ["dom0-home/user/", "dom0-home/x", "dom0-home/"] {
-            assert_eq!(
-                plan(bad).unwrap_err().class(),
-                ErrorClass::Malformed,
-                "{bad}"
-            );
         }
     }
 

@@ -660,3 +660,27 @@ fn hostile_attribute_references_refused() {
         );
     }
 }
+
+/// XML-3: no VM but dom0 may have a backup-path under `dom0-home/`.
+#[test]
+fn only_dom0_lives_under_dom0_home() {
+    let xml = |path: &str| {
+        format!(
+                "<qubes><labels><label id=\"label-1\">red</label></labels><properties/><domains>\
+                 <domain id=\"domain-5\" class=\"AppVM\"><properties>\
+                 <property name=\"name\">vm</property><property name=\"label\">label-1</property>\
+                 </properties><features><feature name=\"backup-content\">True</feature>\
+                 <feature name=\"backup-path\">{path}</feature></features></domain></domains></qubes>"
+            )
+    };
+    let plan = |path: &str| parse(xml(path).as_bytes());
+    assert!(plan("vm5/").is_ok());
+    assert!(plan("dom0-homes/").is_ok());
+    for bad in ["dom0-home/user/", "dom0-home/x", "dom0-home/"] {
+        assert_eq!(
+            plan(bad).unwrap_err().class(),
+            ErrorClass::Malformed,
+            "{bad}"
+        );
+    }
+}
