@@ -465,50 +465,48 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
         }
         self.switch_volume()?;
         d.done_at_switch = Some(d.done);
-        loop {
-            let blk = self.read_block("a continuation header")?;
-            if is_zero(&blk) {
-                bail!(
-                    Malformed,
-                    "tar volume {} does not continue the interrupted file",
-                    self.volumes
-                );
-            }
-            let h = parse_header(&blk)?;
-            match h.typeflag {
-                b'V' => bail!(Unsupported, "GNU volume label (TAR-1)"),
-                b'M' => {
-                    self.vol_start = false;
-                    let remaining = d.stored - d.done;
-                    if !m_name_matches(&h, &d.path) {
-                        bail!(
-                            Malformed,
-                            "tar volume {} continues another file",
-                            self.volumes
-                        );
-                    }
-                    if h.size != remaining {
-                        bail!(
-                            Malformed,
-                            "continuation header says {} bytes remain, {remaining} do",
-                            h.size
-                        );
-                    }
-                    let offset = num_at(&blk, 369, 12, "continuation offset")?;
-                    if d.size.checked_sub(remaining) != Some(offset) {
-                        bail!(
-                            Malformed,
-                            "continuation header offset {offset} out of sequence"
-                        );
-                    }
-                    return Ok(());
+        let blk = self.read_block("a continuation header")?;
+        if is_zero(&blk) {
+            bail!(
+                Malformed,
+                "tar volume {} does not continue the interrupted file",
+                self.volumes
+            );
+        }
+        let h = parse_header(&blk)?;
+        match h.typeflag {
+            b'V' => bail!(Unsupported, "GNU volume label (TAR-1)"),
+            b'M' => {
+                self.vol_start = false;
+                let remaining = d.stored - d.done;
+                if !m_name_matches(&h, &d.path) {
+                    bail!(
+                        Malformed,
+                        "tar volume {} continues another file",
+                        self.volumes
+                    );
                 }
-                _ => bail!(
-                    Malformed,
-                    "tar volume {} does not start with a continuation header",
-                    self.volumes
-                ),
+                if h.size != remaining {
+                    bail!(
+                        Malformed,
+                        "continuation header says {} bytes remain, {remaining} do",
+                        h.size
+                    );
+                }
+                let offset = num_at(&blk, 369, 12, "continuation offset")?;
+                if d.size.checked_sub(remaining) != Some(offset) {
+                    bail!(
+                        Malformed,
+                        "continuation header offset {offset} out of sequence"
+                    );
+                }
+                Ok(())
             }
+            _ => bail!(
+                Malformed,
+                "tar volume {} does not start with a continuation header",
+                self.volumes
+            ),
         }
     }
 
