@@ -225,6 +225,19 @@ fn unpadded_dense_entry_needs_one_full_zero_block() {
     assert_eq!(class(read_all(&out)), ErrorClass::Truncated);
 }
 
+/// TAR-9, TAR-1: a sparse realsize above LIM-12 is limit-exceeded, not malformed.
+#[test]
+fn sparse_realsize_above_lim_12_is_limit_exceeded() {
+    let big = crate::limits::MAX_FILE_SIZE + 1;
+    let h = old_sparse(b"s", &[(0, 10)], big, 10);
+    assert_eq!(h[483], 0x80, "realsize in base-256");
+    let mut out = h.to_vec();
+    out.extend_from_slice(&[1u8; 10]);
+    pad(&mut out);
+    end(&mut out);
+    assert_eq!(class(read_all(&out)), ErrorClass::LimitExceeded);
+}
+
 /// TAR-7: a hard link must name an earlier regular entry of the same stream.
 #[test]
 fn hard_links_must_name_earlier_regular_entries() {
