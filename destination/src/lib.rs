@@ -31,8 +31,16 @@ use qbackup_format::{Error, ErrorClass, Result};
 /// Block size for hole detection when writing (EXT-3).
 pub const HOLE_BLOCK: usize = 4096;
 
+/// A failed filesystem step. A path that collides with an earlier output (it already
+/// exists, or one of its parents is a file) is `unsafe-path` (EXT-1, EXT-2); anything
+/// else is the environment's failure (`io`).
 fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> Error {
-    Error::new(ErrorClass::Io, format!("{what}: {e}"))
+    use std::io::ErrorKind;
+    let class = match e.kind() {
+        ErrorKind::AlreadyExists | ErrorKind::NotADirectory => ErrorClass::UnsafePath,
+        _ => ErrorClass::Io,
+    };
+    Error::new(class, format!("{what}: {e}"))
 }
 
 /// A confined destination directory.
@@ -309,6 +317,24 @@ mod tests {
         assert!(!link_stays_inside(link, Path::new("/etc/passwd"), top));
         assert!(!link_stays_inside(link, Path::new("../../../etc"), top));
         assert!(!link_stays_inside(link, Path::new("../../.."), top));
+    }
+
+    /// EXT-1: two outputs with the same path (a VM named dom0-home with a file `user`,
+    /// then dom0 home's directory `dom0-home/user`) are unsafe-path, not io.
+    #[test]
+    fn output_collisions_are_unsafe_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Destination::open(tmp.path()).unwrap();
+        std::fs::create_dir(tmp.path().join("dom0-home")).unwrap();
+        std::fs::write(tmp.path().join("dom0-home/user"), b"x").unwrap();
+        let dir = d.create_dir_all(Path::new("dom0-home/user")).unwrap_err();
+        assert_eq!(dir.class(), ErrorClass::UnsafePath, "{dir}");
+        let below = d
+            .ensure_parent(Path::new("dom0-home/user/.bashrc"))
+            .unwrap_err();
+        assert_eq!(below.class(), ErrorClass::UnsafePath, "{below}");
+        let other = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(io_err("w", other).class(), ErrorClass::Io);
     }
 
     fn names(dir: &Path) -> Vec<String> {

@@ -5,9 +5,9 @@
 //! decode it in-process. Decoders accept concatenated streams (as `gzip -d` does) and
 //! refuse trailing garbage.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorClass, Result};
 use crate::limits::MAX_DECODER_MEMORY;
 
 /// The stream format behind a filter name (CMP-1).
@@ -60,13 +60,27 @@ impl Filter {
         }
     }
 
-    /// Wrap `input` (authenticated, decrypted bytes) in this filter's decoder.
+    /// Wrap `input` (authenticated, decrypted bytes) in this filter's decoder. Decoder
+    /// errors are classified (CMP-1, CMP-3): a stream cut short is Truncated, a decoder
+    /// memory demand above LIM-26 LimitExceeded, any other decoding error Malformed.
     pub fn decoder<'a, R: Read + Send + 'a>(self, input: R) -> Result<Box<dyn Read + Send + 'a>> {
+        if self == Filter::None {
+            return Ok(Box::new(input));
+        }
+        Ok(Box::new(Classified {
+            inner: self.raw_decoder(input)?,
+            filter: self,
+        }))
+    }
+
+    fn raw_decoder<'a, R: Read + Send + 'a>(self, input: R) -> Result<Box<dyn Read + Send + 'a>> {
         Ok(match self {
             Filter::None => Box::new(input),
-            Filter::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
-                io::BufReader::with_capacity(1 << 16, input),
-            )),
+            Filter::Gzip => Box::new(GzipMembers {
+                member: Some(flate2::bufread::GzDecoder::new(
+                    io::BufReader::with_capacity(1 << 16, input),
+                )),
+            }),
             Filter::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
             Filter::Xz => {
                 // LIM-26 bounds the dictionary; CONCATENATED accepts `xz` multi-stream files.
@@ -93,6 +107,98 @@ impl Filter {
             }
         })
     }
+}
+
+/// One or more gzip members (CMP-1). After a member's trailer, the next byte must start
+/// another member (`1f 8b`) or be the end: anything else is trailing garbage (CMP-3).
+struct GzipMembers<R: BufRead> {
+    member: Option<flate2::bufread::GzDecoder<R>>,
+}
+
+impl<R: BufRead> Read for GzipMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let Some(member) = self.member.as_mut() else {
+                return Ok(0);
+            };
+            let n = member.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            let Some(member) = self.member.take() else {
+                return Ok(0);
+            };
+            let mut rest = member.into_inner();
+            let next = rest.fill_buf()?;
+            match next {
+                [] => return Ok(0),
+                [0x1f] | [0x1f, 0x8b, ..] => {
+                    self.member = Some(flate2::bufread::GzDecoder::new(rest));
+                }
+                _ => {
+                    return Err(
+                        Error::malformed("bytes after the end of the gzip stream (CMP-3)")
+                            .into_io(),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// The zstd error name for a frame whose window exceeds `window_log_max` (LIM-26).
+const ZSTD_WINDOW_TOO_LARGE: &str = "Frame requires too much memory for decoding";
+
+/// Classifies the raw decoders' I/O errors (CMP-1, CMP-3); errors already classified by
+/// the layers below pass through.
+struct Classified<'a> {
+    inner: Box<dyn Read + Send + 'a>,
+    filter: Filter,
+}
+
+impl Read for Classified<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| classify(self.filter, e))
+    }
+}
+
+fn classify(filter: Filter, e: io::Error) -> io::Error {
+    use io::ErrorKind;
+    let Some(source) = e.get_ref() else {
+        return match e.kind() {
+            ErrorKind::UnexpectedEof => {
+                Error::truncated(format!("the {} stream ends early (CMP-3)", filter.name()))
+                    .into_io()
+            }
+            _ => e,
+        };
+    };
+    if source.is::<Error>() {
+        return e;
+    }
+    let lzma_memlimit = source
+        .downcast_ref::<liblzma::stream::Error>()
+        .is_some_and(|l| matches!(l, liblzma::stream::Error::MemLimit));
+    let class = if lzma_memlimit || source.to_string() == ZSTD_WINDOW_TOO_LARGE {
+        ErrorClass::LimitExceeded
+    } else {
+        match e.kind() {
+            ErrorKind::UnexpectedEof => ErrorClass::Truncated,
+            ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::Other => {
+                ErrorClass::Malformed
+            }
+            _ => return e,
+        }
+    };
+    let what = match class {
+        ErrorClass::LimitExceeded => "decoder memory above LIM-26",
+        ErrorClass::Truncated => "stream ends early",
+        _ => "invalid stream",
+    };
+    Error::new(class, format!("{} {what}: {e}", filter.name())).into_io()
 }
 
 #[cfg(test)]
@@ -137,6 +243,63 @@ mod tests {
             .unwrap()
             .read_to_end(&mut sink)
             .is_err());
+    }
+
+    fn class_of(filter: Filter, data: &[u8]) -> ErrorClass {
+        let mut sink = Vec::new();
+        let e = filter
+            .decoder(data)
+            .unwrap()
+            .read_to_end(&mut sink)
+            .unwrap_err();
+        Error::from_read(e, "x").class()
+    }
+
+    /// CMP-1, LIM-26: dictionaries and windows above the limit are limit-exceeded.
+    #[test]
+    fn decoder_memory_demands_are_limit_exceeded() {
+        let mut alone = vec![0x5d, 0x00, 0x00, 0x00, 0x40];
+        alone.extend_from_slice(&[0xff; 8]);
+        alone.extend_from_slice(&[0u8; 32]);
+        assert_eq!(class_of(Filter::Lzma, &alone), ErrorClass::LimitExceeded);
+        // zstd frame header: magic, descriptor with single-segment off, window log 31.
+        let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, (31 - 10) << 3];
+        frame.extend_from_slice(&[0u8; 16]);
+        assert_eq!(class_of(Filter::Zstd, &frame), ErrorClass::LimitExceeded);
+    }
+
+    /// CMP-3: a cut stream is truncated, bytes after a complete stream malformed.
+    #[test]
+    fn trailing_bytes_are_malformed_and_cut_streams_truncated() {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b"hello hello hello").unwrap();
+        let gz = e.finish().unwrap();
+        for tail in [
+            &b"junk"[..],
+            b"\0",
+            b"\0\0\0\0\0\0\0\0\0\0\0\0",
+            b"\x1f\x8c",
+        ] {
+            let mut bad = gz.clone();
+            bad.extend_from_slice(tail);
+            assert_eq!(
+                class_of(Filter::Gzip, &bad),
+                ErrorClass::Malformed,
+                "{tail:?}"
+            );
+        }
+        assert_eq!(
+            class_of(Filter::Gzip, &gz[..gz.len() - 3]),
+            ErrorClass::Truncated
+        );
+        let z = zstd::encode_all(&b"hello hello hello"[..], 3).unwrap();
+        let mut bad = z.clone();
+        bad.extend_from_slice(b"junk");
+        assert_eq!(class_of(Filter::Zstd, &bad), ErrorClass::Malformed);
+        assert_eq!(
+            class_of(Filter::Zstd, &z[..z.len() - 2]),
+            ErrorClass::Truncated
+        );
     }
 
     #[test]

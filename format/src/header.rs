@@ -119,7 +119,6 @@ impl Header {
             .ok_or_else(|| header_error("backup-header contains non-ASCII bytes"))?;
         let mut values: [Option<&str>; KNOWN_KEYS.len()] = Default::default();
         for line in split_lines(text) {
-            let line = line.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b');
             let mut parts = line.split('=');
             let (Some(key), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(header_error(format!(
@@ -174,12 +173,13 @@ impl Header {
         let encrypted = parse_bool("encrypted", required("encrypted")?)?;
         let compressed = parse_bool("compressed", required("compressed")?)?;
         let hmac_algorithm = required("hmac-algorithm")?.to_string();
-        let hmac_known = if version == Version::V4 {
-            hmac_algorithm.eq_ignore_ascii_case("scrypt")
-        } else {
-            Digest::from_name(&hmac_algorithm).is_some()
-        };
-        if !hmac_known {
+        if version == Version::V4 && !hmac_algorithm.eq_ignore_ascii_case("scrypt") {
+            // HDR-5, MAC-3: a v4 header is authenticated by a scrypt container.
+            return Err(header_error(format!(
+                "a version 4 header must name hmac-algorithm scrypt, not {hmac_algorithm:?} (HDR-5, MAC-3)"
+            )));
+        }
+        if version < Version::V4 && Digest::from_name(&hmac_algorithm).is_none() {
             return Err(Error::unsupported(format!(
                 "hmac-algorithm {hmac_algorithm:?} is not supported for version {}",
                 version.number()
@@ -226,8 +226,7 @@ impl Header {
         } else {
             None
         };
-        if version == Version::V4 && (!encrypted || !hmac_algorithm.eq_ignore_ascii_case("scrypt"))
-        {
+        if version == Version::V4 && !encrypted {
             return Err(Error::unsupported(
                 "a version 4 backup must be encrypted with scrypt",
             ));
@@ -245,31 +244,15 @@ impl Header {
     }
 }
 
-/// HDR-1: line breaks are those of Python's `str.splitlines` (upstream's parser): `\n`,
-/// `\r\n`, `\r`, `\v`, `\f`, `\x1c`, `\x1d`, `\x1e`. A final break ends the last line;
-/// it does not start an empty one.
+/// HDR-1, DEV-10: lines end at LF only (upstream's `splitlines()` also splits at CR, VT,
+/// FF and 0x1C–0x1E; those bytes stay in the line and fail HDR-2). A final LF ends the last
+/// line; it does not start an empty one.
 fn split_lines(text: &str) -> Vec<&str> {
-    let mut lines = Vec::new();
-    let bytes = text.as_bytes();
-    let (mut start, mut i) = (0, 0);
-    while i < bytes.len() {
-        let b = bytes[i];
-        if matches!(b, b'\n' | b'\r' | 0x0b | 0x0c | 0x1c..=0x1e) {
-            lines.push(&text[start..i]);
-            i += if b == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-                2
-            } else {
-                1
-            };
-            start = i;
-        } else {
-            i += 1;
-        }
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    if text.is_empty() {
+        return Vec::new();
     }
-    if start < bytes.len() {
-        lines.push(&text[start..]);
-    }
-    lines
+    body.split('\n').collect()
 }
 
 #[cfg(test)]
@@ -338,11 +321,46 @@ mod tests {
         );
     }
 
+    /// HDR-1, HDR-2, DEV-10: LF is the only line break; CR, VT and spaces are refused.
     #[test]
-    fn lines_split_like_python() {
-        assert_eq!(split_lines("a\r\nb\rc\x0bd\n"), ["a", "b", "c", "d"]);
+    fn lines_split_at_lf_only() {
+        assert_eq!(split_lines("a\r\nb\rc\x0bd\n"), ["a\r", "b\rc\x0bd"]);
         assert_eq!(split_lines("a\n\n"), ["a", ""]);
-        assert!(parse(&V4.replace('\n', "\r\n")).is_ok());
+        assert_eq!(split_lines("a"), ["a"]);
+        assert!(split_lines("").is_empty());
+        for bad in [
+            V4.replace('\n', "\r\n"),
+            V4.replace("version=4\n", "version=4\r"),
+            V4.replace("version=4\n", "version=4\x0b"),
+            V4.replace("version=4", " version=4"),
+            V4.replace("version=4", "version=4\t"),
+        ] {
+            assert_eq!(
+                parse(&bad).unwrap_err().class(),
+                ErrorClass::HeaderFailure,
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// HDR-5, MAC-3: a v4 header naming a digest is a header failure, not unsupported.
+    #[test]
+    fn v4_hmac_algorithm_must_be_scrypt() {
+        for name in ["sha512", "whirlpool", ""] {
+            let bad = V4.replace("hmac-algorithm=scrypt", &format!("hmac-algorithm={name}"));
+            assert_eq!(
+                parse(&bad).unwrap_err().class(),
+                ErrorClass::HeaderFailure,
+                "{bad:?}"
+            );
+        }
+        assert!(parse(&V4.replace("=scrypt", "=SCRYPT")).is_ok());
+        assert_eq!(
+            parse(&V4.replace("encrypted=True", "encrypted=False"))
+                .unwrap_err()
+                .class(),
+            ErrorClass::Unsupported
+        );
     }
 
     #[test]

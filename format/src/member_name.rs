@@ -74,6 +74,11 @@ impl MemberName {
             )));
         }
         let path = validate_chunk_path(path)?;
+        if path == HEADER || path.ends_with(".hmac") || path.ends_with(".enc") {
+            return Err(Error::malformed(format!(
+                "member name {text:?}: PATH may not be backup-header or end in .hmac/.enc (NAME-5)"
+            )));
+        }
         Ok(MemberName::Chunk { path, index, kind })
     }
 }
@@ -197,6 +202,23 @@ mod tests {
         }
         let e = MemberName::parse("vm3/privé.img.000".as_bytes()).unwrap_err();
         assert_eq!(e.class(), ErrorClass::UnsafePath);
+    }
+
+    /// NAME-5: PATH is never `backup-header` and never ends in `.hmac` or `.enc`.
+    #[test]
+    fn refuses_reserved_paths() {
+        for bad in [
+            "backup-header.000.enc",
+            "backup-header.000",
+            "vm3/x.hmac.000.enc",
+            "vm3/x.hmac.000.hmac",
+            "vm3/x.enc.000",
+            "vm3/.enc.000.enc",
+        ] {
+            let e = MemberName::parse(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.class(), ErrorClass::Malformed, "{bad}");
+        }
+        assert!(MemberName::parse(b"vm3/backup-header.000.enc").is_ok());
     }
 
     #[test]

@@ -59,15 +59,23 @@ impl<R: Read> OuterReader<R> {
         self.skip_rest()?;
         let mut pax_path: Option<Vec<u8>> = None;
         let mut pax_size: Option<u64> = None;
+        // OUT-3: an `x` header was read and applies to the next header, which must be a
+        // member header.
+        let mut pending_x = false;
         loop {
             let mut block = [0u8; BLOCK];
             if !self.read_block_or_eof(&mut block)? {
-                if pax_path.is_some() || pax_size.is_some() {
+                if pending_x {
                     return Err(Error::truncated("archive ends after a pax header"));
                 }
                 return Ok(None);
             }
             if is_zero(&block) {
+                if pending_x {
+                    return Err(Error::malformed(
+                        "a pax x header is followed by a zero block, not a member (OUT-3)",
+                    ));
+                }
                 continue;
             }
             // OUT-5: checksum, magic and numeric fields, with the inner tar's header parser.
@@ -79,6 +87,11 @@ impl<R: Read> OuterReader<R> {
             })?;
             match header.typeflag {
                 b'x' | b'g' => {
+                    if pending_x {
+                        return Err(Error::malformed(
+                            "a pax x header is followed by another pax header (OUT-3)",
+                        ));
+                    }
                     if header.size > MAX_TAR_EXTENSION_LEN {
                         return Err(Error::limit(format!(
                             "outer pax header of {} bytes exceeds LIM-10",
@@ -88,11 +101,16 @@ impl<R: Read> OuterReader<R> {
                     let mut data = vec![0u8; header.size as usize];
                     self.read_exact(&mut data)?;
                     self.skip(pad(header.size))?;
+                    let values = PaxValues::parse(&data)?;
                     if header.typeflag == b'x' {
                         // OUT-3: `path` and `size` override the ustar fields.
-                        let values = PaxValues::parse(&data)?;
                         pax_path = values.path;
                         pax_size = values.size;
+                        pending_x = true;
+                    } else if values.sets_path_size_or_sparse() {
+                        return Err(Error::unsupported(
+                            "a pax global header sets path, size or GNU.sparse.* (OUT-3)",
+                        ));
                     }
                 }
                 b'0' | 0 => {
@@ -254,6 +272,42 @@ mod tests {
         let mut r = OuterReader::new(&archive[..]);
         let m = r.next_member().unwrap().unwrap();
         assert_eq!(m.untrusted_name, b"vm3/private.img.000.enc");
+    }
+
+    fn pax(typeflag: u8, records: &[u8]) -> Vec<u8> {
+        let mut v = header("PaxHeaders/x", records.len() as u64, typeflag).to_vec();
+        v.extend_from_slice(records);
+        v.resize(BLOCK + records.len().div_ceil(BLOCK) * BLOCK, 0);
+        v
+    }
+
+    fn first_class(archive: &[u8]) -> ErrorClass {
+        OuterReader::new(archive).next_member().unwrap_err().class()
+    }
+
+    /// OUT-3: an `x` header must be followed by a member header; a `g` header must not
+    /// set path, size or sparse records.
+    #[test]
+    fn pax_header_placement_and_global_records() {
+        let x = pax(b'x', b"11 mtime=1\n");
+        let two = [x.clone(), x.clone(), member("a.000", b"x")].concat();
+        assert_eq!(first_class(&two), ErrorClass::Malformed);
+        let x_then_g = [x.clone(), pax(b'g', b"11 mtime=1\n"), member("a.000", b"x")].concat();
+        assert_eq!(first_class(&x_then_g), ErrorClass::Malformed);
+        let x_then_end = [x.clone(), vec![0u8; 1024]].concat();
+        assert_eq!(first_class(&x_then_end), ErrorClass::Malformed);
+        assert_eq!(first_class(&x), ErrorClass::Truncated);
+        for records in [
+            &b"12 path=a.0\n"[..],
+            b"8 size=\n",
+            b"22 GNU.sparse.major=1\n",
+        ] {
+            let g = [pax(b'g', records), member("a.000", b"x")].concat();
+            assert_eq!(first_class(&g), ErrorClass::Unsupported, "{records:?}");
+        }
+        let g = [pax(b'g', b"11 mtime=1\n"), member("a.000", b"x")].concat();
+        let m = OuterReader::new(&g[..]).next_member().unwrap().unwrap();
+        assert_eq!(m.untrusted_name, b"a.000");
     }
 
     #[test]

@@ -233,9 +233,10 @@ fn openssl_enc_errors_classified() {
         d.update(body, &mut out);
         d.finish(&mut out).map(|_| out)
     };
+    // V3-1: a ciphertext length that is not a multiple of 16 is malformed.
     assert_eq!(
         finish(&ct[16..ct.len() - 5]).unwrap_err().class(),
-        ErrorClass::Truncated
+        ErrorClass::Malformed
     );
     let mut bad = ct[16..].to_vec();
     let n = bad.len();
@@ -371,9 +372,10 @@ fn scrypt_container_tampering_by_region() {
         our_open(b"pw", &c[..n - 1]).unwrap_err().class(),
         ErrorClass::MacFailure
     );
+    // V4-1: a container shorter than 128 bytes is malformed.
     assert_eq!(
         our_open(b"pw", &c[..127]).unwrap_err().class(),
-        ErrorClass::Truncated
+        ErrorClass::Malformed
     );
     assert_eq!(our_open(b"pw", &c).unwrap(), pt);
 }

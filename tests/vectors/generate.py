@@ -52,39 +52,7 @@ def text(n, seed):
 
 # Vectors whose SPEC.md outcome qbackup-verify does not produce (reported as verifier bugs or
 # spec ambiguities); left out of the committed suite until resolved. name -> what it returns.
-DISPUTED = {
-    "cmp-trailing-garbage": "truncated (CMP-3 says any byte after the stream is malformed)",
-    "v3-cipher-length": "truncated (V3-1 says a length not a multiple of 16 is malformed)",
-    "cmp-lzma-dict-bomb": "io, 'memory limit reached' (CMP-1/LIM-26 say limit-exceeded)",
-    "cmp-zstd-window-bomb": "io, 'Frame requires too much memory' (CMP-1/LIM-26 say limit-exceeded)",
-    "xml-cut-short": "truncated (XML-4 says not well-formed is malformed)",
-    "ord-v3-enc-suffix": "order-failure (NAME-5 says a v2/v3 .enc name is malformed)",
-    "tar-dir-entry-outside": "malformed (TAR-11 says a name outside PATH is unsafe-path)",
-    "tar-hardlink-dangling": "ok (TAR-7 says a hard link to no earlier entry is malformed)",
-    "ok-v3-hmac-two-spaces": "header-failure (MAC-4 allows 1*SP after `)=`; the parser takes exactly one)",
-    "hdr-cr": "ok: header lines are split at CR as upstream does (HDR-2, DEV-10 say CR is refused)",
-    "hdr-v4-hmac-not-scrypt": "unsupported (HDR-5 'v4: scrypt' and MAC-3 give header-failure)",
-    "name-path-ends-hmac": "mac-failure: PATH vm3/x.hmac accepted (NAME-5 says malformed)",
-    "name-path-backup-header": "order-failure: PATH backup-header accepted as a stray (NAME-5 says malformed)",
-    "name-dot-in-v4": "order-failure: PATH vm3/. accepted in v4 (NAME-4 says unsafe-path)",
-    "v4-short-container": "truncated (V4-1 says a member shorter than 128 bytes is malformed)",
-    "tar-padding-nonzero": "ok (TAR-8 says non-zero entry padding is malformed)",
-    "tar-too-many-zeros-by-one-block": "ok: LIM-23 is counted after two zero blocks, not after the first (TAR-8)",
-    "tar-type-v": "ok: V labels are skipped (TAR-1 says unsupported)",
-    "tar-other-name": "malformed (TAR-11 says a name outside PATH is unsafe-path)",
-    "tar-pax-dup-path": "ok (TAR-5 says a recognised key twice is malformed)",
-    "tar-pax-hdrcharset": "ok (TAR-5 says hdrcharset other than UTF-8 is unsupported)",
-    "tar-sparse-old-version": "ok: PAX 0.1 sparse is decoded (TAR-3 says unsupported)",
-    "ext-output-collision": "verify ok; extract io 'File exists' after writing dom0-home/user as a file (EXT-1 says unsafe-path)",
-    "ok-tar-type-7": "unsupported (TAR-1 lists 7 as a regular file)",
-    "xml-bad-class": "ok: unknown core3 class ignored (XML-2 says malformed)",
-    "xml-path-under-dom0-home": "order-failure: domU backup-path under dom0-home/ accepted (XML-3 says malformed)",
-    "xml-bad-truth": "ok: backup-content `maybe` counted as true (XML-3, DEV-9 say malformed)",
-    "xml-bad-save-on-stop": "ok: save_on_stop `Perhaps` counted as false (XML-3 says malformed)",
-    "out-global-path": "ok: pax g header with path ignored (OUT-3 says unsupported)",
-    "out-two-x-headers": "ok (OUT-3 says two consecutive x headers are malformed)",
-    "out-x-at-end": "truncated (OUT-3 says an x header not followed by a member is malformed)",
-}
+DISPUTED = {}
 
 PRIV = text(1500, 1) + prng(2000, 1)      # compresses to ~2.2 KiB: 3 chunks of 1024
 NOTES = b"For Your Eyes Only\n"
@@ -810,9 +778,11 @@ def hand_built(g):
                        ("dom0-home/user", homet)], chunk=1024)
     g.add("ext-output-collision", coll, "ok", extract_expect="unsafe-path", may_only=True,
           comment=
-          "a VM named dom0-home whose file `user` would be extracted to dom0-home/user, where dom0's home "
-          "goes: the archive verifies, extraction fails (EXT-1, DEV-22).", reqs=["EXT-1", "DEV-22"],
-          groups=gx(xc) + [{"dom0-home/private.img": sha256(NOTES)}, {}, {}], fail_at=4)
+          "a VM named dom0-home whose file `user` is extracted to dom0-home/user, where dom0's home "
+          "directory goes: the archive verifies; extraction commits the VM's files and fails at dom0 "
+          "home, whose output path is taken (EXT-1, EXT-2, DEV-22).", reqs=["EXT-1", "EXT-2", "DEV-22"],
+          groups=gx(xc) + [{"dom0-home/private.img": sha256(NOTES)}, {"dom0-home/user": sha256(NOTES)}, {}],
+          fail_at=5)
 
     # ---- core2 prefix matching (ORD-7, DEV-18), ORD-9 interleaving, v3 directory files
     x10 = r3_xml(['<QubesAppVm qid="1" name="work" label="red" template_qid="9" backup_content="True" '

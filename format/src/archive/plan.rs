@@ -84,6 +84,7 @@ impl BackupPlan {
                     vm.name
                 )));
             }
+            let is_dom0 = vm.class == "AdminVM" || vm.qid == Some(0);
             if let Some(other) = vms
                 .iter()
                 .find(|o| is_within(&o.prefix, &prefix) || is_within(&prefix, &o.prefix))
@@ -93,7 +94,6 @@ impl BackupPlan {
                     other.name, vm.name
                 )));
             }
-            let is_dom0 = vm.class == "AdminVM" || vm.qid == Some(0);
             let (out_dir, strip) = if is_dom0 {
                 // dom0-home/<user> is extracted as DIR/dom0-home/<user>/… (EXT-1).
                 let parent = prefix.rsplit_once('/').map_or("", |(p, _)| p);
@@ -189,8 +189,19 @@ impl FileSpec {
                 escape(&entry.path)
             ))
         };
+        // TAR-11: a name outside PATH is unsafe-path; a misplaced one inside is malformed.
+        let outside = || {
+            Error::unsafe_path(format!(
+                "{} holds inner entry {}, which lies outside it (TAR-11)",
+                file.path,
+                escape(&entry.path)
+            ))
+        };
         let must_be_regular = match &file.shape {
             FileShape::Single => {
+                if !is_within(&inner, &file.path) {
+                    return Err(outside());
+                }
                 if inner != file.path || ordinal != 0 {
                     return Err(mismatch());
                 }
@@ -198,7 +209,7 @@ impl FileSpec {
             }
             FileShape::Tree { root } => {
                 if !is_within(&inner, root) {
-                    return Err(mismatch());
+                    return Err(outside());
                 }
                 false
             }
@@ -252,5 +263,71 @@ fn expected_files(
             "AppVM" | "DispVM" => vec![img("private")],
             _ => Vec::new(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorClass;
+
+    fn entry(path: &str, kind: EntryKind) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            size: 0,
+            stored: 0,
+            sparse: None,
+            mode: 0o644,
+            mtime: None,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn spec(path: &str, shape: FileShape) -> FileSpec {
+        FileSpec {
+            path: path.into(),
+            vm: Some(0),
+            shape,
+            out_dir: "work".into(),
+            strip: "vm3".into(),
+        }
+    }
+
+    /// TAR-11: names outside PATH are unsafe-path, misplaced names inside it malformed.
+    #[test]
+    fn entries_outside_their_file_are_unsafe() {
+        let single = spec("vm3/private.img", FileShape::Single);
+        let class = |s: &FileSpec, name: &str, kind: EntryKind, ordinal: u64| {
+            s.place(&entry(name, kind), ordinal).unwrap_err().class()
+        };
+        let p = single
+            .place(&entry("vm3/private.img", EntryKind::Regular), 0)
+            .unwrap();
+        assert_eq!(p.output, "work/private.img");
+        for other in ["vm3/root.img", "vm4/private.img", "vm3/private.imgx"] {
+            assert_eq!(
+                class(&single, other, EntryKind::Regular, 0),
+                ErrorClass::UnsafePath,
+                "{other}"
+            );
+        }
+        assert_eq!(
+            class(&single, "vm3/private.img", EntryKind::Regular, 1),
+            ErrorClass::Malformed
+        );
+        assert_eq!(
+            class(&single, "vm3/private.img/x", EntryKind::Regular, 0),
+            ErrorClass::Malformed
+        );
+        let tree = spec("vm3/.", FileShape::Tree { root: "vm3".into() });
+        assert!(tree
+            .place(&entry("vm3/./apps/x", EntryKind::Regular), 3)
+            .is_ok());
+        assert_eq!(
+            class(&tree, "vm4/apps/", EntryKind::Directory, 1),
+            ErrorClass::UnsafePath
+        );
     }
 }

@@ -91,6 +91,18 @@ impl Sequencer {
             return Err(self.unexpected(&name, untrusted_name));
         };
         let (path, index, kind) = (path.clone(), *index, *kind);
+        if self.version != Version::V4 && kind == ChunkKind::Enc {
+            return Err(Error::malformed(format!(
+                "member {}: .enc names occur only in version 4 (NAME-5)",
+                crate::paths::escape(untrusted_name)
+            )));
+        }
+        if self.version == Version::V4 && path.ends_with("/.") {
+            return Err(Error::unsafe_path(format!(
+                "member {}: a `.` component is allowed only in v2/v3 (NAME-4)",
+                crate::paths::escape(untrusted_name)
+            )));
+        }
         let step = match &self.state {
             State::QubesXml => {
                 if path != QUBES_XML || index != 0 || kind != data_kind {
@@ -259,8 +271,29 @@ mod tests {
                 &["qubes.xml.000", "qubes.xml.000.hmac", "a.000"],
                 ErrorClass::Truncated,
             ),
-            (&["qubes.xml.000", "qubes.xml.000.hmac", "a.000.enc"], order),
+            // NAME-5: `.enc` is v4 only; in v2/v3 the name is malformed.
+            (
+                &["qubes.xml.000", "qubes.xml.000.hmac", "a.000.enc"],
+                ErrorClass::Malformed,
+            ),
         ];
+        // NAME-4: `vmN/.` is a v2/v3 whole-directory file only.
+        assert_eq!(
+            feed(Version::V4, &["qubes.xml.000.enc", "vm3/..000.enc"])
+                .unwrap_err()
+                .class(),
+            ErrorClass::UnsafePath
+        );
+        assert!(feed(
+            Version::V3,
+            &[
+                "qubes.xml.000",
+                "qubes.xml.000.hmac",
+                "vm3/..000",
+                "vm3/..000.hmac"
+            ]
+        )
+        .is_ok());
         for (names, class) in v3 {
             assert_eq!(
                 feed(Version::V3, names).unwrap_err().class(),

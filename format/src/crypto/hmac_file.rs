@@ -115,12 +115,15 @@ pub fn parse_hmac_file(untrusted: &[u8]) -> Result<Vec<u8>> {
             ".hmac file is not one line of printable ASCII text"
         );
     }
-    // Split at the separator `)= `; the hex digits never contain it, so take the last one.
+    // Split at the separator `)=` 1*SP (MAC-4); the hex digits never contain `)=`, so take
+    // the last one.
     let Some(sep) = line.windows(3).rposition(|w| w == b")= ") else {
         bail!(Malformed, ".hmac file has no `(…)= ` before the MAC");
     };
     let (head, rest) = line.split_at(sep);
-    let hex = rest.get(3..).unwrap_or_default();
+    let hex = rest.get(2..).unwrap_or_default();
+    let spaces = hex.iter().take_while(|&&b| b == b' ').count();
+    let hex = hex.get(spaces..).unwrap_or_default();
     let Some(open) = head.iter().position(|&b| b == b'(') else {
         bail!(Malformed, ".hmac file has no `(` before `)= `");
     };
@@ -328,6 +331,9 @@ mod tests {
             "HMAC-SHA512(file.000)= 00ff\n",
             "HMAC-SHA2-512(vm1/private.img.000)= 00Ff",
             "HMAC-SHA2-512/256(stdin)= 00ff",
+            // MAC-4: one or more spaces after `)=`.
+            "(stdin)=  00ff\n",
+            "SHA2-512(stdin)=    00ff",
         ] {
             assert_eq!(
                 parse_hmac_file(line.as_bytes()).unwrap(),

@@ -181,12 +181,13 @@ impl CbcDecryptor {
         self.pending.extend_from_slice(tail);
     }
 
-    /// Decrypt the held-back block and strip its PKCS#7 padding. A stream whose length is
-    /// not a positive multiple of 16 is Truncated; bad padding is Malformed.
+    /// Decrypt the held-back block and strip its PKCS#7 padding. A ciphertext whose length
+    /// is not a positive multiple of 16 is Malformed (V3-1): every complete chunk is a
+    /// multiple of 16, so a missing chunk cannot cause it. Bad padding is Malformed.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Result<()> {
         if self.pending.len() != BLOCK {
             bail!(
-                Truncated,
+                Malformed,
                 "encrypted stream ends inside a cipher block or has no block at all"
             );
         }
@@ -327,8 +328,14 @@ impl<R: Read> CbcDecryptReader<R> {
             if n == 0 {
                 self.finished = true;
                 if let Some(dec) = self.dec.take() {
+                    // V3-1: a length that is not a multiple of 16 stays malformed; only bad
+                    // padding on a whole number of blocks means missing chunks (V3-3).
+                    let whole_blocks = dec.pending.len() == BLOCK;
                     dec.finish(&mut self.out).map_err(|e| {
-                        if self.end_is_truncation && e.class() == crate::error::ErrorClass::Malformed {
+                        if self.end_is_truncation
+                            && whole_blocks
+                            && e.class() == crate::error::ErrorClass::Malformed
+                        {
                             Error::truncated(
                                 "the encrypted stream does not end with valid padding: its final chunk(s) are missing (V3-3)",
                             )
@@ -431,17 +438,18 @@ mod tests {
                 .class(),
             ErrorClass::Malformed
         );
+        // V3-1: a ciphertext length that is not a positive multiple of 16 is malformed.
         assert_eq!(
             decrypt_all(Cipher::Aes256Cbc, b"pw", &ct[..ct.len() - 1], &[])
                 .unwrap_err()
                 .class(),
-            ErrorClass::Truncated
+            ErrorClass::Malformed
         );
         assert_eq!(
             decrypt_all(Cipher::Aes256Cbc, b"pw", &ct[..16], &[])
                 .unwrap_err()
                 .class(),
-            ErrorClass::Truncated
+            ErrorClass::Malformed
         );
         // A wrong passphrase almost always breaks the padding (1/256 chance it does not;
         // this fixed case does).
@@ -476,9 +484,21 @@ mod tests {
         let e = r.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(Error::from_read(e, "x").class(), ErrorClass::Truncated);
 
+        // V3-3: in a v3 stream, bad padding on whole blocks (a missing final chunk) is
+        // truncated, but a length that is not a multiple of 16 stays malformed (V3-1).
+        let pt_aa = vec![0xaau8; 100];
+        let ct_aa = encrypt(Cipher::Aes256Cbc, b"pw", [4; 8], &pt_aa);
+        let class_v3 = |bytes: &[u8]| {
+            let mut r = CbcDecryptReader::new(bytes, Cipher::Aes256Cbc, b"pw").end_is_truncation();
+            let e = r.read_to_end(&mut Vec::new()).unwrap_err();
+            Error::from_read(e, "x").class()
+        };
+        assert_eq!(class_v3(&ct_aa[..ct_aa.len() - 16]), ErrorClass::Truncated);
+        assert_eq!(class_v3(&ct_aa[..ct_aa.len() - 5]), ErrorClass::Malformed);
+        // V3-1: ciphertext not a multiple of 16.
         let mut r = CbcDecryptReader::new(&ct[..ct.len() - 3], Cipher::Aes256Cbc, b"pw");
         let e = r.read_to_end(&mut Vec::new()).unwrap_err();
-        assert_eq!(Error::from_read(e, "x").class(), ErrorClass::Truncated);
+        assert_eq!(Error::from_read(e, "x").class(), ErrorClass::Malformed);
     }
 
     proptest! {

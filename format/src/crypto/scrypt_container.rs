@@ -142,12 +142,12 @@ fn be32(b: &[u8], at: usize) -> u32 {
 }
 
 /// Parse and validate a container's header (SPEC.md V4-1, V4-5). Shorter than 128 bytes
-/// is Truncated; wrong magic or checksum Malformed; a version other than 0 Unsupported.
+/// is Malformed (the member is complete; its container is not); wrong magic or checksum Malformed; a version other than 0 Unsupported.
 /// The cost is *not* checked here: call [`check_cost`] before [`derive_keys`].
 pub fn parse_header(untrusted: &[u8]) -> Result<ContainerHeader> {
     if untrusted.len() < OVERHEAD {
         bail!(
-            Truncated,
+            Malformed,
             "scrypt container is {} bytes, shorter than the {OVERHEAD} every container has",
             untrusted.len()
         );
@@ -287,7 +287,7 @@ fn ctr(keys: &Keys, buf: &mut [u8]) -> Result<()> {
 fn authenticate(keys: &Keys, container: &[u8]) -> Result<std::ops::Range<usize>> {
     if container.len() < OVERHEAD {
         bail!(
-            Truncated,
+            Malformed,
             "scrypt container is {} bytes, shorter than {OVERHEAD}",
             container.len()
         );
@@ -421,7 +421,8 @@ mod tests {
             assert_eq!(class(i), MacFailure, "byte {i}");
         }
         assert_eq!(open_with(b"px", &c).unwrap_err().class(), WrongPassphrase);
-        assert_eq!(open_with(b"pw", &c[..127]).unwrap_err().class(), Truncated);
+        // V4-1: a member shorter than 128 bytes is malformed.
+        assert_eq!(open_with(b"pw", &c[..127]).unwrap_err().class(), Malformed);
         assert_eq!(
             open_with(b"pw", &c[..c.len() - 1]).unwrap_err().class(),
             MacFailure

@@ -2,7 +2,7 @@
 
 use crate::bail;
 use crate::error::{Error, Result};
-use crate::limits::{MAX_PATH_LEN, MAX_SPARSE_ENTRIES};
+use crate::limits::MAX_PATH_LEN;
 
 /// Call `f(key, value)` for every `LEN key=value\n` record of `data`, in order. The length
 /// must be exact and the records must fill `data` completely.
@@ -95,15 +95,33 @@ pub(crate) struct PaxValues {
     pub sparse_major: Option<u64>,
     pub sparse_minor: Option<u64>,
     pub sparse_name: Option<Vec<u8>>,
-    /// `GNU.sparse.realsize` (1.0) or `GNU.sparse.size` (0.x, also accepted for 1.0).
     pub sparse_realsize: Option<u64>,
-    pub sparse_numblocks: Option<u64>,
-    /// PAX 0.1 `GNU.sparse.map` or the PAX 0.0 `offset`/`numbytes` pairs.
-    pub sparse_map: Option<Vec<(u64, u64)>>,
-    /// PAX 0.0: an `offset` waiting for its `numbytes`.
-    pending_offset: Option<u64>,
-    sparse_00: bool,
+    /// Recognised keys seen so far (TAR-5: each at most once).
+    seen: Vec<&'static str>,
 }
+
+/// TAR-5: the keys whose repetition in one header is malformed.
+const RECOGNISED: [&str; 7] = [
+    "path",
+    "linkpath",
+    "size",
+    "GNU.sparse.major",
+    "GNU.sparse.minor",
+    "GNU.sparse.name",
+    "GNU.sparse.realsize",
+];
+
+/// TAR-3: keys of the PAX 0.0 / 0.1 sparse formats, which are unsupported.
+const OLD_SPARSE: [&str; 5] = [
+    "GNU.sparse.size",
+    "GNU.sparse.numblocks",
+    "GNU.sparse.map",
+    "GNU.sparse.offset",
+    "GNU.sparse.numbytes",
+];
+
+/// TAR-5: the only `hdrcharset` value accepted.
+const UTF8_CHARSET: &[u8] = b"ISO-IR 10646 2000 UTF-8";
 
 fn bounded_path(v: &[u8], what: &str) -> Result<Vec<u8>> {
     if v.len() > MAX_PATH_LEN {
@@ -113,20 +131,32 @@ fn bounded_path(v: &[u8], what: &str) -> Result<Vec<u8>> {
 }
 
 impl PaxValues {
-    /// Parse the records of an `x` header (TAR-5). An empty value unsets the key.
     pub(crate) fn parse(data: &[u8]) -> Result<PaxValues> {
         let mut p = PaxValues::default();
         for_each_record(data, |k, v| p.apply(k, v))?;
-        if p.pending_offset.is_some() {
-            bail!(
-                Malformed,
-                "pax GNU.sparse.offset without GNU.sparse.numbytes"
-            );
-        }
         Ok(p)
     }
 
     fn apply(&mut self, key: &[u8], v: &[u8]) -> Result<()> {
+        if let Some(old) = OLD_SPARSE.iter().find(|k| k.as_bytes() == key) {
+            bail!(
+                Unsupported,
+                "pax sparse format 0.x ({old}) is not supported (TAR-3)"
+            );
+        }
+        if key == b"hdrcharset" && v != UTF8_CHARSET {
+            bail!(
+                Unsupported,
+                "pax hdrcharset {:?} is not UTF-8 (TAR-5)",
+                String::from_utf8_lossy(v)
+            );
+        }
+        if let Some(k) = RECOGNISED.iter().find(|k| k.as_bytes() == key) {
+            if self.seen.contains(k) {
+                bail!(Malformed, "pax header repeats the key {k} (TAR-5)");
+            }
+            self.seen.push(k);
+        }
         let num = |what: &str| -> Result<Option<u64>> {
             if v.is_empty() {
                 Ok(None)
@@ -156,66 +186,24 @@ impl PaxValues {
                     .then(|| bounded_path(v, "GNU.sparse.name"))
                     .transpose()?
             }
-            b"GNU.sparse.realsize" | b"GNU.sparse.size" => {
-                self.sparse_realsize = num("GNU.sparse.realsize")?
-            }
-            b"GNU.sparse.numblocks" => self.sparse_numblocks = num("GNU.sparse.numblocks")?,
-            b"GNU.sparse.map" => {
-                if self.sparse_00 {
-                    bail!(Malformed, "pax sparse 0.0 and 0.1 keys mixed");
-                }
-                let mut map = Vec::new();
-                let mut nums = v.split(|&b| b == b',');
-                while let Some(off) = nums.next() {
-                    let Some(len) = nums.next() else {
-                        bail!(Malformed, "GNU.sparse.map has an odd number of values");
-                    };
-                    if map.len() >= MAX_SPARSE_ENTRIES {
-                        bail!(
-                            LimitExceeded,
-                            "more than {MAX_SPARSE_ENTRIES} sparse entries"
-                        );
-                    }
-                    map.push((
-                        parse_dec(off, "GNU.sparse.map")?,
-                        parse_dec(len, "GNU.sparse.map")?,
-                    ));
-                }
-                self.sparse_map = Some(map);
-            }
-            b"GNU.sparse.offset" => {
-                if self.pending_offset.is_some() || (self.sparse_map.is_some() && !self.sparse_00) {
-                    bail!(Malformed, "misplaced GNU.sparse.offset");
-                }
-                self.sparse_00 = true;
-                self.pending_offset = Some(parse_dec(v, "GNU.sparse.offset")?);
-            }
-            b"GNU.sparse.numbytes" => {
-                let Some(off) = self.pending_offset.take() else {
-                    bail!(Malformed, "GNU.sparse.numbytes without GNU.sparse.offset");
-                };
-                let len = parse_dec(v, "GNU.sparse.numbytes")?;
-                let map = self.sparse_map.get_or_insert_with(Vec::new);
-                if map.len() >= MAX_SPARSE_ENTRIES {
-                    bail!(
-                        LimitExceeded,
-                        "more than {MAX_SPARSE_ENTRIES} sparse entries"
-                    );
-                }
-                map.push((off, len));
-            }
+            b"GNU.sparse.realsize" => self.sparse_realsize = num("GNU.sparse.realsize")?,
             _ => {}
         }
         Ok(())
     }
 
+    /// OUT-3: whether `path`, `size` or a `GNU.sparse.*` key was given (even empty).
+    pub(crate) fn sets_path_size_or_sparse(&self) -> bool {
+        self.seen
+            .iter()
+            .any(|k| *k == "path" || *k == "size" || k.starts_with("GNU.sparse."))
+    }
+
     /// Whether any `GNU.sparse.*` key was given.
-    pub(super) fn is_sparse(&self) -> bool {
+    pub(crate) fn is_sparse(&self) -> bool {
         self.sparse_major.is_some()
             || self.sparse_minor.is_some()
-            || self.sparse_map.is_some()
             || self.sparse_realsize.is_some()
-            || self.sparse_numblocks.is_some()
             || self.sparse_name.is_some()
     }
 }

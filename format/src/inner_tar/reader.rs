@@ -1,7 +1,10 @@
 //! The reader state machine shared by [`super::TarReader`] and [`super::MultiVolumeReader`].
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::mem;
+
+use sha2::{Digest, Sha256};
 
 use super::header::{cstr, is_zero, num_at, parse_header, parse_u64, RawHeader, BLOCK};
 use super::pax::{parse_dec, PaxValues};
@@ -112,7 +115,6 @@ struct Data {
     map: Option<Vec<(u64, u64)>>,
     run: usize,
     run_pos: u64,
-    pax1: bool,
     /// `done` when the current volume was opened by a continuation.
     done_at_switch: Option<u64>,
 }
@@ -148,9 +150,21 @@ pub(super) struct Core<R, I> {
     vol_start: bool,
     state: State,
     entries: u64,
-    /// After a PAX 1.0 sparse entry whose last block was not padded by its writer
-    /// (tarwriter, TAR-3): how many bytes of the second end block may be missing.
-    tarwriter_tail: Option<usize>,
+    /// TAR-7: name keys of the regular entries so far (at most LIM-13, 16 bytes each).
+    regular_names: HashSet<[u8; 16]>,
+}
+
+/// TAR-7: a fixed-size key for an entry name, `.` components dropped (NAME-4) so that a
+/// link target and the entry it names compare equal however GNU tar spelled them.
+fn name_key(path: &[u8]) -> [u8; 16] {
+    let normal = crate::paths::validate_relative(path, crate::paths::DotComponents::Drop);
+    let digest = match &normal {
+        Ok(p) => Sha256::digest(p.as_bytes()),
+        Err(_) => Sha256::digest(path),
+    };
+    let mut key = [0u8; 16];
+    key.copy_from_slice(digest.get(..16).unwrap_or(&[0u8; 16]));
+    key
 }
 
 /// TAR-9: sorted, non-overlapping, inside the real size, lengths summing to `stored`.
@@ -250,7 +264,7 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             vol_start: false,
             state: State::Headers,
             entries: 0,
-            tarwriter_tail: None,
+            regular_names: HashSet::new(),
         }
     }
 
@@ -335,7 +349,6 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
         self.input.replace(next);
         self.volumes = self.volumes.saturating_add(1);
         self.vol_start = true;
-        self.tarwriter_tail = None;
         Ok(())
     }
 
@@ -358,7 +371,8 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
         Ok(b)
     }
 
-    fn skip_padding(&mut self, len: u64) -> Result<bool> {
+    /// TAR-8: the padding after `len` data bytes must be zero bytes.
+    fn skip_padding(&mut self, len: u64) -> Result<()> {
         let pad = padding(len) as usize;
         let mut b = [0u8; BLOCK];
         let Some(p) = b.get_mut(..pad) else {
@@ -367,7 +381,13 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
         if self.input.read_upto(p)? < pad {
             bail!(Truncated, "inner tar ends inside entry padding");
         }
-        Ok(is_zero(p))
+        if !is_zero(p) {
+            bail!(
+                Malformed,
+                "non-zero padding after an inner tar entry (TAR-8)"
+            );
+        }
+        Ok(())
     }
 
     /// Read a whole extension member of `size` bytes (≤ `limit`) and its padding.
@@ -427,10 +447,7 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             d.done += n as u64;
             d.run_pos += n as u64;
         }
-        let zero = self.skip_padding(d.member)?;
-        let rem = (d.member % BLOCK_U64) as usize;
-        self.tarwriter_tail = (d.pax1 && rem != 0 && zero).then_some(rem);
-        Ok(())
+        self.skip_padding(d.member)
     }
 
     /// The current volume ended inside `d`'s data: open the next one and check its `M`
@@ -448,73 +465,54 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
         }
         self.switch_volume()?;
         d.done_at_switch = Some(d.done);
-        loop {
-            let blk = self.read_block("a continuation header")?;
-            if is_zero(&blk) {
-                bail!(
-                    Malformed,
-                    "tar volume {} does not continue the interrupted file",
-                    self.volumes
-                );
-            }
-            let h = parse_header(&blk)?;
-            match h.typeflag {
-                b'V' => self.skip_label(&h)?,
-                b'M' => {
-                    self.vol_start = false;
-                    let remaining = d.stored - d.done;
-                    if !m_name_matches(&h, &d.path) {
-                        bail!(
-                            Malformed,
-                            "tar volume {} continues another file",
-                            self.volumes
-                        );
-                    }
-                    if h.size != remaining {
-                        bail!(
-                            Malformed,
-                            "continuation header says {} bytes remain, {remaining} do",
-                            h.size
-                        );
-                    }
-                    let offset = num_at(&blk, 369, 12, "continuation offset")?;
-                    if d.size.checked_sub(remaining) != Some(offset) {
-                        bail!(
-                            Malformed,
-                            "continuation header offset {offset} out of sequence"
-                        );
-                    }
-                    return Ok(());
+        let blk = self.read_block("a continuation header")?;
+        if is_zero(&blk) {
+            bail!(
+                Malformed,
+                "tar volume {} does not continue the interrupted file",
+                self.volumes
+            );
+        }
+        let h = parse_header(&blk)?;
+        match h.typeflag {
+            b'V' => bail!(Unsupported, "GNU volume label (TAR-1)"),
+            b'M' => {
+                self.vol_start = false;
+                let remaining = d.stored - d.done;
+                if !m_name_matches(&h, &d.path) {
+                    bail!(
+                        Malformed,
+                        "tar volume {} continues another file",
+                        self.volumes
+                    );
                 }
-                _ => bail!(
-                    Malformed,
-                    "tar volume {} does not start with a continuation header",
-                    self.volumes
-                ),
+                if h.size != remaining {
+                    bail!(
+                        Malformed,
+                        "continuation header says {} bytes remain, {remaining} do",
+                        h.size
+                    );
+                }
+                let offset = num_at(&blk, 369, 12, "continuation offset")?;
+                if d.size.checked_sub(remaining) != Some(offset) {
+                    bail!(
+                        Malformed,
+                        "continuation header offset {offset} out of sequence"
+                    );
+                }
+                Ok(())
             }
+            _ => bail!(
+                Malformed,
+                "tar volume {} does not start with a continuation header",
+                self.volumes
+            ),
         }
     }
 
-    fn skip_label(&mut self, h: &RawHeader) -> Result<()> {
-        self.count()?;
-        self.read_member(h.size, MAX_TAR_EXTENSION_LEN, "volume label")?;
-        Ok(())
-    }
-
-    /// TAR-8: after the first zero block. Also accepts tarwriter's unpadded last run.
+    /// TAR-8: after the first zero block only zero bytes may follow, at most LIM-23 of
+    /// them, and the stream may end anywhere (tarwriter does not pad its last run, TAR-3).
     fn end_of_archive(&mut self) -> Result<()> {
-        let mut b = [0u8; BLOCK];
-        let n = self.input.read_upto(&mut b)?;
-        let head = b.get(..n).unwrap_or(&[]);
-        if n == BLOCK {
-            if !is_zero(head) {
-                bail!(Malformed, "a lone zero block inside the inner tar");
-            }
-        } else if !is_zero(head) {
-            bail!(Malformed, "non-zero bytes in the end-of-archive marker");
-        } else if self.tarwriter_tail != Some(n) {
-            bail!(Truncated, "inner tar ends inside its end-of-archive marker");
-        }
         let mut total = 0u64;
         loop {
             let avail = self.input.available()?;
@@ -522,13 +520,17 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                 return Ok(());
             }
             if !is_zero(avail) {
-                bail!(Malformed, "data after the end of the inner tar");
+                bail!(
+                    Malformed,
+                    "non-zero bytes after the inner tar's end-of-archive block"
+                );
             }
             total = total.saturating_add(avail.len() as u64);
             if total > MAX_TAR_TRAILING_ZERO_BYTES {
                 bail!(
                     LimitExceeded,
-                    "more than {MAX_TAR_TRAILING_ZERO_BYTES} bytes of padding after the inner tar"
+                    "more than {MAX_TAR_TRAILING_ZERO_BYTES} zero bytes after the inner tar's \
+                     end-of-archive block (LIM-23)"
                 );
             }
             let n = avail.len();
@@ -561,17 +563,8 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                 self.state = State::Done;
                 return Ok(None);
             }
-            self.tarwriter_tail = None;
             let h = parse_header(&blk)?;
             match h.typeflag {
-                b'V' => {
-                    let first_block = self.volumes == 1 && self.input.vol_pos == BLOCK_U64;
-                    if !(at_vol_start || first_block) || !meta.is_empty() {
-                        bail!(Malformed, "volume label not at the start of a volume");
-                    }
-                    self.skip_label(&h)?;
-                    self.vol_start = self.volumes > 1;
-                }
                 b'g' => {
                     self.count()?;
                     let data =
@@ -721,7 +714,8 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                 .unwrap_or(h.linkname.clone())
         };
         let kind = match h.typeflag {
-            b'0' | 0 | b'S' => EntryKind::Regular,
+            // TAR-1: `7` (contiguous file) is a regular file.
+            b'0' | 0 | b'7' | b'S' => EntryKind::Regular,
             b'5' => EntryKind::Directory,
             b'2' => EntryKind::Symlink { target: target() },
             b'1' => EntryKind::HardLink { target: target() },
@@ -730,7 +724,7 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
         };
         let mut path = pax.path.clone().or(meta.long_name).unwrap_or(h.name);
         let member = pax.size.unwrap_or(h.size);
-        let (size, stored, map, pax1) = if h.typeflag == b'S' {
+        let (size, stored, map) = if h.typeflag == b'S' {
             if pax.is_sparse() {
                 bail!(Malformed, "GNU sparse entry with pax sparse keys");
             }
@@ -741,12 +735,7 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                     "file size {realsize} exceeds {MAX_FILE_SIZE}"
                 );
             }
-            (
-                realsize,
-                member,
-                Some(self.read_old_sparse_map(blk)?),
-                false,
-            )
+            (realsize, member, Some(self.read_old_sparse_map(blk)?))
         } else if pax.is_sparse() {
             if kind != EntryKind::Regular {
                 bail!(Malformed, "pax sparse keys on a non-regular entry");
@@ -765,21 +754,10 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             }
             match (pax.sparse_major, pax.sparse_minor) {
                 (Some(1), Some(0)) => {
-                    if pax.sparse_map.is_some() {
-                        bail!(Malformed, "PAX 1.0 sparse entry with a 0.x map");
-                    }
                     let (map, used) = self.read_pax1_map(member)?;
-                    (realsize, member - used, Some(map), true)
+                    (realsize, member - used, Some(map))
                 }
-                (None, None) => {
-                    let Some(map) = pax.sparse_map else {
-                        bail!(Malformed, "pax sparse entry without a map");
-                    };
-                    if pax.sparse_numblocks.is_some_and(|n| n != map.len() as u64) {
-                        bail!(Malformed, "GNU.sparse.numblocks does not match the map");
-                    }
-                    (realsize, member, Some(map), false)
-                }
+                // TAR-3: 0.0 and 0.1 (no major/minor) and other versions are unsupported.
                 (major, minor) => bail!(
                     Unsupported,
                     "pax sparse format {}.{}",
@@ -788,7 +766,7 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                 ),
             }
         } else {
-            (member, member, None, false)
+            (member, member, None)
         };
         if kind != EntryKind::Regular && member != 0 {
             bail!(Malformed, "a non-regular inner tar entry carries data");
@@ -804,6 +782,19 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
                 LimitExceeded,
                 "inner tar path longer than {MAX_PATH_LEN} bytes"
             );
+        }
+        match &kind {
+            EntryKind::Regular => {
+                self.regular_names.insert(name_key(&path));
+            }
+            EntryKind::HardLink { target } if !self.regular_names.contains(&name_key(target)) => {
+                bail!(
+                    Malformed,
+                    "hard link {} names no earlier regular entry (TAR-7)",
+                    crate::paths::escape(&path)
+                );
+            }
+            _ => {}
         }
         let entry = Entry {
             path: path.clone(),
@@ -825,7 +816,6 @@ impl<R: Read, I: Iterator<Item = R>> Core<R, I> {
             map,
             run: 0,
             run_pos: 0,
-            pax1,
             done_at_switch: None,
         }));
         Ok(entry)

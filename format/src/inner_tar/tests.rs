@@ -192,9 +192,11 @@ fn tarwriter_unpadded_last_run_is_accepted() {
 fn tarwriter_stream_damaged_at_the_end_is_rejected() {
     let data = sample(5000);
     let bytes = tarwriter("a/b", &data, false);
-    // One byte short of the (short) end marker.
+    // TAR-8: the stream may end anywhere after the first zero block...
+    assert!(read_all(&bytes[..bytes.len() - 1]).is_ok());
+    // ... but not before that block is complete.
     assert_eq!(
-        class(read_all(&bytes[..bytes.len() - 1])),
+        class(read_all(&bytes[..bytes.len() - 600])),
         ErrorClass::Truncated
     );
     // A non-zero byte in the end marker.
@@ -209,14 +211,110 @@ fn tarwriter_stream_damaged_at_the_end_is_rejected() {
     assert_eq!(class(read_all(&more)), ErrorClass::Malformed);
 }
 
+/// TAR-8: an unpadded dense entry followed by zeros reads the same as a padded one
+/// followed by one zero block and a zero tail; it is truncated only when the zeros
+/// do not reach a full block after the padding.
 #[test]
-fn unpadded_dense_entry_is_not_excused() {
-    // The tarwriter allowance is for PAX 1.0 sparse entries only.
+fn unpadded_dense_entry_needs_one_full_zero_block() {
     let mut out = Vec::new();
     out.extend_from_slice(&ustar(b"f", b'0', 10));
     out.extend_from_slice(b"0123456789");
     end(&mut out);
+    assert!(read_all(&out).is_ok());
+    out.truncate(B + 10 + (B - 10) + B - 1);
     assert_eq!(class(read_all(&out)), ErrorClass::Truncated);
+}
+
+/// TAR-9, TAR-1: a sparse realsize above LIM-12 is limit-exceeded, not malformed.
+#[test]
+fn sparse_realsize_above_lim_12_is_limit_exceeded() {
+    let big = crate::limits::MAX_FILE_SIZE + 1;
+    let h = old_sparse(b"s", &[(0, 10)], big, 10);
+    assert_eq!(h[483], 0x80, "realsize in base-256");
+    let mut out = h.to_vec();
+    out.extend_from_slice(&[1u8; 10]);
+    pad(&mut out);
+    end(&mut out);
+    assert_eq!(class(read_all(&out)), ErrorClass::LimitExceeded);
+}
+
+/// TAR-7: a hard link must name an earlier regular entry of the same stream.
+#[test]
+fn hard_links_must_name_earlier_regular_entries() {
+    let link = |target: &[u8]| {
+        let mut h = ustar(b"d/l", b'1', 0);
+        h[157..157 + target.len()].copy_from_slice(target);
+        checksum(&mut h);
+        h
+    };
+    let mut ok = Vec::new();
+    member(&mut ok, b"d/", b'5', b"");
+    member(&mut ok, b"d/f", b'0', b"abc");
+    ok.extend_from_slice(&link(b"d/./f"));
+    end(&mut ok);
+    assert!(read_all(&ok).is_ok());
+    for target in [&b"d/g"[..], b"d", b"d/l"] {
+        let mut bad = Vec::new();
+        member(&mut bad, b"d/", b'5', b"");
+        bad.extend_from_slice(&link(target));
+        member(&mut bad, b"d/g", b'0', b"abc");
+        end(&mut bad);
+        assert_eq!(class(read_all(&bad)), ErrorClass::Malformed, "{target:?}");
+    }
+}
+
+/// TAR-8: entry and extension padding must be zero bytes.
+#[test]
+fn non_zero_padding_is_malformed() {
+    let mut out = Vec::new();
+    member(&mut out, b"f", b'0', b"abc");
+    out[B + 100] = 1;
+    end(&mut out);
+    assert_eq!(class(read_all(&out)), ErrorClass::Malformed);
+    let mut out = Vec::new();
+    member(&mut out, b"PaxHeaders/f", b'x', &record("path", b"f"));
+    let last = out.len() - 1;
+    out[last] = b'x';
+    member(&mut out, b"f", b'0', b"abc");
+    end(&mut out);
+    assert_eq!(class(read_all(&out)), ErrorClass::Malformed);
+}
+
+/// TAR-5: a recognised key twice is malformed; hdrcharset other than UTF-8 unsupported.
+/// TAR-3: PAX 0.0 / 0.1 sparse keys are unsupported.
+#[test]
+fn pax_key_rules() {
+    let with_pax = |pax: Vec<u8>| {
+        let mut out = Vec::new();
+        member(&mut out, b"PaxHeaders/f", b'x', &pax);
+        member(&mut out, b"f", b'0', b"abc");
+        end(&mut out);
+        read_all(&out)
+    };
+    let twice = [record("path", b"a"), record("path", b"b")].concat();
+    assert_eq!(class(with_pax(twice)), ErrorClass::Malformed);
+    let twice = [record("size", b"3"), record("size", b"3")].concat();
+    assert_eq!(class(with_pax(twice)), ErrorClass::Malformed);
+    // Unrecognised keys may repeat.
+    let atime = [record("atime", b"1"), record("atime", b"2")].concat();
+    assert!(with_pax(atime).is_ok());
+    assert_eq!(
+        class(with_pax(record("hdrcharset", b"BINARY"))),
+        ErrorClass::Unsupported
+    );
+    assert!(with_pax(record("hdrcharset", b"ISO-IR 10646 2000 UTF-8")).is_ok());
+    for key in [
+        "GNU.sparse.map",
+        "GNU.sparse.numblocks",
+        "GNU.sparse.size",
+        "GNU.sparse.offset",
+    ] {
+        assert_eq!(
+            class(with_pax(record(key, b"0"))),
+            ErrorClass::Unsupported,
+            "{key}"
+        );
+    }
 }
 
 #[test]
@@ -328,9 +426,11 @@ fn checksums() {
 
 #[test]
 fn unsupported_and_misplaced_types() {
+    // TAR-1: `V` labels and other unlisted types are unsupported.
     for (t, want) in [
         (b'D', ErrorClass::Unsupported),
-        (b'7', ErrorClass::Unsupported),
+        (b'V', ErrorClass::Unsupported),
+        (b'N', ErrorClass::Unsupported),
         (b'M', ErrorClass::Unsupported),
     ] {
         let mut out = Vec::new();
@@ -338,6 +438,15 @@ fn unsupported_and_misplaced_types() {
         end(&mut out);
         assert_eq!(class(read_all(&out)), want, "{}", char::from(t));
     }
+    // TAR-1: `7` is a regular file.
+    let mut out = Vec::new();
+    member(&mut out, b"f", b'7', b"seven");
+    end(&mut out);
+    let all = read_all(&out).unwrap();
+    assert_eq!(
+        (all[0].0.kind.clone(), all[0].1.as_slice()),
+        (EntryKind::Regular, &b"seven"[..])
+    );
     // Directories carry no data.
     let mut out = Vec::new();
     member(&mut out, b"d/", b'5', b"data");
@@ -366,16 +475,20 @@ fn end_marker_rules() {
     assert_eq!(class(read_all(&lone)), ErrorClass::Malformed);
     // No end marker / half an end marker.
     assert_eq!(class(read_all(&body)), ErrorClass::Truncated);
+    // TAR-8: one zero block is enough; a partial one is not.
     let mut half = body.clone();
     half.extend_from_slice(&[0u8; B]);
-    assert_eq!(class(read_all(&half)), ErrorClass::Truncated);
-    // Too much zero padding (LIM-23).
+    assert!(read_all(&half).is_ok());
+    assert_eq!(
+        class(read_all(&half[..half.len() - 1])),
+        ErrorClass::Truncated
+    );
+    // LIM-23 counts every zero byte after the first zero block.
+    let limit = crate::limits::MAX_TAR_TRAILING_ZERO_BYTES as usize;
     let mut long = body;
-    end(&mut long);
-    long.extend(std::iter::repeat_n(
-        0u8,
-        crate::limits::MAX_TAR_TRAILING_ZERO_BYTES as usize + 1,
-    ));
+    long.extend(std::iter::repeat_n(0u8, B + limit));
+    assert!(read_all(&long).is_ok());
+    long.push(0);
     assert_eq!(class(read_all(&long)), ErrorClass::LimitExceeded);
 }
 
@@ -469,7 +582,8 @@ fn valid_archive_reads() {
 #[test]
 fn truncation_at_every_block_is_truncated() {
     let a = valid_archive();
-    for cut in (0..a.len()).step_by(B) {
+    // TAR-8: the stream may end once the first end-of-archive block is complete.
+    for cut in (0..a.len() - B).step_by(B) {
         assert_eq!(
             class(read_all(&a[..cut])),
             ErrorClass::Truncated,

@@ -117,7 +117,18 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
             Some(s) => parse_u64("backup_size", s)?,
             None => 0,
         };
-        let backup = if el.attr("backup_content") == Some("True") {
+        // XML-3: `True` includes the VM, `False` or absent does not, anything else is
+        // malformed.
+        let included = match el.attr("backup_content") {
+            Some("True") => true,
+            None | Some("False") => false,
+            Some(other) => bail!(
+                Malformed,
+                "qubes.xml: backup_content {:?} is neither True nor False (XML-3)",
+                truncate(other)
+            ),
+        };
+        let backup = if included {
             match el.attr("backup_path") {
                 Some(p) if !p.is_empty() => Some(BackupInfo {
                     path: p.to_owned(),

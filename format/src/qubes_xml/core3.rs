@@ -36,11 +36,25 @@ fn named_values<'a>(
     Ok(map)
 }
 
-/// XML-3: the text of `backup-content` is true unless empty, `0`, `False` or `false`
-/// (upstream: Python truthiness of the text; DEV: `"False"`/`"0"` are false here).
-fn truthy(text: Option<&str>) -> bool {
-    !matches!(text, None | Some("" | "0" | "False" | "false"))
+/// XML-3, DEV-9: truthiness of core3 features and `save_on_stop`: `1`, `true`, `yes` are
+/// true; absent, empty, `0`, `false`, `no` false (any case); anything else is Malformed.
+fn truthy(what: &str, text: Option<&str>) -> Result<bool> {
+    let Some(text) = text else {
+        return Ok(false);
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "" | "0" | "false" | "no" => Ok(false),
+        _ => bail!(
+            Malformed,
+            "qubes.xml: {what} {:?} is neither true nor false (XML-3)",
+            truncate(text)
+        ),
+    }
 }
+
+/// XML-2: the core3 domain classes.
+const CORE3_CLASSES: [&str; 5] = ["AppVM", "TemplateVM", "StandaloneVM", "DispVM", "AdminVM"];
 
 pub(super) fn parse(root: &Node) -> Result<QubesXml> {
     let Some(labels_node) = root.single_child("labels")? else {
@@ -102,6 +116,13 @@ fn domain(dom: &Node, resolve_label: &dyn Fn(&str) -> Result<String>) -> Result<
         bail!(Malformed, "qubes.xml: <domain> without a class");
     };
     validate_class(class)?;
+    if !CORE3_CLASSES.contains(&class) {
+        bail!(
+            Malformed,
+            "qubes.xml: unknown domain class {:?} (XML-2)",
+            truncate(class)
+        );
+    }
     let props = named_values(dom.single_child("properties")?, "property")?;
     let features = named_values(dom.single_child("features")?, "feature")?;
 
@@ -149,7 +170,10 @@ fn domain(dom: &Node, resolve_label: &dyn Fn(&str) -> Result<String>) -> Result<
         None => 0,
     };
     // Upstream includes a VM when backup-content is truthy and backup-path exists.
-    let backup = if truthy(features.get("backup-content").copied().flatten()) {
+    let backup = if truthy(
+        "backup-content",
+        features.get("backup-content").copied().flatten(),
+    )? {
         match features.get("backup-path") {
             None => None,
             Some(Some(p)) => Some(BackupInfo {
@@ -181,7 +205,7 @@ fn domain(dom: &Node, resolve_label: &dyn Fn(&str) -> Result<String>) -> Result<
                         "qubes.xml: duplicate volume {vname:?} in {name:?}"
                     );
                 }
-                if v.attr("save_on_stop") == Some("True") {
+                if truthy("save_on_stop", v.attr("save_on_stop"))? {
                     saved.push(vname.to_owned());
                 }
             }

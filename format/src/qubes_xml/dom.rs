@@ -259,7 +259,9 @@ pub(crate) fn parse(untrusted: &[u8]) -> Result<Node> {
         }
     }
     if !stack.is_empty() {
-        bail!(Truncated, "qubes.xml: document ends inside an element");
+        // XML-4: the entry holding the document is complete, so a document cut short
+        // is not well-formed.
+        bail!(Malformed, "qubes.xml: document ends inside an element");
     }
     root.ok_or_else(|| Error::malformed("qubes.xml: no root element"))
 }

@@ -144,7 +144,27 @@ pub fn parse(untrusted: &[u8]) -> Result<QubesXml> {
         ),
     };
     check_unique(&parsed.vms)?;
+    check_dom0_home(&parsed.vms)?;
     Ok(parsed)
+}
+
+/// XML-3: no included VM but dom0 may have a backup-path under `dom0-home/`.
+fn check_dom0_home(vms: &[Vm]) -> Result<()> {
+    for vm in vms {
+        let Some(backup) = &vm.backup else { continue };
+        if vm.class == "AdminVM" || vm.qid == Some(0) {
+            continue;
+        }
+        let path = backup.path.strip_suffix('/').unwrap_or(&backup.path);
+        if path == "dom0-home" || path.starts_with("dom0-home/") {
+            bail!(
+                Malformed,
+                "qubes.xml: VM {:?} has a backup-path under dom0-home/, which only dom0 may use (XML-3)",
+                truncate(&vm.name)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Qubes VM name rules (`dom0` allowed): 1–31 bytes, an ASCII letter first, then

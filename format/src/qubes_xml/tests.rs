@@ -230,6 +230,8 @@ fn r4_backup_content_truthiness() {
         ("0", false),
         ("False", false),
         ("false", false),
+        ("NO", false),
+        ("TRUE", true),
     ] {
         let xml = r4_one_domain(&format!(
             "<features><feature name=\"backup-content\">{text}</feature>\
@@ -240,6 +242,22 @@ fn r4_backup_content_truthiness() {
         if expect {
             assert_eq!(x.vms[0].backup, backup("vm5/", 0));
         }
+    }
+}
+
+/// XML-3, DEV-9: a backup-content text outside the listed spellings is malformed.
+#[test]
+fn r4_backup_content_outside_the_spellings_is_malformed() {
+    for text in ["maybe", "2", "on", " True"] {
+        let xml = r4_one_domain(&format!(
+            "<features><feature name=\"backup-content\">{text}</feature>\
+             <feature name=\"backup-path\">vm5/</feature></features>"
+        ));
+        assert_eq!(
+            class_of(parse(xml.as_bytes())),
+            ErrorClass::Malformed,
+            "{text:?}"
+        );
     }
 }
 
@@ -349,11 +367,9 @@ fn hostile_structure_refused() {
         "<qubes>&amp</qubes>",
         "<foo/>",
     ] {
+        // XML-4: not well-formed (a document cut short included) is malformed.
         let c = class_of(parse(xml.as_bytes()));
-        assert!(
-            matches!(c, ErrorClass::Malformed | ErrorClass::Truncated),
-            "{xml:?}: {c}"
-        );
+        assert_eq!(c, ErrorClass::Malformed, "{xml:?}");
     }
 }
 
@@ -404,6 +420,11 @@ fn hostile_semantics_refused() {
         (R4, "<volume name=\"private\" pool=\"lvm\" save_on_stop=\"True\" snap_on_start=\"False\"/>", "<volume name=\"../x\" save_on_stop=\"True\"/>"),
         (R4, "<volume name=\"volatile\" pool=\"lvm\" save_on_stop=\"False\"/>", "<volume name=\"private\"/>"),
         (R4, "class=\"DispVM\"", "class=\"Disp VM\""),
+        // XML-2: only the five core3 classes.
+        (R4, "class=\"DispVM\"", "class=\"FooVM\""),
+        // XML-3, DEV-9: strict truthiness of backup-content and save_on_stop.
+        (R4, "save_on_stop=\"False\"", "save_on_stop=\"Perhaps\""),
+        (R3, "backup_content=\"True\"", "backup_content=\"Yes please\""),
         // Bad qid.
         (R4, "id=\"domain-9\"", "id=\"domain-x\""),
         (R3, "qid=\"9\"", "qid=\"-9\""),
@@ -718,4 +739,28 @@ fn r3_writer_refuses_what_r3_cannot_say() {
     let b = vm(4, "b", "AppVM", "red", Some("t"), NetVm::Default);
     assert!(write_r3(&[a, b], &mut out).is_err());
     assert!(out.is_empty());
+}
+
+/// XML-3: no VM but dom0 may have a backup-path under `dom0-home/`.
+#[test]
+fn only_dom0_lives_under_dom0_home() {
+    let xml = |path: &str| {
+        format!(
+                "<qubes><labels><label id=\"label-1\">red</label></labels><properties/><domains>\
+                 <domain id=\"domain-5\" class=\"AppVM\"><properties>\
+                 <property name=\"name\">vm</property><property name=\"label\">label-1</property>\
+                 </properties><features><feature name=\"backup-content\">True</feature>\
+                 <feature name=\"backup-path\">{path}</feature></features></domain></domains></qubes>"
+            )
+    };
+    let plan = |path: &str| parse(xml(path).as_bytes());
+    assert!(plan("vm5/").is_ok());
+    assert!(plan("dom0-homes/").is_ok());
+    for bad in ["dom0-home/user/", "dom0-home/x", "dom0-home/"] {
+        assert_eq!(
+            plan(bad).unwrap_err().class(),
+            ErrorClass::Malformed,
+            "{bad}"
+        );
+    }
 }
