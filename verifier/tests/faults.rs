@@ -728,7 +728,7 @@ fn zeros_after_the_inner_tar_stop_at_the_padding_limit() {
     }
     let case = Case::new(&with_private_img(&base_archive("zstd"), &stream));
     for m in [case.verify(&[]), case.extract(&[])] {
-        assert_refused(&m, 15, "limit-exceeded", "padding after", QUICK, SMALL);
+        assert_refused(&m, 15, "limit-exceeded", "zero bytes after", QUICK, SMALL);
     }
 }
 
