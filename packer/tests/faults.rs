@@ -31,6 +31,14 @@ fn temporaries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The temporaries of `root.img` under `dir`.
+fn root_img_temporaries(dir: &Path) -> Vec<String> {
+    temporaries(dir)
+        .into_iter()
+        .filter(|t| t.contains("root.img"))
+        .collect()
+}
+
 /// Poll `cond` for up to 60 s.
 fn wait_for(what: &str, cond: impl FnMut() -> bool) {
     signals::wait_for(what, Duration::from_secs(60), cond);
@@ -75,6 +83,15 @@ impl Fixture {
     }
 
     /// `qbackup-pack restore` with the malicious child playing `scenario`.
+    /// `restore` through the evil child's `silence` scenario (stalls after the first
+    /// file), spawned with stderr piped.
+    fn silent_restore(&self) -> Child {
+        self.restore_cmd("silence", &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    }
+
     fn restore_cmd(&self, scenario: &str, prefix: &[&str]) -> Command {
         let mut c = match prefix.split_first() {
             Some((first, rest)) => {
@@ -167,18 +184,9 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn sigkill_of_the_child_mid_restore() {
     let f = Fixture::new();
-    let child: Child = f
-        .restore_cmd("silence", &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = f.silent_restore();
     let out = f.path("out");
-    let root_img = || -> Vec<String> {
-        temporaries(&out)
-            .into_iter()
-            .filter(|t| t.contains("root.img"))
-            .collect()
-    };
+    let root_img = || root_img_temporaries(&out);
     wait_for("the partial root.img", || !root_img().is_empty());
     let verifiers = children_of(child.id());
     assert_eq!(verifiers.len(), 1, "one verifier child");
@@ -225,18 +233,9 @@ fn sigkill_of_the_real_verifier_mid_restore() {
 #[test]
 fn sigint_of_restore() {
     let f = Fixture::new();
-    let child = f
-        .restore_cmd("silence", &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = f.silent_restore();
     let out = f.path("out");
-    let root_img = || -> Vec<String> {
-        temporaries(&out)
-            .into_iter()
-            .filter(|t| t.contains("root.img"))
-            .collect()
-    };
+    let root_img = || root_img_temporaries(&out);
     wait_for("the partial root.img", || !root_img().is_empty());
     let temp = root_img().remove(0);
     let verifiers = children_of(child.id());

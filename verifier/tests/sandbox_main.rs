@@ -27,6 +27,18 @@ fn v4() -> PathBuf {
     make_archive_once("v4-gzip", &["--version", "4", "--compression", "gzip"])
 }
 
+/// The line of `/proc/PID/limits` text `limits` that starts with `name`, its columns
+/// joined by single spaces (e.g. `Max open files 256 256 files`).
+fn limit_line(limits: &str, name: &str) -> String {
+    limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name}: {limits}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Run `qbackup-verify ARGS --passphrase-file PASS ARCHIVE`; (exit code, stdout, stderr).
 fn run(args: &[&str], archive: &Path) -> (i32, String, String) {
     let o = Command::new(BIN)
@@ -222,15 +234,7 @@ fn root_verify_runs_as_nobody() {
         assert_eq!(field(&status, "Groups"), "", "{status}");
     }
     assert_no_capabilities(&status, is_root());
-    let limit = |name: &str| {
-        limits
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name}: {limits}"))
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let limit = |name: &str| limit_line(&limits, name);
     assert!(limit("Max file size").contains(" 0 0 bytes"), "{limits}");
     assert!(
         limit("Max core file size").contains(" 0 0 bytes"),
@@ -531,15 +535,7 @@ fn lower_limits_are_kept() {
     }
     let (child, status, limits) = waiting(&pre, &["verify"], true);
     assert_eq!(field(&status, "Seccomp"), "2");
-    let line = |name: &str| {
-        limits
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name}: {limits}"))
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let line = |name: &str| limit_line(&limits, name);
     // Soft and hard both take the lowest of the policy's, the soft and the hard limit.
     assert_eq!(line("Max open files"), "Max open files 100 100 files");
     assert_eq!(
