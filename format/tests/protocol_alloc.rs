@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::record_type as t;
 use qbackup_format::protocol::write::Encoder;
-use qbackup_format::protocol::{Begin, FileKind, Layout as VmLayout, Manifest, ManifestVm};
-use qbackup_format::qubes_xml::NetVm;
+use qbackup_format::protocol::{Begin, FileKind, Manifest};
 use qbackup_format::ErrorClass;
+
+mod common;
+use common::work_vm;
 
 struct Counting;
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
@@ -86,16 +88,7 @@ fn claimed_lengths_and_counts_do_not_allocate() {
     let mut e = Encoder::new(Vec::new());
     e.hello().unwrap();
     e.manifest(&Manifest {
-        vms: vec![ManifestVm {
-            name: "work".into(),
-            class: "AppVM".into(),
-            label: None,
-            template: None,
-            netvm: NetVm::None,
-            layout: VmLayout::Volumes,
-            backup_size: 0,
-            expected_files: Vec::new(),
-        }],
+        vms: vec![work_vm(&[])],
     })
     .unwrap();
     e.begin(&Begin {

@@ -2,9 +2,11 @@
 
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
-use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, ManifestVm, Record};
+use qbackup_format::protocol::{Begin, FileKind, Manifest, ManifestVm, Record};
 use qbackup_format::qubes_xml::NetVm;
 use sha2::{Digest, Sha256};
+
+mod common;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -17,14 +19,9 @@ fn documented_example() {
     e.hello().unwrap();
     e.manifest(&Manifest {
         vms: vec![ManifestVm {
-            name: "work".into(),
-            class: "AppVM".into(),
             label: Some("red".into()),
-            template: None,
             netvm: NetVm::Default,
-            layout: Layout::Volumes,
-            backup_size: 0,
-            expected_files: vec!["private.img".into()],
+            ..common::work_vm(&["private.img"])
         }],
     })
     .unwrap();

@@ -12,6 +12,8 @@ use qbackup_format::qubes_xml::NetVm;
 use qbackup_format::ErrorClass;
 use sha2::Digest as _;
 
+mod common;
+
 /// One file as the test producer holds it: runs at offsets inside `size`.
 #[derive(Debug, Clone)]
 struct TestFile {
@@ -245,16 +247,7 @@ proptest! {
 #[test]
 fn large_runs_are_split_into_bounded_records() {
     let size = 3 * (1 << 20) + 5;
-    let vm = ManifestVm {
-        name: "work".into(),
-        class: "AppVM".into(),
-        label: None,
-        template: None,
-        netvm: NetVm::None,
-        layout: Layout::Volumes,
-        backup_size: 0,
-        expected_files: vec!["private.img".into()],
-    };
+    let vm = common::work_vm(&["private.img"]);
     let mut e = Encoder::new(Vec::new());
     e.hello().unwrap();
     e.manifest(&Manifest { vms: vec![vm] }).unwrap();

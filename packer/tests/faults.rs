@@ -6,56 +6,22 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use libc::{SIGINT, SIGKILL};
+use qbackup_tests::binaries::{evil_child_beside, verifier_beside};
+use qbackup_tests::signals::{self, signal};
+use qbackup_tests::tree::files;
 
 const PACK: &str = env!("CARGO_BIN_EXE_qbackup-pack");
 const PASS: &str = "fault passphrase";
 
-/// A sibling binary or example of `qbackup-pack`, built if missing.
-fn built(rel: &str, cargo_args: &[&str]) -> PathBuf {
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _once = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = Path::new(PACK).parent().expect("target dir");
-    let bin = dir.join(rel);
-    if !bin.exists() {
-        let mut c = Command::new(env!("CARGO"));
-        c.arg("build").args(cargo_args);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            c.arg("--release");
-        }
-        assert!(c.status().expect("cargo build").success());
-    }
-    bin
-}
-
 fn evil_child() -> PathBuf {
-    built(
-        "examples/evil-child",
-        &["-p", "qbackup-pack", "--example", "evil-child"],
-    )
+    evil_child_beside(PACK)
 }
 
 fn verifier() -> PathBuf {
-    built("qbackup-verify", &["-p", "qbackup-verify"])
-}
-
-/// Every non-directory path under `dir`, relative, sorted.
-fn files(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = fs::read_dir(dir) else { return };
-        for e in rd {
-            let p = e.expect("entry").path();
-            if fs::symlink_metadata(&p).expect("stat").is_dir() {
-                walk(base, &p, out);
-            } else {
-                out.push(p.strip_prefix(base).expect("base").display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
+    verifier_beside(PACK)
 }
 
 fn temporaries(dir: &Path) -> Vec<String> {
@@ -65,16 +31,17 @@ fn temporaries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The temporaries of `root.img` under `dir`.
+fn root_img_temporaries(dir: &Path) -> Vec<String> {
+    temporaries(dir)
+        .into_iter()
+        .filter(|t| t.contains("root.img"))
+        .collect()
+}
+
 /// Poll `cond` for up to 60 s.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "waited for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    signals::wait_for(what, Duration::from_secs(60), cond);
 }
 
 /// Pids whose parent is `pid` (from /proc/*/stat).
@@ -99,19 +66,6 @@ fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: signalling a process this test started.
-    let r = unsafe { kill(pid as i32, sig) };
-    assert_eq!(r, 0, "kill {pid} {sig}");
-}
-
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-const SIGINT: i32 = 2;
-const SIGKILL: i32 = 9;
-
 struct Fixture {
     dir: tempfile::TempDir,
 }
@@ -129,6 +83,15 @@ impl Fixture {
     }
 
     /// `qbackup-pack restore` with the malicious child playing `scenario`.
+    /// `restore` through the evil child's `silence` scenario (stalls after the first
+    /// file), spawned with stderr piped.
+    fn silent_restore(&self) -> Child {
+        self.restore_cmd("silence", &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    }
+
     fn restore_cmd(&self, scenario: &str, prefix: &[&str]) -> Command {
         let mut c = match prefix.split_first() {
             Some((first, rest)) => {
@@ -221,18 +184,9 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn sigkill_of_the_child_mid_restore() {
     let f = Fixture::new();
-    let child: Child = f
-        .restore_cmd("silence", &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = f.silent_restore();
     let out = f.path("out");
-    let root_img = || -> Vec<String> {
-        temporaries(&out)
-            .into_iter()
-            .filter(|t| t.contains("root.img"))
-            .collect()
-    };
+    let root_img = || root_img_temporaries(&out);
     wait_for("the partial root.img", || !root_img().is_empty());
     let verifiers = children_of(child.id());
     assert_eq!(verifiers.len(), 1, "one verifier child");
@@ -279,18 +233,9 @@ fn sigkill_of_the_real_verifier_mid_restore() {
 #[test]
 fn sigint_of_restore() {
     let f = Fixture::new();
-    let child = f
-        .restore_cmd("silence", &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = f.silent_restore();
     let out = f.path("out");
-    let root_img = || -> Vec<String> {
-        temporaries(&out)
-            .into_iter()
-            .filter(|t| t.contains("root.img"))
-            .collect()
-    };
+    let root_img = || root_img_temporaries(&out);
     wait_for("the partial root.img", || !root_img().is_empty());
     let temp = root_img().remove(0);
     let verifiers = children_of(child.id());

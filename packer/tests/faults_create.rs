@@ -7,7 +7,9 @@ use std::fs;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use qbackup_tests::signals::{self, kill};
 
 const PACK: &str = env!("CARGO_BIN_EXE_qbackup-pack");
 
@@ -76,20 +78,8 @@ const SLOW: &[&str] = &[
     "4096",
 ];
 
-fn kill(child: &Child, sig: i32) {
-    // SAFETY: signalling the child we spawned and have not reaped.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    signals::wait_for(what, Duration::from_secs(30), done);
 }
 
 /// Wait for `child` (its stdout already taken or piped), failing on a hang.

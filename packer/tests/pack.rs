@@ -576,16 +576,7 @@ fn stdout_stream_and_verify_flag() {
 
 /// target/<profile>/qbackup-verify, built if missing.
 fn verifier_binary() -> PathBuf {
-    let exe = PathBuf::from(PACK);
-    let bin = exe.parent().unwrap().join("qbackup-verify");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "qbackup-verify"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    bin
+    qbackup_tests::binaries::verifier_beside(PACK)
 }
 
 #[test]
@@ -621,17 +612,11 @@ fn cancel_removes_the_partial_file() {
     }
     assert!(partial.exists());
     std::thread::sleep(std::time::Duration::from_millis(300));
-    // SAFETY: signalling the child we spawned.
-    unsafe { libc_kill(child.id() as i32, 2) };
+    qbackup_tests::signals::kill(&child, libc::SIGINT);
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130));
     assert!(String::from_utf8_lossy(&o.stderr).contains("removed"));
     assert!(!partial.exists() && !out.exists());
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 #[test]

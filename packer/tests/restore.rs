@@ -10,24 +10,16 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use qbackup_tests::binaries::{evil_child_beside, verifier_beside};
+use qbackup_tests::manifest::assert_matches_manifest;
+use qbackup_tests::sources::{expect_doc, make_archive, sources};
+use qbackup_tests::tree::files;
+
 const PACK: &str = env!("CARGO_BIN_EXE_qbackup-pack");
 
 /// target/<profile>/examples/evil-child (cargo builds examples for `cargo test`).
 fn evil_child() -> PathBuf {
-    static BUILT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _once = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    let exe = Path::new(PACK);
-    let dir = exe.parent().expect("target dir");
-    let bin = dir.join("examples/evil-child");
-    if !bin.exists() {
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-p", "qbackup-pack", "--example", "evil-child"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            c.arg("--release");
-        }
-        assert!(c.status().expect("cargo build").success());
-    }
-    bin
+    evil_child_beside(PACK)
 }
 
 struct Case {
@@ -60,31 +52,6 @@ impl Case {
             .output()
             .expect("run qbackup-pack")
     }
-}
-
-/// Every non-directory path under `dir`, relative, sorted.
-fn files(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = fs::read_dir(dir) else { return };
-        for e in rd {
-            let p = e.expect("entry").path();
-            let meta = fs::symlink_metadata(&p).expect("stat");
-            if meta.is_dir() {
-                walk(base, &p, out);
-            } else {
-                out.push(
-                    p.strip_prefix(base)
-                        .expect("under base")
-                        .display()
-                        .to_string(),
-                );
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
 }
 
 /// The one complete file every hostile scenario sends before its attack.
@@ -326,19 +293,7 @@ fn passphrase_on_stdin() {
 
 /// target/<profile>/qbackup-verify, the default child (built if missing).
 fn real_verifier() -> PathBuf {
-    static BUILT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _once = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = Path::new(PACK).parent().expect("target dir");
-    let bin = dir.join("qbackup-verify");
-    if !bin.exists() {
-        let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-p", "qbackup-verify"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            c.arg("--release");
-        }
-        assert!(c.status().expect("cargo build").success());
-    }
-    bin
+    verifier_beside(PACK)
 }
 
 /// Restore `archive` into `to` through the default child; panics unless it succeeds.
@@ -368,11 +323,8 @@ fn restore_real(archive: &Path, pass: &Path, to: &Path, vms: &[&str]) -> String 
 /// nothing else written, no temporary left. `qubes.xml` is not carried by protocol v2.
 #[test]
 fn interop_archives_restore_byte_exact() {
-    use qbackup_tests::{fixture_script, run_ok, sha256_file};
     let work = tempfile::tempdir().expect("tempdir");
-    run_ok(Command::new(fixture_script("make-sources.sh")).arg(work.path().join("src")));
-    let pass = work.path().join("pass");
-    fs::write(&pass, "correct horse!battery\n").expect("pass");
+    let pass = sources().pass();
     let variants: &[(&str, &[&str])] = &[
         ("v4_gzip", &["--version", "4", "--compression", "gzip"]),
         (
@@ -426,85 +378,13 @@ fn interop_archives_restore_byte_exact() {
         ),
     ];
     for (name, args) in variants {
-        let archive = work.path().join(format!("{name}.bin"));
-        run_ok(
-            Command::new(fixture_script("make-archive.sh"))
-                .args(*args)
-                .arg("--passphrase-file")
-                .arg(&pass)
-                .arg(work.path().join("src"))
-                .arg(&archive),
-        );
-        let expect: serde_json::Value = serde_json::from_slice(
-            &fs::read(format!("{}.expect.json", archive.display())).expect("expect"),
-        )
-        .expect("expect json");
+        let archive = make_archive(name, args);
+        let expect = expect_doc(&archive);
         let dest = work.path().join(format!("{name}.out"));
         let stderr = restore_real(&archive, &pass, &dest, &[]);
-        let mut seen = Vec::new();
-        let mut checked = 0;
-        for e in expect["files"].as_array().expect("files") {
-            let vm = e["vm"].as_str().expect("vm");
-            let rel = e["path"].as_str().expect("path");
-            if vm == "qubes.xml" {
-                continue;
-            }
-            let path = if rel == "." {
-                dest.join(vm)
-            } else {
-                dest.join(vm).join(rel)
-            };
-            match e["type"].as_str() {
-                Some("file") => {
-                    let meta = fs::symlink_metadata(&path)
-                        .unwrap_or_else(|err| panic!("{name}: {} missing: {err}", path.display()));
-                    assert!(meta.is_file(), "{name}: {}", path.display());
-                    assert_eq!(
-                        Some(meta.len()),
-                        e["size"].as_u64(),
-                        "{name}: {}",
-                        path.display()
-                    );
-                    assert_eq!(
-                        Some(sha256_file(&path).as_str()),
-                        e["sha256"].as_str(),
-                        "{name}: content of {}",
-                        path.display()
-                    );
-                    if e["sparse"].as_bool() == Some(true) && meta.len() >= 1 << 20 {
-                        assert!(
-                            meta.blocks() * 512 < meta.len(),
-                            "{name}: {} dense",
-                            path.display()
-                        );
-                    }
-                    checked += 1;
-                }
-                Some("dir") => assert!(path.is_dir(), "{name}: {}", path.display()),
-                Some("symlink") => {
-                    let target = e["target"].as_str().expect("target");
-                    match fs::read_link(&path) {
-                        Ok(t) => assert_eq!(t, Path::new(target), "{name}: {}", path.display()),
-                        Err(_) => assert!(
-                            stderr.contains("skipped symlink") && stderr.contains(target),
-                            "{name}: link {} neither recreated nor reported: {stderr}",
-                            path.display()
-                        ),
-                    }
-                }
-                other => panic!("{name}: unknown manifest type {other:?}"),
-            }
-            seen.push(
-                path.strip_prefix(&dest)
-                    .expect("under dest")
-                    .display()
-                    .to_string(),
-            );
-        }
-        assert!(checked > 0, "{name}: no files");
-        for f in files(&dest) {
-            assert!(seen.contains(&f), "{name}: unexpected output {f}");
-        }
+        assert_matches_manifest(name, &expect, &dest, false, |target| {
+            stderr.contains("skipped symlink") && stderr.contains(target)
+        });
     }
 }
 

@@ -603,7 +603,7 @@ fn cfg_test_item(tail: &str) -> &str {
 }
 
 /// `rel` lies in a `tests/` directory directly inside a crate (a directory whose
-/// Cargo.toml has a `[package]`), e.g. `verifier/tests/interop.rs` but not `tests/lib.rs`.
+/// Cargo.toml has a `[package]`), e.g. `verifier/tests/interop.rs` but not `tests/src/lib.rs`.
 fn in_crate_tests_dir(root: &Path, rel: &Path) -> bool {
     let comps: Vec<_> = rel.components().collect();
     (0..comps.len().saturating_sub(1)).any(|i| {
@@ -666,7 +666,7 @@ fn id_scanner_finds_whole_tokens_only() {
         &root,
         Path::new("tests/tests/vectors.rs")
     ));
-    assert!(!in_crate_tests_dir(&root, Path::new("tests/lib.rs")));
+    assert!(!in_crate_tests_dir(&root, Path::new("tests/src/lib.rs")));
     assert!(!in_crate_tests_dir(
         &root,
         Path::new("format/src/header.rs")

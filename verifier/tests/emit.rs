@@ -13,42 +13,14 @@ use std::sync::OnceLock;
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::{FileHasher, FileKind, Layout, Manifest, Record};
 use qbackup_format::ErrorClass;
-use qbackup_tests::{build, fixture_script, members, run_ok, Member};
+use qbackup_tests::sources::{make_archive, sources};
+use qbackup_tests::{build, members, Member};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_qbackup-verify");
 
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        run_ok(Command::new(fixture_script("make-sources.sh")).arg(dir.path().join("src")));
-        std::fs::write(dir.path().join("pass"), "correct horse!battery\n").expect("passphrase");
-        Fixture { dir }
-    })
-}
-
 fn pass() -> PathBuf {
-    fixture().dir.path().join("pass")
-}
-
-/// Build an archive with the real tools; its expect JSON sits beside it.
-fn make(name: &str, args: &[&str]) -> PathBuf {
-    let f = fixture();
-    let out = f.dir.path().join(format!("{name}.bin"));
-    run_ok(
-        Command::new(fixture_script("make-archive.sh"))
-            .args(args)
-            .arg("--passphrase-file")
-            .arg(pass())
-            .arg(f.dir.path().join("src"))
-            .arg(&out),
-    );
-    out
+    sources().pass()
 }
 
 /// Runs `emit [extra...] ARCHIVE`; returns (exit code, stream, stderr).
@@ -149,7 +121,7 @@ fn expect_doc(archive: &Path) -> Value {
 /// decoded stream: regular files by size and SHA-256 of their logical content (holes
 /// as zeros), directories and symlinks by kind and target; nothing else in the stream.
 fn round_trip(name: &str, args: &[&str]) {
-    let archive = make(name, args);
+    let archive = make_archive(name, args);
     let (code, stream, stderr) = emit(&[], &archive);
     assert_eq!(code, 0, "{name}: emit failed: {stderr}");
     assert!(
@@ -234,7 +206,7 @@ round_trips! {
 fn base_v4() -> &'static (PathBuf, Vec<Member>) {
     static B: OnceLock<(PathBuf, Vec<Member>)> = OnceLock::new();
     B.get_or_init(|| {
-        let p = make(
+        let p = make_archive(
             "emit-base-v4",
             &[
                 "--version",

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use qbackup_tests::binaries::packer_beside;
+use qbackup_tests::signals::kill;
 use qbackup_tests::{build, find, members, repo_root, run_ok, Member};
 
 const VERIFY: &str = env!("CARGO_BIN_EXE_qbackup-verify");
@@ -121,11 +123,6 @@ fn verifier(args: &[&str]) -> Command {
 
 fn measure(cmd: &mut Command) -> Measured {
     wait_measured(cmd.spawn().expect("spawning qbackup-verify"))
-}
-
-fn kill(child: &Child, sig: i32) {
-    // SAFETY: signalling the child we spawned and have not reaped.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -277,16 +274,7 @@ fn write_random(path: &Path, len: u64) {
 
 /// `target/<profile>/qbackup-pack`, built if this test binary was built without it.
 fn packer_binary() -> PathBuf {
-    let bin = Path::new(VERIFY).with_file_name("qbackup-pack");
-    if !bin.exists() {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "qbackup-pack", "--bin", "qbackup-pack"]);
-        if bin.parent().is_some_and(|p| p.ends_with("release")) {
-            cmd.arg("--release");
-        }
-        run_ok(&mut cmd);
-    }
-    bin
+    packer_beside(VERIFY)
 }
 
 /// RES-1, LIM-5, README "Memory and disk": `qbackup-pack create --out -` writes a 2.1 GiB

@@ -9,60 +9,34 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use qbackup_tests::{fixture_script, run_ok, sha256_file};
+use qbackup_tests::sha256_file;
+use qbackup_tests::sources::{make_archive_once, sources, PASSPHRASE};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_qbackup-verify");
 const PROBE: &str = env!("CARGO_BIN_EXE_sandbox-probe");
-const PASS: &str = "correct horse!battery";
 
 fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Source trees and a passphrase, made once per test process; world-readable so that
-/// `nobody` can read them too.
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
-        run_ok(Command::new(fixture_script("make-sources.sh")).arg(dir.path().join("src")));
-        std::fs::write(dir.path().join("pass"), format!("{PASS}\n")).expect("passphrase");
-        Fixture { dir }
-    })
-}
-
-/// An archive made with the real tools (cached per name; tests run in parallel and the
-/// script appends to its output, so one at a time).
-fn make(name: &str, args: &[&str]) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let f = fixture();
-    let out = f.dir.path().join(format!("{name}.bin"));
-    if !out.exists() {
-        run_ok(
-            Command::new(fixture_script("make-archive.sh"))
-                .args(args)
-                .arg("--passphrase-file")
-                .arg(f.dir.path().join("pass"))
-                .arg(f.dir.path().join("src"))
-                .arg(&out),
-        );
-    }
-    out
-}
-
 fn v4() -> PathBuf {
-    make("v4-gzip", &["--version", "4", "--compression", "gzip"])
+    make_archive_once("v4-gzip", &["--version", "4", "--compression", "gzip"])
+}
+
+/// The line of `/proc/PID/limits` text `limits` that starts with `name`, its columns
+/// joined by single spaces (e.g. `Max open files 256 256 files`).
+fn limit_line(limits: &str, name: &str) -> String {
+    limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name}: {limits}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Run `qbackup-verify ARGS --passphrase-file PASS ARCHIVE`; (exit code, stdout, stderr).
@@ -70,7 +44,7 @@ fn run(args: &[&str], archive: &Path) -> (i32, String, String) {
     let o = Command::new(BIN)
         .args(args)
         .arg("--passphrase-file")
-        .arg(fixture().dir.path().join("pass"))
+        .arg(sources().pass())
         .arg(archive)
         .output()
         .expect("run qbackup-verify");
@@ -130,9 +104,9 @@ fn tree(dir: &Path) -> Vec<(String, String)> {
 fn sandboxed_runs_match_unsandboxed_runs() {
     let archives = [
         v4(),
-        make("v4-zstd", &["--version", "4", "--compression", "zstd"]),
-        make("v3-bzip2", &["--version", "3", "--compression", "bzip2"]),
-        make("v2-gzip", &["--version", "2", "--compression", "gzip"]),
+        make_archive_once("v4-zstd", &["--version", "4", "--compression", "zstd"]),
+        make_archive_once("v3-bzip2", &["--version", "3", "--compression", "bzip2"]),
+        make_archive_once("v2-gzip", &["--version", "2", "--compression", "gzip"]),
     ];
     for a in &archives {
         for cmd in ["verify", "list"] {
@@ -180,7 +154,7 @@ fn waiting(pre: &[&str], args: &[&str], sandboxed: bool) -> (Child, String, Stri
     let mut child = cmd
         .args(args)
         .arg("-")
-        .env("QBACKUP_PASSPHRASE", PASS)
+        .env("QBACKUP_PASSPHRASE", PASSPHRASE)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -260,15 +234,7 @@ fn root_verify_runs_as_nobody() {
         assert_eq!(field(&status, "Groups"), "", "{status}");
     }
     assert_no_capabilities(&status, is_root());
-    let limit = |name: &str| {
-        limits
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name}: {limits}"))
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let limit = |name: &str| limit_line(&limits, name);
     assert!(limit("Max file size").contains(" 0 0 bytes"), "{limits}");
     assert!(
         limit("Max core file size").contains(" 0 0 bytes"),
@@ -388,7 +354,7 @@ fn no_sandbox_disables_it() {
 /// override; `--no-sandbox` runs.
 #[test]
 fn fails_closed_with_exit_21() {
-    let pass = fixture().dir.path().join("pass");
+    let pass = sources().pass();
     let a = v4();
     let dest = tempfile::tempdir().unwrap();
     for (sim, what) in [("no-landlock", "Landlock"), ("no-seccomp", "seccomp")] {
@@ -507,7 +473,7 @@ fn sandbox_check_reports_what_is_enforced() {
 /// KDF budget and with one just large enough for two KDFs at once.
 #[test]
 fn large_kdf_archive_verifies_under_the_address_space_limit() {
-    let a = make(
+    let a = make_archive_once(
         "v4-logn20",
         &[
             "--version",
@@ -534,7 +500,7 @@ fn large_kdf_archive_verifies_under_the_address_space_limit() {
 /// works inside the sandbox: run under a pseudo-terminal (`script`).
 #[test]
 fn progress_bar_on_a_terminal_works_in_the_sandbox() {
-    let pass = fixture().dir.path().join("pass");
+    let pass = sources().pass();
     let cmd = format!(
         "{BIN} verify --passphrase-file {} {}; echo EXIT=$?",
         pass.display(),
@@ -569,15 +535,7 @@ fn lower_limits_are_kept() {
     }
     let (child, status, limits) = waiting(&pre, &["verify"], true);
     assert_eq!(field(&status, "Seccomp"), "2");
-    let line = |name: &str| {
-        limits
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name}: {limits}"))
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let line = |name: &str| limit_line(&limits, name);
     // Soft and hard both take the lowest of the policy's, the soft and the hard limit.
     assert_eq!(line("Max open files"), "Max open files 100 100 files");
     assert_eq!(

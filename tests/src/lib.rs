@@ -3,6 +3,12 @@
 //! into members and putting them back together (to make tampered copies), and running
 //! the binaries.
 
+pub mod binaries;
+pub mod manifest;
+pub mod signals;
+pub mod sources;
+pub mod tree;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
