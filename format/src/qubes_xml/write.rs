@@ -81,6 +81,31 @@ fn feature(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(b"</feature>\n");
 }
 
+/// What both writers require of every VM: a valid name and class, a qid (0 exactly for
+/// dom0, the AdminVM), a label, and text-safe label and backup path. Its (qid, label).
+fn check_vm(vm: &Vm) -> Result<(u32, &str)> {
+    validate_vm_name(&vm.name)?;
+    validate_class(&vm.class)?;
+    let Some(qid) = vm.qid else {
+        bail!(Malformed, "qubes.xml writer: VM {:?} has no qid", vm.name);
+    };
+    if (vm.class == "AdminVM") != (vm.name == "dom0") || (qid == 0) != (vm.name == "dom0") {
+        bail!(
+            Malformed,
+            "qubes.xml writer: dom0 must be the AdminVM with qid 0 ({:?})",
+            vm.name
+        );
+    }
+    let Some(label) = vm.label.as_deref() else {
+        bail!(Malformed, "qubes.xml writer: VM {:?} has no label", vm.name);
+    };
+    check_text("label", label)?;
+    if let Some(b) = &vm.backup {
+        check_text("backup path", &b.path)?;
+    }
+    Ok((qid, label))
+}
+
 /// Append an R4 qubes.xml describing `vms` to `out`.
 ///
 /// Every VM needs a `qid` and a `label` (a colour name; the eight standard labels get
@@ -101,25 +126,10 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
         .map(|(n, c)| ((*n).to_owned(), *c))
         .collect();
     for vm in vms {
-        validate_vm_name(&vm.name)?;
-        validate_class(&vm.class)?;
-        let Some(qid) = vm.qid else {
-            bail!(Malformed, "qubes.xml writer: VM {:?} has no qid", vm.name);
-        };
-        if (vm.class == "AdminVM") != (vm.name == "dom0") || (qid == 0) != (vm.name == "dom0") {
-            bail!(
-                Malformed,
-                "qubes.xml writer: dom0 must be the AdminVM with qid 0 ({:?})",
-                vm.name
-            );
-        }
+        let (qid, label) = check_vm(vm)?;
         if !names.insert(vm.name.as_str()) || !qids.insert(qid) {
             bail!(Malformed, "qubes.xml writer: duplicate VM {:?}", vm.name);
         }
-        let Some(label) = vm.label.as_deref() else {
-            bail!(Malformed, "qubes.xml writer: VM {:?} has no label", vm.name);
-        };
-        check_text("label", label)?;
         if label.starts_with("label-") {
             bail!(
                 Malformed,
@@ -137,9 +147,6 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
         }
         if let Some(v) = &vm.virt_mode {
             check_text("virt_mode", v)?;
-        }
-        if let Some(b) = &vm.backup {
-            check_text("backup path", &b.path)?;
         }
         if let Some(vols) = &vm.volumes_saved {
             let mut seen = HashSet::new();
@@ -274,29 +281,12 @@ pub fn write_r3(vms: &[Vm], out: &mut Vec<u8>) -> Result<()> {
         bail!(LimitExceeded, "qubes.xml writer: more than {MAX_VMS} VMs");
     }
     let mut qid_of: HashMap<&str, u32> = HashMap::new();
+    let mut qids = HashSet::new();
     for vm in vms {
-        validate_vm_name(&vm.name)?;
-        validate_class(&vm.class)?;
+        let (qid, _) = check_vm(vm)?;
         r3_element(vm)?;
-        let Some(qid) = vm.qid else {
-            bail!(Malformed, "qubes.xml writer: VM {:?} has no qid", vm.name);
-        };
-        if (vm.class == "AdminVM") != (vm.name == "dom0") || (qid == 0) != (vm.name == "dom0") {
-            bail!(
-                Malformed,
-                "qubes.xml writer: dom0 must be the AdminVM with qid 0 ({:?})",
-                vm.name
-            );
-        }
-        if qid_of.values().any(|&q| q == qid) || qid_of.insert(&vm.name, qid).is_some() {
+        if !qids.insert(qid) || qid_of.insert(&vm.name, qid).is_some() {
             bail!(Malformed, "qubes.xml writer: duplicate VM {:?}", vm.name);
-        }
-        let Some(label) = vm.label.as_deref() else {
-            bail!(Malformed, "qubes.xml writer: VM {:?} has no label", vm.name);
-        };
-        check_text("label", label)?;
-        if let Some(b) = &vm.backup {
-            check_text("backup path", &b.path)?;
         }
     }
     // Placeholders for referenced VMs that are not in `vms`, in order of first mention.
