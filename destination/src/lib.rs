@@ -152,8 +152,8 @@ impl Destination {
     /// Start the regular file that will be named `final_path`: its parents are created
     /// and its temporary is created exclusively beside it and registered for cancellation.
     pub fn create(&mut self, final_path: &Path) -> Result<TempFile> {
+        // ensure_parent refuses links above the parent's entries, i.e. above final_path.
         self.ensure_parent(final_path)?;
-        self.refuse_links_above(final_path)?;
         let temp = self.temp_name(final_path);
         let shown = self.shown(&temp);
         let root = self.root.clone();
@@ -230,9 +230,12 @@ impl TempFile {
         &self.final_path
     }
 
-    /// Write `bytes` at `offset`, skipping all-zero aligned blocks (EXT-3).
+    /// Write `bytes` at `offset`, skipping all-zero aligned blocks (EXT-3). Neighbouring
+    /// non-zero blocks are written together, one `pwrite` per run.
     pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
         let mut pos = 0usize;
+        // Start of the pending run of non-zero blocks, if any.
+        let mut run: Option<usize> = None;
         while pos < bytes.len() {
             let here = offset
                 .checked_add(pos as u64)
@@ -241,13 +244,26 @@ impl TempFile {
             let end = pos.saturating_add(HOLE_BLOCK - into_block).min(bytes.len());
             let block = bytes.get(pos..end).unwrap_or(&[]);
             if block.iter().any(|&b| b != 0) {
-                self.file
-                    .write_all_at(block, here)
-                    .map_err(|e| io_err(format!("writing {}", self.temp.display()), e))?;
+                run.get_or_insert(pos);
+            } else if let Some(start) = run.take() {
+                self.write_run(offset, bytes, start, pos)?;
             }
             pos = end;
         }
+        if let Some(start) = run {
+            self.write_run(offset, bytes, start, bytes.len())?;
+        }
         Ok(())
+    }
+
+    /// Write `bytes[start..end]` at `offset + start`.
+    fn write_run(&mut self, offset: u64, bytes: &[u8], start: usize, end: usize) -> Result<()> {
+        let at = offset
+            .checked_add(start as u64)
+            .ok_or_else(|| Error::limit("write offset overflows"))?;
+        self.file
+            .write_all_at(bytes.get(start..end).unwrap_or(&[]), at)
+            .map_err(|e| io_err(format!("writing {}", self.temp.display()), e))
     }
 
     /// Size the file to its logical `size` (the tail hole included), apply the permission

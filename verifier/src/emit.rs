@@ -81,7 +81,10 @@ impl<W: Write + Send> Emitter<W> {
             vms.push(ManifestVm {
                 name: vm.name.clone(),
                 class: vm.class.clone(),
-                label: vm.label.clone().filter(|l| label_ok(l)),
+                label: vm
+                    .label
+                    .clone()
+                    .filter(|l| qbackup_format::protocol::state::valid_label(l)),
                 template: vm.template.clone(),
                 netvm: vm.netvm.clone(),
                 layout,
@@ -103,7 +106,9 @@ impl<W: Write + Send> Emitter<W> {
             vms.push(ManifestVm {
                 name: d.name,
                 class: d.class,
-                label: d.label.filter(|l| label_ok(l)),
+                label: d
+                    .label
+                    .filter(|l| qbackup_format::protocol::state::valid_label(l)),
                 template: None,
                 netvm: d.netvm,
                 layout: Layout::Dom0Home,
@@ -305,14 +310,6 @@ impl<W: Write + Send> Output for Emitter<W> {
     fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notes)
     }
-}
-
-/// PROTO-3: labels the manifest can carry (others are left out).
-fn label_ok(label: &str) -> bool {
-    (1..=qbackup_format::limits::MAX_PROTO_LABEL_LEN).contains(&label.len())
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// VER-2 as far as qubes.xml alone tells it, as names relative to the VM's directory

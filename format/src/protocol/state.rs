@@ -405,6 +405,14 @@ fn check_expected(vm: &super::ManifestVm, sent: &HashSet<String>) -> Result<()> 
     Ok(())
 }
 
+/// PROTO-3: a label the manifest may carry: 1 … LIM-32 bytes of `[A-Za-z0-9_-]`.
+pub fn valid_label(label: &str) -> bool {
+    (1..=MAX_PROTO_LABEL_LEN).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
 /// PROTO-3: names, references and expected files of a manifest.
 pub fn validate_manifest(m: &Manifest) -> Result<()> {
     if m.vms.len() > MAX_VMS {
@@ -421,11 +429,7 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
             return Err(ctx(Error::malformed("duplicate VM")));
         }
         if let Some(label) = &vm.label {
-            let ok = (1..=MAX_PROTO_LABEL_LEN).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
-            if !ok {
+            if !valid_label(label) {
                 return Err(ctx(Error::malformed("invalid label")));
             }
         }
