@@ -111,8 +111,8 @@ pub const BACKUP_SIZE_SLACK: u64 = 16 << 20;
 pub const MAX_PROTO_DATA_LEN: usize = 1 << 20;
 
 /// LIM-29: largest protocol manifest record (PROTO-3); a manifest of [`MAX_VMS`] VMs
-/// needs at most about 5.2 MB.
-pub const MAX_PROTO_MANIFEST_LEN: usize = 64 << 20;
+/// needs at most about 5.2 MB, and the privileged decoder buffers no more than this.
+pub const MAX_PROTO_MANIFEST_LEN: usize = 8 << 20;
 
 /// LIM-30: most files in one protocol stream, all VMs together (PROTO-5); the same
 /// bound as the inner entries of one backed-up file ([`MAX_INNER_ENTRIES`]).
@@ -161,3 +161,10 @@ pub const SANDBOX_REPORT_FILE_MAX: u64 = 1 << 30;
 /// archive, stdio, and for `extract` a few directories and one output file per file in
 /// flight. Nothing else is opened after the sandbox is applied.
 pub const SANDBOX_MAX_OPEN_FILES: u64 = 256;
+
+/// LIM-45: longest VM name, Qubes' own rule (XML-3; also the protocol's VM, template and
+/// netvm names, PROTO-3).
+pub const MAX_VM_NAME_LEN: usize = 31;
+
+/// LIM-46: longest VM class name (XML-2; PROTO-3).
+pub const MAX_VM_CLASS_LEN: usize = 64;

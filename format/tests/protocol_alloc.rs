@@ -6,6 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use qbackup_format::limits::MAX_PROTO_MANIFEST_LEN;
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::record_type as t;
 use qbackup_format::protocol::write::Encoder;
@@ -59,10 +60,10 @@ fn decode_class(bytes: &[u8]) -> ErrorClass {
 #[test]
 fn claimed_lengths_and_counts_do_not_allocate() {
     let mut cases: Vec<(Vec<u8>, ErrorClass)> = Vec::new();
-    // A manifest claiming 64 MiB (the limit) that sends 100 bytes.
+    // A manifest claiming LIM-29 bytes (the limit) that sends 100 bytes.
     let mut s = hello();
     s.push(t::MANIFEST);
-    s.extend_from_slice(&(64u32 << 20).to_be_bytes());
+    s.extend_from_slice(&(MAX_PROTO_MANIFEST_LEN as u32).to_be_bytes());
     s.extend_from_slice(&[0u8; 100]);
     cases.push((s, ErrorClass::Truncated));
     // Lengths beyond every limit.

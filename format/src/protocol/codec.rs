@@ -237,7 +237,7 @@ pub(crate) fn get_hello(c: &mut Cursor<'_>) -> Result<u16> {
 }
 
 pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
-    use crate::limits::{MAX_PROTO_LABEL_LEN, MAX_VMS};
+    use crate::limits::{MAX_PROTO_LABEL_LEN, MAX_VMS, MAX_VM_CLASS_LEN, MAX_VM_NAME_LEN};
     let count = c.u32()?;
     if u64::from(count) > MAX_VMS as u64 {
         return Err(Error::limit(format!(
@@ -246,14 +246,14 @@ pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
     }
     let mut vms = Vec::new();
     for _ in 0..count {
-        let name = c.string("VM name", 31)?;
-        let class = c.string("VM class", 64)?;
+        let name = c.string("VM name", MAX_VM_NAME_LEN)?;
+        let class = c.string("VM class", MAX_VM_CLASS_LEN)?;
         let label = c.opt_string("VM label", MAX_PROTO_LABEL_LEN)?;
-        let template = c.opt_string("VM template", 31)?;
+        let template = c.opt_string("VM template", MAX_VM_NAME_LEN)?;
         let netvm = match c.u8()? {
             0 => NetVm::Default,
             1 => NetVm::None,
-            2 => NetVm::Named(c.string("VM netvm", 31)?),
+            2 => NetVm::Named(c.string("VM netvm", MAX_VM_NAME_LEN)?),
             tag => return Err(Error::malformed(format!("protocol: netvm tag {tag}"))),
         };
         let layout = match c.u8()? {

@@ -31,6 +31,7 @@ pub use write::{write_r3, write_r4};
 
 use crate::bail;
 use crate::error::Result;
+use crate::limits::{MAX_VM_CLASS_LEN, MAX_VM_NAME_LEN};
 
 /// Which qubes.xml dialect a file is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,10 +168,10 @@ fn check_dom0_home(vms: &[Vm]) -> Result<()> {
     Ok(())
 }
 
-/// Qubes VM name rules (`dom0` allowed): 1–31 bytes, an ASCII letter first, then
+/// Qubes VM name rules (`dom0` allowed): 1 … LIM-45 bytes, an ASCII letter first, then
 /// letters, digits, `_`, `.`, `-`; not `none` or `default`.
 pub fn validate_vm_name(name: &str) -> Result<()> {
-    let ok = (1..=31).contains(&name.len())
+    let ok = (1..=MAX_VM_NAME_LEN).contains(&name.len())
         && name.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
         && name
             .bytes()
@@ -199,9 +200,9 @@ pub(crate) fn validate_volume_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// R4 class names: an ASCII identifier of at most 64 bytes.
+/// R4 class names: an ASCII identifier of at most LIM-46 bytes.
 pub(crate) fn validate_class(class: &str) -> Result<()> {
-    let ok = (1..=64).contains(&class.len())
+    let ok = (1..=MAX_VM_CLASS_LEN).contains(&class.len())
         && class
             .as_bytes()
             .first()

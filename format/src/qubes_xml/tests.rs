@@ -764,3 +764,16 @@ fn only_dom0_lives_under_dom0_home() {
         );
     }
 }
+
+/// LIM-45, LIM-46 (XML-2, XML-3): VM names up to 31 bytes and class names up to 64 bytes
+/// pass; one byte more is malformed.
+#[test]
+fn vm_name_and_class_lengths_are_bounded() {
+    use crate::limits::{MAX_VM_CLASS_LEN, MAX_VM_NAME_LEN};
+    assert!(super::validate_vm_name(&"a".repeat(MAX_VM_NAME_LEN)).is_ok());
+    let long = super::validate_vm_name(&"a".repeat(MAX_VM_NAME_LEN + 1)).unwrap_err();
+    assert_eq!(long.class(), ErrorClass::Malformed);
+    assert!(super::validate_class(&"A".repeat(MAX_VM_CLASS_LEN)).is_ok());
+    let long = super::validate_class(&"A".repeat(MAX_VM_CLASS_LEN + 1)).unwrap_err();
+    assert_eq!(long.class(), ErrorClass::Malformed);
+}
