@@ -10,6 +10,10 @@
 //! so holes stay holes (EXT-3). [`link_stays_inside`] is the EXT-4 symlink policy.
 
 pub mod cancel;
+mod space;
+
+use space::SpaceGuard;
+pub use space::{parse_size, SpaceLimits};
 
 /// `eprintln!` without its panic when stderr is a pipe whose reader went away (EPIPE): a
 /// message nobody reads must not change the exit code or stop a cancellation.
@@ -23,7 +27,7 @@ macro_rules! say {
 
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cap_std::fs::{Dir, OpenOptions};
 use qbackup_format::{Error, ErrorClass, Result};
@@ -49,6 +53,8 @@ pub struct Destination {
     /// DIR as given, for messages only.
     base: PathBuf,
     counter: u64,
+    /// EXT-6, once [`Destination::limit_space`] was called.
+    space: Option<Arc<Mutex<SpaceGuard>>>,
 }
 
 /// A regular file being written under its temporary name.
@@ -59,6 +65,7 @@ pub struct TempFile {
     final_path: PathBuf,
     /// Registration with [`cancel`]; `None` once committed or removed.
     live: Option<u64>,
+    space: Option<Arc<Mutex<SpaceGuard>>>,
 }
 
 impl Destination {
@@ -72,7 +79,16 @@ impl Destination {
             root: Arc::new(root),
             base: dir.to_path_buf(),
             counter: 0,
+            space: None,
         })
+    }
+
+    /// EXT-6: from now on, refuse data that would exceed `limits.max_total` in total or
+    /// leave less than the reserve free on DIR's file system (`limit-exceeded`).
+    pub fn limit_space(&mut self, limits: SpaceLimits) -> Result<()> {
+        let guard = SpaceGuard::new(&*self.root, limits)?;
+        self.space = Some(Arc::new(Mutex::new(guard)));
+        Ok(())
     }
 
     /// `path` (relative to DIR) as shown in messages.
@@ -157,6 +173,7 @@ impl Destination {
         let temp = self.temp_name(final_path);
         let shown = self.shown(&temp);
         let root = self.root.clone();
+        let space = self.space.clone();
         cancel::locked(|t| {
             let id = t.register(&root, temp.clone(), shown.clone());
             let file = match root.open_with(&temp, OpenOptions::new().write(true).create_new(true))
@@ -174,6 +191,7 @@ impl Destination {
                 temp,
                 final_path: final_path.to_path_buf(),
                 live,
+                space,
             })
         })
     }
@@ -261,6 +279,12 @@ impl TempFile {
         let at = offset
             .checked_add(start as u64)
             .ok_or_else(|| Error::limit("write offset overflows"))?;
+        if let Some(space) = &self.space {
+            space
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .charge(end.saturating_sub(start) as u64)?;
+        }
         self.file
             .write_all_at(bytes.get(start..end).unwrap_or(&[]), at)
             .map_err(|e| io_err(format!("writing {}", self.temp.display()), e))

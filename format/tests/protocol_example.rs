@@ -51,7 +51,7 @@ fn documented_example() {
     let mut want = String::new();
     want += "010000000a";
     want += &hex(b"QBKPSTRM");
-    want += "0002";
+    want += "0003";
     want += "020000003300000001";
     want += &format!(
         "0004{}0005{}010003{}000000",
@@ -97,7 +97,7 @@ fn documented_example() {
     assert_eq!(
         kinds,
         [
-            "hello 2",
+            "hello 3",
             "manifest 1",
             "begin private.img",
             "data 4096 3",

@@ -49,7 +49,8 @@ fn runs(size: u64, raw: Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
 }
 
 fn file_strategy(layout: Layout, idx: usize) -> impl Strategy<Value = TestFile> {
-    let allowed = qbackup_format::protocol::ALLOWED_VM_FILES;
+    // Volume images first (regular only, PROTO-5), then a VM directory's other files.
+    let images = ["private.img", "root.img", "volatile.img"];
     (
         0u64..20_000,
         prop::collection::vec(
@@ -60,12 +61,13 @@ fn file_strategy(layout: Layout, idx: usize) -> impl Strategy<Value = TestFile> 
         0u8..3,
     )
         .prop_map(move |(size, raw, mode, kind)| {
-            let name = match layout {
-                Layout::Volumes => allowed[idx % allowed.len()].to_string(),
-                _ => format!("d{idx}/f-é{idx}"),
+            let image = layout == Layout::Volumes && idx < images.len();
+            let name = match image {
+                true => images[idx].to_string(),
+                false => format!("d{idx}/f-é{idx}"),
             };
-            let kind = match (layout, kind) {
-                (Layout::Volumes, _) | (_, 0) => FileKind::Regular,
+            let kind = match (image, kind) {
+                (true, _) | (_, 0) => FileKind::Regular,
                 (_, 1) => FileKind::Directory,
                 _ => FileKind::Symlink {
                     target: format!("../t{idx}"),
@@ -115,7 +117,12 @@ fn vm_strategy(i: usize) -> impl Strategy<Value = TestVm> {
                     layout,
                     backup_size: if lab { 0 } else { 1 << 20 },
                     expected_files: if layout == Layout::Volumes {
-                        files.iter().take(exp).map(|f| f.name.clone()).collect()
+                        files
+                            .iter()
+                            .take(exp)
+                            .filter(|f| f.name.ends_with(".img"))
+                            .map(|f| f.name.clone())
+                            .collect()
                     } else {
                         Vec::new()
                     },
@@ -190,7 +197,7 @@ fn consume(bytes: &[u8]) -> qbackup_format::Result<Seen> {
     let mut hasher = None;
     while let Some(r) = d.read_record()? {
         match r {
-            Record::Hello { version } => assert_eq!(version, 2),
+            Record::Hello { version } => assert_eq!(version, qbackup_format::protocol::VERSION),
             Record::Manifest(m) => seen.manifest = m.clone(),
             Record::Begin(b) => {
                 hasher = Some(RecordDigest::new(b.size, b.data_bytes));

@@ -53,6 +53,13 @@ pub struct Restore {
     /// Give up when the verifier sends nothing for this many seconds (RST-5).
     #[arg(long, value_name = "SECS", default_value_t = qbackup_format::limits::DEFAULT_RESTORE_TIMEOUT_SECS)]
     pub timeout: u64,
+    /// Stop (limit-exceeded) before DIR's free space falls below this many bytes
+    /// (suffixes K, M, G, T; default: 1 GiB or 5 % of the file system, the smaller; EXT-6).
+    #[arg(long, value_name = "SIZE", value_parser = qbackup_destination::parse_size)]
+    pub reserve: Option<u64>,
+    /// Stop (limit-exceeded) before writing more than this many bytes of data (EXT-6).
+    #[arg(long, value_name = "SIZE", value_parser = qbackup_destination::parse_size)]
+    pub max_size: Option<u64>,
     /// Only these VMs (default: all). Use `dom0` for dom0's home.
     #[arg(value_name = "VM")]
     pub vms: Vec<String>,

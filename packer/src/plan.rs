@@ -266,6 +266,7 @@ pub fn from_json(text: &[u8]) -> Result<Plan, Failure> {
                 },
                 backup: None,
                 volumes_saved: Some(volumes),
+                volume_sizes: Vec::new(),
                 virt_mode: None,
                 provides_network: false,
             },

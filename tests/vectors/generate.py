@@ -700,9 +700,87 @@ def hand_built(g):
     gb = [{"qubes.xml": sha256(xmlsmall)}, {"work/private.img": sha256(b"\0" * (20 << 20))},
           {"work/notes.txt": sha256(NOTES)}]
     g.add("ver-backup-size-bomb", bomb, "limit-exceeded",
-          "private.img decompresses to 20 MiB of data while work's backup-size is 1000: over size + "
-          "LIM-27, stopped while decoding (VER-4, DEV-14).", ["VER-4", "LIM-27", "DEV-14", "RES-1"],
-          gb, fail_at=1)
+          "private.img decompresses to 20 MiB of data while work's backup-size is 1000: with "
+          "--strict-backup-size that is over size + LIM-27, stopped while decoding (VER-4, DEV-14).",
+          ["VER-4", "LIM-27", "DEV-14", "RES-1"], gb, fail_at=1, args=["--strict-backup-size"])
+    g.add("ok-ver-backup-size-advisory", bomb, "ok",
+          "the same archive by default: backup-size is advisory, the excess is a warning with both "
+          "figures (upstream's figure is disk usage; #7198) (VER-4, DEV-14).",
+          ["VER-4", "DEV-14", "ERR-3"], gb)
+
+    # ---- exact per-entry bounds instead (VER-4)
+    def with_vols(vols, priv, notes=inner_notes):
+        xml = r4_xml([r4_domain("work", path="vm3/", size=1000, vols=vols)])
+        ms = v4_members([("qubes.xml", xml_tar(xml)), ("vm3/private.img", priv),
+                         ("vm3/notes.txt", notes)], chunk=4096)
+        return xml, ms
+    xml, ms = with_vols([("root", "False"), ("private", "True", 1 << 20)],
+                        gnu_sparse_header(N, 1 << 30, [(0, 512)]) + b"S" * 512 + END)
+    g.add("ver-volume-size-bomb", ms, "limit-exceeded",
+          "private.img claims 1 GiB while its volume-config size is 1 MiB: over size + LIM-49, "
+          "refused from the entry's header before any data (VER-4, LIM-49).",
+          ["VER-4", "LIM-49", "XML-2"], [{"qubes.xml": sha256(xml)}, {}, {"work/notes.txt": sha256(NOTES)}],
+          fail_at=1)
+    img = prng(512, 77) + b"\0" * ((1 << 20) + 4096 - 512)
+    xml, ms = with_vols([("root", "False"), ("private", "True", 1 << 20)],
+                        gnu_tar(N, ((1 << 20) + 4096, [(0, prng(512, 77))]), sparse=True))
+    g.add("ok-ver-volume-size-differs", ms, "ok",
+          "private.img is 4 KiB larger than its volume-config size (LVM rounds volumes up), within "
+          "LIM-49: verified, the difference is a note (VER-4).", ["VER-4", "LIM-49"],
+          [{"qubes.xml": sha256(xml)}, {"work/private.img": sha256(img)}, {"work/notes.txt": sha256(NOTES)}])
+    xml, ms = with_vols(None, inner_priv,
+                        gnu_sparse_header("vm3/notes.txt", (16 << 20) + 1, [(0, 512)]) + b"S" * 512 + END)
+    g.add("ver-text-file-bomb", ms, "limit-exceeded",
+          "notes.txt claims 16 MiB + 1 byte, over LIM-47 for the small files a restore reads (VER-4).",
+          ["VER-4", "LIM-47"], [{"qubes.xml": sha256(xml)}, {"work/private.img": sha256(PRIV)}, {}],
+          fail_at=2)
+    big = gnu_sparse_header("vm3/apps.templates/x.desktop", (4 << 30) + 1, [(0, 512)]) + b"S" * 512
+    xml, ms = with_vols(None, inner_priv)
+    ms = v4_members([("qubes.xml", xml_tar(xml)), ("vm3/private.img", inner_priv),
+                     ("vm3/apps.templates", entry("vm3/apps.templates/", typeflag=b"5") + big + END),
+                     ("vm3/notes.txt", inner_notes)], chunk=4096)
+    g.add("ver-aux-file-bomb", ms, "limit-exceeded",
+          "apps.templates/x.desktop claims 4 GiB + 1 byte, over LIM-48 for a VM file that is not an "
+          "image (VER-4).", ["VER-4", "LIM-48"],
+          [{"qubes.xml": sha256(xml)}, {"work/private.img": sha256(PRIV)}, {}, {"work/notes.txt": sha256(NOTES)}],
+          fail_at=2)
+
+    # ---- what a VM directory holds besides images (TAR-11, EXT-4; issue: R3/R4 layouts)
+    desk_a, desk_b, kern = text(300, 81), text(200, 82), prng(3000, 83)
+    trees = [("vm3/apps.templates", entry("vm3/apps.templates/", typeflag=b"5")
+              + entry("vm3/apps.templates/a.desktop", desk_a)
+              + entry("vm3/apps.templates/b.desktop", desk_b) + END),
+             ("vm3/kernels", entry("vm3/kernels/", typeflag=b"5")
+              + entry("vm3/kernels/vmlinuz", kern) + END),
+             ("vm3/icon.png", entry("vm3/icon.png", typeflag=b"2",
+                                    linkname=b"/usr/share/qubes/icons/green.png") + END),
+             ("vm3/menu-link", entry("vm3/menu-link", typeflag=b"2",
+                                     linkname=b"apps.templates/a.desktop") + END)]
+    tree_out = [{"work/apps.templates/a.desktop": sha256(desk_a),
+                 "work/apps.templates/b.desktop": sha256(desk_b)},
+                {"work/kernels/vmlinuz": sha256(kern)}, {}, {}]
+    g.add("ok-v4-vm-dir-trees", v4_members(files(xml4)[:2] + trees + files(xml4)[2:], chunk=1024), "ok",
+          "a VM's apps.templates/ and kernels/ directories, an absolute icon.png link (skipped with a "
+          "note) and a relative link staying inside, each its own file, as upstream archives a VM "
+          "directory (TAR-1, TAR-11, EXT-4, DEV-23).", ["TAR-1", "TAR-11", "EXT-4", "TAR-7", "DEV-23"],
+          G4[:2] + tree_out + G4[2:], symlinks={"work/menu-link": "apps.templates/a.desktop"})
+    g.add("ok-v3-vm-dir-trees", v3_members(files(xml3)[:2] + trees + files(xml3)[2:], chunk=1024), "ok",
+          "the same VM directory entries in a v3 archive (R3.2 appvms/NAME/kernels, icon.png) "
+          "(TAR-11, EXT-4).", ["TAR-11", "EXT-4"], G3[:2] + tree_out + G3[2:],
+          symlinks={"work/menu-link": "apps.templates/a.desktop"})
+    dir_cases = [
+        ("tar-vm-dir-entry-outside", entry("vm3/apps.templates/", typeflag=b"5")
+         + entry("vm3/apps/x.desktop", desk_a) + END, "unsafe-path",
+         "a VM directory file vm3/apps.templates holding vm3/apps/x.desktop, outside it (TAR-11)."),
+        ("tar-vm-link-then-entry", entry("vm3/apps.templates", typeflag=b"2", linkname=b"x")
+         + entry("vm3/apps.templates/x.desktop", desk_a) + END, "malformed",
+         "a VM file that is a symlink followed by a second entry: a link is the only entry (TAR-11)."),
+        ("tar-vm-dir-other-name", entry("vm3/apps/", typeflag=b"5") + END, "unsafe-path",
+         "the file vm3/apps.templates whose first entry is the directory vm3/apps (TAR-11)."),
+    ]
+    for name, inner, want, comment in dir_cases:
+        xm = v4_members(files(xml4)[:2] + [("vm3/apps.templates", inner)] + files(xml4)[2:], chunk=1024)
+        g.add(name, xm, want, comment, ["TAR-11"], G4[:2] + [{}] + G4[2:], fail_at=2)
     g.add("ok-ver-backup-size-ignored", bomb, "ok",
           "the same archive with the backup-size check disabled (--ignore-backup-size): verifies; "
           "the opt-out is reported (VER-4).", ["VER-4", "ERR-3"], gb, args=["--ignore-backup-size"])

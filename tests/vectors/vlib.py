@@ -271,14 +271,15 @@ def v3_members(files, filt="gzip", chunk=4096, header=None, pw=PASS, compressed=
 
 def r4_domain(name, cls="AppVM", qid=3, path=None, size=1000000, vols=None, content="True",
               extra_props="", extra_feats=""):
-    """One core3 domain; `vols`: [(volume, save_on_stop)], default root False + private True;
-    False: no volume-config element at all."""
+    """One core3 domain; `vols`: [(volume, save_on_stop[, size])], default root False + private
+    True; False: no volume-config element at all."""
     vols = vols if vols is not None else [("root", "False"), ("private", "True")]
     feats = '        <feature name="backup-content">%s</feature>\n' % content
     if path is not None:
         feats += '        <feature name="backup-path">%s</feature>\n' % path
         feats += '        <feature name="backup-size">%s</feature>\n' % size
-    vc = "".join('        <volume name="%s" pool="varlibqubes" save_on_stop="%s"/>\n' % v
+    vc = "".join('        <volume name="%s" pool="varlibqubes" save_on_stop="%s"%s/>\n'
+                 % (v[0], v[1], ' size="%d"' % v[2] if len(v) > 2 else "")
                  for v in (vols or []))
     vc = "      <volume-config>\n%s      </volume-config>\n" % vc if vols is not False else ""
     return ('    <domain id="domain-%d" class="%s">\n      <properties>\n'

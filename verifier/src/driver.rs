@@ -38,7 +38,18 @@ use qbackup_format::qubes_xml::{self, Flavor, NetVm, QubesXml};
 use qbackup_format::{Error, ErrorClass, Result};
 
 use crate::output::Output;
-use crate::report::{ArchiveInfo, FileReport, Report, VmInfo};
+use crate::report::{ArchiveInfo, FileReport, Report, VmInfo, Warning};
+
+/// What VER-4 makes of a VM whose data exceeds its declared backup-size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupSizeCheck {
+    /// A warning with both figures (the default: upstream's figure is disk usage).
+    Warn,
+    /// A failure beyond LIM-27, checked while decoding (`--strict-backup-size`).
+    Strict,
+    /// Not compared (`--ignore-backup-size`), reported as a note.
+    Ignore,
+}
 
 /// How a run is set up.
 pub struct Settings {
@@ -51,8 +62,8 @@ pub struct Settings {
     pub list_only: bool,
     /// VM names to process (None: all). `dom0` selects dom0's home.
     pub select: Option<Vec<String>>,
-    /// Skip the VER-4 check against each VM's declared backup-size (reported as a note).
-    pub ignore_backup_size: bool,
+    /// What a VM's data beyond its declared backup-size is (VER-4).
+    pub backup_size: BackupSizeCheck,
     /// Called with the count of archive bytes consumed so far.
     pub progress: Option<Box<dyn Fn(u64) + Send + Sync>>,
 }
@@ -65,7 +76,7 @@ impl Settings {
             jobs: 2,
             kdf_budget: 1 << 30,
             list_only: false,
-            ignore_backup_size: false,
+            backup_size: BackupSizeCheck::Warn,
             select: None,
             progress: None,
         }
@@ -109,7 +120,7 @@ pub fn run(input: impl Read, settings: Settings, output: &mut dyn Output) -> Rep
         jobs: settings.jobs.max(1),
         kdf_budget: settings.kdf_budget,
         list_only: settings.list_only,
-        ignore_backup_size: settings.ignore_backup_size,
+        backup_size: settings.backup_size,
         select: settings.select,
         report: &mut report,
     }
@@ -127,7 +138,7 @@ struct Run<'a, R: Read> {
     jobs: usize,
     kdf_budget: u64,
     list_only: bool,
-    ignore_backup_size: bool,
+    backup_size: BackupSizeCheck,
     select: Option<Vec<String>>,
     report: &'a mut Report,
 }
@@ -375,16 +386,20 @@ impl<R: Read> Run<'_, R> {
             Version::V4 => None,
             _ => Some(chunk_digest(header)?),
         };
-        let declared: HashMap<String, u64> = if self.ignore_backup_size {
-            self.report
-                .notes
-                .push("the VER-4 check against each VM's declared backup-size was disabled".into());
-            HashMap::new()
-        } else {
-            plan.vms
+        // VER-4: only the strict check bounds decoding by the declared sizes.
+        let declared: HashMap<String, u64> = match self.backup_size {
+            BackupSizeCheck::Strict => plan
+                .vms
                 .iter()
                 .map(|v| (v.name.clone(), v.declared_size))
-                .collect()
+                .collect(),
+            BackupSizeCheck::Warn => HashMap::new(),
+            BackupSizeCheck::Ignore => {
+                self.report.notes.push(
+                    "each VM's data was not compared with its declared backup-size (VER-4)".into(),
+                );
+                HashMap::new()
+            }
         };
 
         let outcome = std::thread::scope(|scope| {
@@ -422,11 +437,42 @@ impl<R: Read> Run<'_, R> {
                 self.report.fail(e.clone(), f.vm.as_deref(), Some(&f.path));
             }
         }
+        for f in &files {
+            self.report.notes.extend(f.notes.iter().cloned());
+        }
         self.report.files = files;
         if main.is_ok() {
             self.check_completeness(plan);
+            if self.backup_size != BackupSizeCheck::Ignore {
+                self.check_declared_sizes(plan);
+            }
         }
         Ok(())
+    }
+
+    /// VER-4: backup-size is advisory; a VM holding more data than it declares is a
+    /// warning with both figures.
+    fn check_declared_sizes(&mut self, plan: &BackupPlan) {
+        for vm in plan.vms.iter().filter(|v| v.declared_size > 0) {
+            let data: u64 = self
+                .report
+                .files
+                .iter()
+                .filter(|f| f.vm.as_deref() == Some(&vm.name) && !f.skipped)
+                .map(|f| f.data_bytes)
+                .fold(0, u64::saturating_add);
+            if data > vm.declared_size {
+                self.report.warn(Warning {
+                    vm: vm.name.clone(),
+                    message: format!(
+                        "VM {} holds {data} bytes of data, more than its declared backup-size {} (VER-4: advisory; --strict-backup-size makes it a failure)",
+                        vm.name, vm.declared_size
+                    ),
+                    declared: vm.declared_size,
+                    data,
+                });
+            }
+        }
     }
 
     /// VER-2 and VER-3: every file qubes.xml implies is present and decoded.
@@ -710,7 +756,7 @@ fn inner_thread(
     let mut reports = Vec::new();
     let mut data_per_vm: HashMap<String, u64> = HashMap::new();
     while let Ok(msg) = rx.recv() {
-        let FileMsg::Begin(spec, vm) = msg else {
+        let FileMsg::Begin(mut spec, vm) = msg else {
             continue;
         };
         let mut chunks = FileChunks {
@@ -727,16 +773,16 @@ fn inner_thread(
         let vm_name = vm.clone().unwrap_or_default();
         let limit = declared.get(&vm_name).copied().unwrap_or(0);
         let used = data_per_vm.entry(vm_name.clone()).or_insert(0);
+        let begun = output.begin_file(&spec);
         let mut ctx = FileCtx {
-            spec: &spec,
+            spec: &mut spec,
             report: &mut report,
             vm_data: used,
             vm_limit: limit,
             vm_name: &vm_name,
         };
-        let result = output
-            .begin_file(&spec)
-            .and_then(|()| decode_file(header, credentials, &mut chunks, &mut ctx, output));
+        let result =
+            begun.and_then(|()| decode_file(header, credentials, &mut chunks, &mut ctx, output));
         let result = result.map_err(|e| e.context(&spec.path));
         chunks.drain();
         report.chunks = chunks.chunks;
@@ -749,7 +795,7 @@ fn inner_thread(
 }
 
 struct FileCtx<'a> {
-    spec: &'a FileSpec,
+    spec: &'a mut FileSpec,
     report: &'a mut FileReport,
     vm_data: &'a mut u64,
     vm_limit: u64,
@@ -829,16 +875,29 @@ fn handle_entry(
         )));
     }
     let placement = ctx.spec.place(entry, ordinal)?;
+    // VER-4: the entry's logical size is bounded by what it is, before any data.
+    if entry.size > placement.max_size {
+        return Err(Error::limit(format!(
+            "{} claims {} bytes, more than the {} bytes an entry of its kind may have (VER-4)",
+            placement.inner, entry.size, placement.max_size
+        )));
+    }
+    if let Some(v) = placement.volume_size.filter(|v| *v != entry.size) {
+        ctx.report.notes.push(format!(
+            "{} is {} bytes, its volume-config says {v} (VER-4)",
+            placement.inner, entry.size
+        ));
+    }
     ctx.report.entries += 1;
     ctx.report.size = ctx.report.size.saturating_add(entry.size);
-    // VER-4: refuse data beyond the VM's declared backup-size while decoding, so a
-    // decompression bomb stops at the declared size.
+    // VER-4 with --strict-backup-size: refuse data beyond the VM's declared backup-size
+    // while decoding, so a decompression bomb stops at the declared size.
     let stored = entry.stored;
     *ctx.vm_data = ctx.vm_data.saturating_add(stored);
     ctx.report.data_bytes = ctx.report.data_bytes.saturating_add(stored);
     if ctx.vm_limit > 0 && *ctx.vm_data > ctx.vm_limit.saturating_add(BACKUP_SIZE_SLACK) {
         return Err(Error::limit(format!(
-            "VM {} holds {} bytes of data, more than its declared backup-size {} allows (VER-4, LIM-27)",
+            "VM {} holds {} bytes of data, more than its declared backup-size {} allows (VER-4, LIM-27, --strict-backup-size)",
             ctx.vm_name, ctx.vm_data, ctx.vm_limit
         )));
     }

@@ -1,4 +1,4 @@
-//! `qbackup-verify emit`: verified VM data as a protocol v2 stream (SPEC.md §21) on a
+//! `qbackup-verify emit`: verified VM data as a protocol v3 stream (SPEC.md §21) on a
 //! writer (stdout), for the privileged `qbackup-pack restore`.
 //!
 //! Only bytes the driver hands over (MAC-verified, decrypted, decompressed, parsed:
@@ -13,11 +13,13 @@
 use std::collections::HashMap;
 use std::io::Write;
 
+use qbackup_format::archive::plan::regular_only;
 use qbackup_format::archive::plan::{FileSpec, Placement, DOM0_HOME};
 use qbackup_format::inner_tar::{DataSink, Discard, Entry, EntryKind};
+use qbackup_format::limits::{MAX_PROTO_EXPECTED_FILES, MAX_PROTO_EXPECTED_NAME_LEN};
 use qbackup_format::paths::escape;
 use qbackup_format::protocol::write::Encoder;
-use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, ManifestVm, ALLOWED_VM_FILES};
+use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, ManifestVm};
 use qbackup_format::qubes_xml::{self, Flavor, QubesXml, Vm};
 use qbackup_format::{Error, ErrorClass, Result};
 
@@ -28,7 +30,6 @@ use crate::report::Report;
 pub struct Emitter<W: Write + Send> {
     enc: Encoder<W>,
     select: Option<Vec<String>>,
-    ignore_backup_size: bool,
     /// Output directory (VM name, or `dom0-home`) → manifest index.
     vms: HashMap<String, u32>,
     /// An entry's `end` is due (held back until the next entry or the file's end).
@@ -39,13 +40,11 @@ pub struct Emitter<W: Write + Send> {
 }
 
 impl<W: Write + Send> Emitter<W> {
-    /// `select`: the VMs asked for (`None`: all), as the driver's `Settings::select`;
-    /// `ignore_backup_size`: send no per-VM bound (VER-4 off).
-    pub fn new(out: W, select: Option<Vec<String>>, ignore_backup_size: bool) -> Emitter<W> {
+    /// `select`: the VMs asked for (`None`: all), as the driver's `Settings::select`.
+    pub fn new(out: W, select: Option<Vec<String>>) -> Emitter<W> {
         Emitter {
             enc: Encoder::new(out),
             select,
-            ignore_backup_size,
             vms: HashMap::new(),
             pending_end: false,
             stopped: false,
@@ -88,11 +87,7 @@ impl<W: Write + Send> Emitter<W> {
                 template: vm.template.clone(),
                 netvm: vm.netvm.clone(),
                 layout,
-                backup_size: if self.ignore_backup_size {
-                    0
-                } else {
-                    backup.size
-                },
+                backup_size: backup.size,
                 expected_files: if layout == Layout::Volumes {
                     expected_files(vm, xml.flavor)
                 } else {
@@ -312,8 +307,8 @@ impl<W: Write + Send> Output for Emitter<W> {
     }
 }
 
-/// VER-2 as far as qubes.xml alone tells it, as names relative to the VM's directory
-/// and limited to PROTO-5's allowlist (the driver checks VER-2 in full on its side).
+/// VER-2 as far as qubes.xml alone tells it, as names relative to the VM's directory,
+/// within PROTO-3's bounds (the driver checks VER-2 in full on its side).
 fn expected_files(vm: &Vm, flavor: Flavor) -> Vec<String> {
     let names: Vec<String> = match (flavor, &vm.volumes_saved) {
         (Flavor::Core3, Some(volumes)) => volumes.iter().map(|v| format!("{v}.img")).collect(),
@@ -325,7 +320,11 @@ fn expected_files(vm: &Vm, flavor: Flavor) -> Vec<String> {
     };
     let mut out: Vec<String> = Vec::new();
     for n in names {
-        if ALLOWED_VM_FILES.contains(&n.as_str()) && !out.contains(&n) {
+        if regular_only(&n)
+            && n.len() <= MAX_PROTO_EXPECTED_NAME_LEN
+            && out.len() < MAX_PROTO_EXPECTED_FILES as usize
+            && !out.contains(&n)
+        {
             out.push(n);
         }
     }

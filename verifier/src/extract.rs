@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use qbackup_destination::{link_stays_inside, Destination, TempFile};
+use qbackup_destination::{link_stays_inside, Destination, SpaceLimits, TempFile};
 use qbackup_format::archive::plan::{FileSpec, Placement};
 use qbackup_format::inner_tar::{DataSink, Entry, EntryKind};
 use qbackup_format::paths::escape;
@@ -25,10 +25,18 @@ pub struct Extractor {
 impl Extractor {
     /// Open (creating if needed) the destination directory, and arm cancellation: a
     /// SIGINT/SIGTERM removes every temporary, names it on stderr and exits 130 (RST-7).
+    /// [`Extractor::open_limited`] with the default reserve and no total limit (EXT-6).
     pub fn open(dir: &Path) -> Result<Extractor> {
+        Extractor::open_limited(dir, SpaceLimits::default())
+    }
+
+    /// `space`: what the restore may use of DIR's file system (EXT-6).
+    pub fn open_limited(dir: &Path, space: SpaceLimits) -> Result<Extractor> {
         qbackup_destination::cancel::install("qbackup-verify");
+        let mut dest = Destination::open(dir)?;
+        dest.limit_space(space)?;
         Ok(Extractor {
-            dest: Destination::open(dir)?,
+            dest,
             staged: Vec::new(),
             links: Vec::new(),
             notes: Vec::new(),

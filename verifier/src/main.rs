@@ -58,7 +58,12 @@ fn run(cli: Cli) -> Result<i32, Error> {
         Command::SandboxCheck => return Ok(sandbox_check()),
         Command::Verify { common } => ("verify", common, None, Vec::new()),
         Command::List { common } => ("list", common, None, Vec::new()),
-        Command::Extract { common, to, vms } => ("extract", common, Some(to), vms),
+        Command::Extract {
+            common,
+            to,
+            space,
+            vms,
+        } => ("extract", common, Some((to, space)), vms),
         Command::Emit {
             mut common,
             mut operands,
@@ -88,9 +93,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
     let pass = passphrase::obtain(common.passphrase_file.as_deref(), on_stdin)?;
     let settings = settings(&common, pass.to_vec(), name == "list", vms, total);
     let mut extractor = extract_to
-        .as_deref()
-        .map(extract::Extractor::open)
+        .as_ref()
+        .map(|(dir, space)| extract::Extractor::open_limited(dir, space.limits()))
         .transpose()?;
+    let extract_to = extract_to.map(|(dir, _)| dir);
     if let Some(code) = enter_sandbox(cli.no_sandbox, name, extract_to.as_deref(), &settings) {
         return Ok(code);
     }
@@ -171,7 +177,7 @@ fn run_emit(
     common: &Common,
 ) -> Result<i32, Error> {
     let stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-    let mut out = emit::Emitter::new(stdout, settings.select.clone(), common.ignore_backup_size);
+    let mut out = emit::Emitter::new(stdout, settings.select.clone());
     let mut report = driver::run(input, settings, &mut out);
     report.notes.extend(Output::take_notes(&mut out));
     if let Err(e) = out.finish(&report) {
@@ -236,7 +242,13 @@ fn settings(
         jobs: common.jobs.unwrap_or(cpus),
         kdf_budget: budget,
         list_only,
-        ignore_backup_size: common.ignore_backup_size,
+        backup_size: if common.strict_backup_size {
+            driver::BackupSizeCheck::Strict
+        } else if common.ignore_backup_size {
+            driver::BackupSizeCheck::Ignore
+        } else {
+            driver::BackupSizeCheck::Warn
+        },
         select: (!vms.is_empty()).then_some(vms),
         progress,
     }

@@ -41,6 +41,8 @@ pub struct FileReport {
     pub entries: u64,
     pub error: Option<Error>,
     pub skipped: bool,
+    /// Odd but harmless facts about this file (reported as notes).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,12 +52,24 @@ pub struct Finding {
     pub file: Option<String>,
 }
 
+/// Authenticated but odd: reported, not a failure (VER-4).
+#[derive(Debug, Clone)]
+pub struct Warning {
+    pub vm: String,
+    pub message: String,
+    /// The VM's declared backup-size.
+    pub declared: u64,
+    /// The VM's data bytes in the archive.
+    pub data: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     pub archive: Option<ArchiveInfo>,
     pub vms: Vec<VmInfo>,
     pub files: Vec<FileReport>,
     pub findings: Vec<Finding>,
+    pub warnings: Vec<Warning>,
     pub notes: Vec<String>,
     pub bytes_read: u64,
     pub extracted_to: Option<String>,
@@ -68,6 +82,10 @@ impl Report {
             vm: vm.map(str::to_string),
             file: file.map(str::to_string),
         });
+    }
+
+    pub fn warn(&mut self, warning: Warning) {
+        self.warnings.push(warning);
     }
 
     pub fn ok(&self) -> bool {
@@ -126,6 +144,10 @@ impl Report {
             "archive": archive,
             "vms": vms,
             "findings": findings,
+            "warnings": self.warnings.iter().map(|w| json!({
+                "kind": "backup-size", "vm": w.vm, "message": w.message,
+                "declared": w.declared, "data": w.data,
+            })).collect::<Vec<Value>>(),
             "notes": self.notes,
             "bytes_read": self.bytes_read,
         });
@@ -216,6 +238,9 @@ impl Report {
         }
         for n in &self.notes {
             out += &format!("note: {n}\n");
+        }
+        for w in &self.warnings {
+            out += &format!("warning [VM {}]: {}\n", w.vm, w.message);
         }
         for f in &self.findings {
             let at = match (&f.vm, &f.file) {

@@ -71,7 +71,7 @@ fn decode(stream: &[u8]) -> qbackup_format::Result<Decoded> {
     let mut open: Option<((String, String), FileHasher)> = None;
     while let Some(r) = d.read_record()? {
         match r {
-            Record::Hello { version } => assert_eq!(version, 2),
+            Record::Hello { version } => assert_eq!(version, qbackup_format::protocol::VERSION),
             Record::Manifest(m) => out.manifest = m.clone(),
             Record::Begin(b) => {
                 let vm = &out.manifest.vms[b.vm as usize];

@@ -640,21 +640,57 @@ fn regular_bomb(filter: &str, claimed: u64, frames: usize) -> Vec<u8> {
     s
 }
 
-/// VER-4, LIM-27: a gzip bomb (16 GiB of zeros in 16 MiB) and a zstd bomb (64 GiB in a
-/// few MiB) inside authentic archives, in a VM whose declared backup-size is 188 KiB,
-/// are refused as `limit-exceeded` from the entry header, before any of the data is
-/// inflated: in seconds of CPU and little memory, with nothing written by verify or
-/// extract.
+/// VER-4, LIM-49, LIM-27: a gzip bomb (16 GiB of zeros in 16 MiB) and a zstd bomb (64 GiB
+/// in a few MiB) as `private.img` of authentic archives, whose volume-config says the
+/// volume has 2 GiB (and whose VM declares a backup-size of 188 KiB), are refused as
+/// `limit-exceeded` from the entry header, before any of the data is inflated: by default
+/// (the volume's size) and with `--strict-backup-size` (the declared size), in seconds of
+/// CPU and little memory, with nothing written by verify or extract.
 #[test]
-fn decompression_bombs_stop_at_the_declared_backup_size() {
+fn decompression_bombs_stop_at_the_volume_size() {
     for (filter, claimed, frames) in [("gzip", 16 * GIB, 256), ("zstd", 64 * GIB, 1024)] {
         let stream = regular_bomb(filter, claimed, frames);
         let case = Case::new(&with_private_img(&base_archive(filter), &stream));
-        let m = case.verify(&[]);
-        assert_refused(&m, 15, "limit-exceeded", "VER-4", QUICK, SMALL);
-        let m = case.extract(&[]);
-        assert_refused(&m, 15, "limit-exceeded", "VER-4", QUICK, SMALL);
+        for args in [&[][..], &["--strict-backup-size"][..]] {
+            let m = case.verify(args);
+            assert_refused(&m, 15, "limit-exceeded", "VER-4", QUICK, SMALL);
+            let m = case.extract(args);
+            assert_refused(&m, 15, "limit-exceeded", "VER-4", QUICK, SMALL);
+        }
     }
+}
+
+/// VER-4, DEV-14: a VM holding more data than its declared backup-size (here 1 GiB of
+/// zeros in `work`, which declares 188 KiB) verifies; the excess is a warning
+/// in the JSON report with both figures, and in the text report; `--strict-backup-size`
+/// refuses it.
+#[test]
+fn backup_size_is_advisory_and_reported_with_both_figures() {
+    let case = Case::new(&with_private_img(
+        &base_archive("gzip"),
+        &regular_bomb("gzip", GIB, 16),
+    ));
+    let m = case.verify(&[]);
+    assert_eq!(m.code, Some(0), "{}", m.stderr);
+    let doc = m.json();
+    assert_eq!(doc["ok"], true);
+    let w = &doc["warnings"][0];
+    assert_eq!(w["kind"], "backup-size", "{doc}");
+    assert_eq!(w["vm"], "work");
+    assert_eq!(w["declared"], 192_512);
+    assert!(w["data"].as_u64().unwrap() >= GIB, "{w}");
+    let text = verifier(&["verify", "a.bin"])
+        .current_dir(case.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(text.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        out.contains("warning [VM work]") && out.contains("192512"),
+        "{out}"
+    );
+    let m = case.verify(&["--strict-backup-size"]);
+    assert_refused(&m, 15, "limit-exceeded", "backup-size", QUICK, SMALL);
 }
 
 /// VER-4 opt-out (`--ignore-backup-size`, DEV-14): what bounds a bomb then is LIM-12 on
@@ -683,8 +719,8 @@ fn without_the_backup_size_check_file_size_and_streaming_bound_a_bomb() {
     let notes = m.json()["notes"].to_string();
     assert!(notes.contains("VER-4"), "{notes}");
     assert!(m.peak_rss < SMALL, "{} MiB", m.peak_rss / MIB);
-    // Against the same archive with the check on: refused at once.
-    let checked = case.verify(&[]);
+    // Against the same archive with the strict check: refused at once.
+    let checked = case.verify(&["--strict-backup-size"]);
     assert_refused(&checked, 15, "limit-exceeded", "VER-4", QUICK, SMALL);
     assert!(m.cpu > checked.cpu, "the bomb was not inflated");
     let out = case.dir.path().join("out");

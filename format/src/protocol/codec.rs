@@ -1,10 +1,11 @@
 //! Payload grammar of each record type (PROTO-2 … PROTO-9): a bounded cursor for reading
 //! and plain appends for writing. Strings are `len:u16be ‖ UTF-8`; integers big-endian.
 
-use super::{record_type as t, Begin, FileKind, Layout, Manifest, ManifestVm, ALLOWED_VM_FILES};
+use super::{record_type as t, Begin, FileKind, Layout, Manifest, ManifestVm};
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::{
-    MAX_PATH_LEN, MAX_PROTO_DATA_LEN, MAX_PROTO_MANIFEST_LEN, MAX_PROTO_MESSAGE_LEN,
+    MAX_PATH_LEN, MAX_PROTO_DATA_LEN, MAX_PROTO_EXPECTED_FILES, MAX_PROTO_EXPECTED_NAME_LEN,
+    MAX_PROTO_MANIFEST_LEN, MAX_PROTO_MESSAGE_LEN,
 };
 use crate::qubes_xml::NetVm;
 
@@ -264,16 +265,15 @@ pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
         };
         let backup_size = c.u64()?;
         let nfiles = c.u32()?;
-        // PROTO-3: expected names are unique allowlist names, so at most that many.
-        if u64::from(nfiles) > ALLOWED_VM_FILES.len() as u64 {
+        // PROTO-3: checked before any name is read (LIM-51).
+        if nfiles > MAX_PROTO_EXPECTED_FILES {
             return Err(Error::limit(format!(
-                "protocol: VM {name:?} expects {nfiles} files (at most {})",
-                ALLOWED_VM_FILES.len()
+                "protocol: VM {name:?} expects {nfiles} files (at most LIM-51 {MAX_PROTO_EXPECTED_FILES})"
             )));
         }
         let mut expected_files = Vec::new();
         for _ in 0..nfiles {
-            expected_files.push(c.string("expected file name", 32)?);
+            expected_files.push(c.string("expected file name", MAX_PROTO_EXPECTED_NAME_LEN)?);
         }
         vms.push(ManifestVm {
             name,

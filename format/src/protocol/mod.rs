@@ -1,4 +1,4 @@
-//! The verifier→restore stdio protocol, version 2 (SPEC.md §21, PROTO-1 … PROTO-13).
+//! The verifier→restore stdio protocol, version 3 (SPEC.md §21, PROTO-1 … PROTO-13).
 //!
 //! The unprivileged verifier (`qbackup-verify emit`) writes verified VM data with an
 //! [`write::Encoder`]; the privileged restore (`qbackup-pack restore`) reads it with a
@@ -29,19 +29,7 @@ pub const MAGIC: [u8; 8] = *b"QBKPSTRM";
 
 /// PROTO-1: the protocol version this crate speaks. A reader accepts exactly the versions
 /// it implements; any change to the wire format or the state machine takes a new number.
-pub const VERSION: u16 = 2;
-
-/// PROTO-5: names a file of a `volumes` layout VM may have.
-pub const ALLOWED_VM_FILES: [&str; 8] = [
-    "private.img",
-    "root.img",
-    "volatile.img",
-    "firewall.xml",
-    "notes.txt",
-    "whitelisted-appmenus.list",
-    "icon.png",
-    "empty",
-];
+pub const VERSION: u16 = 3;
 
 /// Record type bytes (PROTO-2).
 pub mod record_type {
@@ -57,7 +45,9 @@ pub mod record_type {
 /// Which file names a VM's files may have (PROTO-5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// Only names from [`ALLOWED_VM_FILES`], regular files only.
+    /// A VM directory's files: volume images and the files the format defines as regular
+    /// files ([`crate::archive::plan::regular_only`]), anything else also as directories
+    /// and symlinks (`apps.templates/…`, `icon.png`).
     Volumes,
     /// A v3 template directory (`vmN/.`): any NAME-3 relative path; class `TemplateVM`.
     TemplateDir,
@@ -74,11 +64,10 @@ pub struct ManifestVm {
     pub template: Option<String>,
     pub netvm: NetVm,
     pub layout: Layout,
-    /// Declared `backup-size` (VER-4); 0: no per-VM bound. When non-zero, the VM's data
-    /// bytes may not exceed it by more than LIM-27 (PROTO-5).
+    /// Declared `backup-size` (VER-4), advisory: information for the restore, not a bound.
     pub backup_size: u64,
-    /// Files the stream MUST carry for this VM (VER-2), `volumes` layout only: names from
-    /// [`ALLOWED_VM_FILES`]. Other files may come too.
+    /// Files the stream MUST carry for this VM (VER-2), `volumes` layout only: volume
+    /// images (`private.img`), at most LIM-51. Other files may come too.
     pub expected_files: Vec<String>,
 }
 

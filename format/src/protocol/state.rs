@@ -11,11 +11,12 @@
 
 use std::collections::HashSet;
 
-use super::{Begin, FileKind, Layout, Manifest, Summary, ALLOWED_VM_FILES, VERSION};
+use super::{Begin, FileKind, Layout, Manifest, Summary, VERSION};
+use crate::archive::plan::regular_only;
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::{
-    BACKUP_SIZE_SLACK, MAX_FILE_SIZE, MAX_PATH_LEN, MAX_PROTO_DATA_LEN, MAX_PROTO_FILES,
-    MAX_PROTO_LABEL_LEN, MAX_PROTO_MESSAGE_LEN, MAX_PROTO_NAME_BYTES, MAX_VMS,
+    MAX_FILE_SIZE, MAX_PATH_LEN, MAX_PROTO_DATA_LEN, MAX_PROTO_FILES, MAX_PROTO_LABEL_LEN,
+    MAX_PROTO_MESSAGE_LEN, MAX_PROTO_NAME_BYTES, MAX_VMS,
 };
 use crate::paths::{validate_relative, DotComponents};
 use crate::qubes_xml::{truncate, validate_class, validate_vm_name, NetVm};
@@ -52,7 +53,6 @@ pub struct Checker {
     current: Option<usize>,
     names: HashSet<String>,
     name_bytes: usize,
-    vm_data: u64,
     files: u64,
     logical: u64,
     data: u64,
@@ -73,7 +73,6 @@ impl Checker {
             current: None,
             names: HashSet::new(),
             name_bytes: 0,
-            vm_data: 0,
             files: 0,
             logical: 0,
             data: 0,
@@ -148,7 +147,6 @@ impl Checker {
         }
         self.names.clear();
         self.name_bytes = 0;
-        self.vm_data = 0;
     }
 
     /// PROTO-4, PROTO-5.
@@ -176,16 +174,12 @@ impl Checker {
             }
             self.check_current()?;
         }
-        let (name_bytes, vm_data) = if switching {
-            (0, 0)
-        } else {
-            (self.name_bytes, self.vm_data)
-        };
+        let name_bytes = if switching { 0 } else { self.name_bytes };
         let Some(vm) = self.manifest.vms.get(vi) else {
             return Err(Error::malformed("protocol: VM index out of range"));
         };
         let ctx = |e: Error| e.context(format!("protocol: VM {}", vm.name));
-        validate_file_name(vm.layout, &b.name).map_err(ctx)?;
+        validate_file(vm.layout, &b.name, &b.kind).map_err(ctx)?;
         if self.files >= MAX_PROTO_FILES {
             return Err(Error::limit(format!(
                 "protocol: more than LIM-30 ({MAX_PROTO_FILES}) files"
@@ -228,25 +222,10 @@ impl Checker {
                 false
             }
         };
-        if !regular {
-            if vm.layout == Layout::Volumes {
-                return Err(ctx(Error::unsafe_path(format!(
-                    "{:?} must be a regular file",
-                    truncate(&b.name)
-                ))));
-            }
-            if b.size != 0 {
-                return Err(ctx(Error::malformed(format!(
-                    "directory or symlink {:?} with a size",
-                    truncate(&b.name)
-                ))));
-            }
-        }
-        let vm_data = vm_data.saturating_add(b.data_bytes);
-        if vm.backup_size > 0 && vm_data > vm.backup_size.saturating_add(BACKUP_SIZE_SLACK) {
-            return Err(ctx(Error::limit(format!(
-                "{vm_data} data bytes exceed the declared backup-size {} plus LIM-27",
-                vm.backup_size
+        if !regular && b.size != 0 {
+            return Err(ctx(Error::malformed(format!(
+                "directory or symlink {:?} with a size",
+                truncate(&b.name)
             ))));
         }
         let logical = self.logical.checked_add(b.size);
@@ -260,7 +239,6 @@ impl Checker {
         }
         self.names.insert(b.name.clone());
         self.name_bytes = name_bytes;
-        self.vm_data = vm_data;
         self.files = self.files.saturating_add(1);
         self.logical = logical;
         self.data = data;
@@ -458,7 +436,13 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
         }
         let mut files = HashSet::new();
         for f in &vm.expected_files {
-            validate_file_name(Layout::Volumes, f).map_err(ctx)?;
+            if !regular_only(f) {
+                return Err(ctx(Error::unsafe_path(format!(
+                    "expected file {:?} is not a file of the VM's directory",
+                    truncate(f)
+                ))));
+            }
+            validate_file(Layout::Volumes, f, &FileKind::Regular).map_err(ctx)?;
             if !files.insert(f.as_str()) {
                 return Err(ctx(Error::malformed(format!(
                     "expected file {f:?} listed twice"
@@ -469,26 +453,22 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// PROTO-5: file names by layout.
-pub fn validate_file_name(layout: Layout, name: &str) -> Result<()> {
-    match layout {
-        Layout::Volumes => {
-            if !ALLOWED_VM_FILES.contains(&name) {
-                return Err(Error::unsafe_path(format!(
-                    "protocol: file name {:?} is not an allowed VM file",
-                    crate::qubes_xml::truncate(name)
-                )));
-            }
-        }
-        Layout::TemplateDir | Layout::Dom0Home => {
-            let canonical = validate_relative(name.as_bytes(), DotComponents::Refuse)?;
-            if canonical != name {
-                return Err(Error::unsafe_path(format!(
-                    "protocol: file name {:?} is not in canonical form",
-                    crate::qubes_xml::truncate(name)
-                )));
-            }
-        }
+/// PROTO-5: a file's name is a canonical relative path (NAME-3) under its VM's output
+/// directory, in every layout; in layout `volumes` a file the format defines (a volume
+/// image, `firewall.xml`, …: [`regular_only`]) must be a regular file.
+pub fn validate_file(layout: Layout, name: &str, kind: &FileKind) -> Result<()> {
+    let canonical = validate_relative(name.as_bytes(), DotComponents::Refuse)?;
+    if canonical != name {
+        return Err(Error::unsafe_path(format!(
+            "protocol: file name {:?} is not in canonical form",
+            truncate(name)
+        )));
+    }
+    if layout == Layout::Volumes && *kind != FileKind::Regular && regular_only(name) {
+        return Err(Error::unsafe_path(format!(
+            "protocol: {:?} must be a regular file",
+            truncate(name)
+        )));
     }
     Ok(())
 }

@@ -152,6 +152,7 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
             netvm,
             backup,
             volumes_saved: None,
+            volume_sizes: Vec::new(),
             virt_mode: if class == "AdminVM" {
                 None
             } else if kind.ends_with("HVm") {

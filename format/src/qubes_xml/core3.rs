@@ -189,6 +189,7 @@ fn domain(dom: &Node, resolve_label: &dyn Fn(&str) -> Result<String>) -> Result<
         None
     };
 
+    let mut volume_sizes = Vec::new();
     let volumes_saved = match dom.single_child("volume-config")? {
         None => None,
         Some(vc) => {
@@ -207,6 +208,11 @@ fn domain(dom: &Node, resolve_label: &dyn Fn(&str) -> Result<String>) -> Result<
                 }
                 if truthy("save_on_stop", v.attr("save_on_stop"))? {
                     saved.push(vname.to_owned());
+                    // VER-4: a stated decimal size bounds the volume's image; absent,
+                    // empty or not a number: no bound but LIM-12 (odd, not dangerous).
+                    if let Some(size) = v.attr("size").and_then(|t| parse_u64("size", t).ok()) {
+                        volume_sizes.push((vname.to_owned(), size));
+                    }
                 }
             }
             Some(saved)
@@ -222,6 +228,7 @@ fn domain(dom: &Node, resolve_label: &dyn Fn(&str) -> Result<String>) -> Result<
         netvm,
         backup,
         volumes_saved,
+        volume_sizes,
         virt_mode: props.get("virt_mode").copied().flatten().map(str::to_owned),
         provides_network: matches!(
             props.get("provides_network").copied().flatten(),

@@ -97,6 +97,8 @@ pub struct Vm {
     /// R4: names of the `<volume-config>` volumes with `save_on_stop="True"`; `None` when
     /// the domain has no `<volume-config>` (always `None` for R2/R3).
     pub volumes_saved: Option<Vec<String>>,
+    /// R4: the `size` (bytes) of each saved volume that states one (VER-4).
+    pub volume_sizes: Vec<(String, u64)>,
     /// R2/R3: `hvm` for `*HVm` elements, `pv` otherwise; R4: the `virt_mode` property.
     pub virt_mode: Option<String>,
     /// R2/R3: NetVM/ProxyVM; R4: the `provides_network` property.
@@ -127,6 +129,7 @@ impl Vm {
             netvm: NetVm::Default,
             backup: None,
             volumes_saved: None,
+            volume_sizes: Vec::new(),
             virt_mode: None,
             provides_network: false,
         }

@@ -16,6 +16,7 @@ fn vm(qid: u32, name: &str, class: &str, label: &str, template: Option<&str>, ne
         netvm,
         backup: None,
         volumes_saved: None,
+        volume_sizes: Vec::new(),
         virt_mode: None,
         provides_network: false,
     }
@@ -172,6 +173,7 @@ fn r4_fixture_every_field() {
         Vm {
             virt_mode: Some("pvh".to_owned()),
             volumes_saved: vols(&["root", "private"]),
+            volume_sizes: vec![("root".into(), 21474836480), ("private".into(), 2147483648)],
             ..vm(1, "fedora-38", "TemplateVM", "black", None, NetVm::None)
         },
         Vm {
@@ -193,6 +195,7 @@ fn r4_fixture_every_field() {
         Vm {
             backup: backup("vm7/", 2101248),
             volumes_saved: vols(&["private"]),
+            volume_sizes: Vec::new(),
             ..vm(
                 7,
                 "work",
@@ -205,6 +208,7 @@ fn r4_fixture_every_field() {
         Vm {
             backup: backup("vm9/", 21474836480),
             volumes_saved: vols(&["root", "private"]),
+            volume_sizes: Vec::new(),
             ..vm(
                 9,
                 "standalone-1",
@@ -475,6 +479,7 @@ fn writer_output_shape() {
         Vm {
             backup: backup("vm3/", 123),
             volumes_saved: Some(vec!["private".into()]),
+            volume_sizes: Vec::new(),
             ..vm(3, "work", "AppVM", "blue", Some("fedora-38"), NetVm::None)
         },
     ];
@@ -530,6 +535,7 @@ fn writer_refuses_bad_input() {
         },
         Vm {
             volumes_saved: Some(vec!["a/b".into()]),
+            volume_sizes: Vec::new(),
             ..ok.clone()
         },
         Vm {
@@ -590,6 +596,7 @@ prop_compose! {
             netvm,
             backup: backup.map(|(path, size)| BackupInfo { path, size }),
             volumes_saved: volumes.map(|v| v.into_iter().collect()),
+            volume_sizes: Vec::new(),
             virt_mode,
             provides_network,
         }

@@ -226,7 +226,11 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
             for v in vols {
                 out.extend_from_slice(b"        <volume name=\"");
                 escape(out, v);
-                out.extend_from_slice(b"\" pool=\"default\" rw=\"True\" save_on_stop=\"True\" snap_on_start=\"False\"/>\n");
+                out.extend_from_slice(b"\" pool=\"default\" rw=\"True\" save_on_stop=\"True\"");
+                if let Some((_, size)) = vm.volume_sizes.iter().find(|(n, _)| n == v) {
+                    out.extend_from_slice(format!(" size=\"{size}\"").as_bytes());
+                }
+                out.extend_from_slice(b" snap_on_start=\"False\"/>\n");
             }
             out.extend_from_slice(b"      </volume-config>\n");
         }

@@ -12,7 +12,7 @@ use qbackup_format::archive::plan::DOM0_HOME;
 use qbackup_format::limits::MAX_RESTORE_FILES;
 use qbackup_format::paths::{validate_relative, DotComponents};
 use qbackup_format::protocol::read::Decoder;
-use qbackup_format::protocol::state::validate_file_name;
+use qbackup_format::protocol::state::validate_file;
 use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, Record};
 use qbackup_format::qubes_xml::validate_vm_name;
 use qbackup_format::{Error, ErrorClass, Result};
@@ -175,14 +175,7 @@ fn begin(
     let Some(dir) = dir else {
         return Ok(Open::Skip);
     };
-    validate_file_name(*layout, &b.name)?;
-    if *layout == Layout::Volumes && b.kind != FileKind::Regular {
-        return Err(Error::unsafe_path(format!(
-            "protocol: {} of {} is not a regular file (EXT-4)",
-            b.name,
-            dir.display()
-        )));
-    }
+    validate_file(*layout, &b.name, &b.kind)?;
     let joined = format!("{}/{}", dir.display(), b.name);
     let path = PathBuf::from(validate_relative(joined.as_bytes(), DotComponents::Refuse)?);
     if !path.starts_with(dir) || path == *dir {

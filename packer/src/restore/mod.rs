@@ -44,6 +44,10 @@ pub fn run(r: Restore) -> Result<(), Failure> {
     };
     let pass = crate::passphrase(r.passphrase_file.as_deref())?;
     let mut dest = Destination::open(&r.to)?;
+    dest.limit_space(qbackup_destination::SpaceLimits {
+        reserve: r.reserve,
+        max_total: r.max_size,
+    })?;
 
     let default_verifier;
     let program = match &r.verifier_cmd {

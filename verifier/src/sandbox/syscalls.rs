@@ -57,6 +57,7 @@ mod nr {
         lseek = SYS_lseek,
         close = SYS_close,
         fstat = SYS_fstat,
+        fstatfs = SYS_fstatfs,
         newfstatat = SYS_newfstatat,
         statx = SYS_statx,
         fcntl = SYS_fcntl,
@@ -252,6 +253,7 @@ pub fn allowlist(extract: bool, pid: u32) -> Vec<SyscallRule> {
             rule!(fdatasync, "durability before rename (EXT-2)"),
             rule!(getdents64, "listing a temporary directory to remove it"),
             rule!(utimensat, "modification times"),
+            rule!(fstatfs, "free space of DIR's file system (EXT-6)"),
         ]);
         #[cfg(target_arch = "x86_64")]
         v.extend([
