@@ -17,11 +17,11 @@
 //!
 //! Before that, the documented emergency procedure (`emergency-restore.sh`, real tools only)
 //! must restore the archive to exactly the expected files (`check-expect.py`), so the
-//! expectations are those of the real tools. Every step runs even when an earlier one failed, and each test fails with one line per
-//! problem, prefixed by the archive's name. The archives are generated into a temporary
-//! directory at test time (nothing binary is committed); `make-compat.py OUTDIR NAME`
-//! reproduces one by hand. The binaries run with their default sandbox, as in the other
-//! interop tests.
+//! expectations are those of the real tools. Every step runs even when an earlier one
+//! failed, and each test fails with one line per problem, prefixed by the archive's name.
+//! The archives are generated into a temporary directory at test time (nothing binary is
+//! committed); `make-compat.py OUTDIR NAME` reproduces one by hand. The binaries run with
+//! their default sandbox, as in the other interop tests.
 //!
 //! Findings: today's `--json` findings are failures (`class`, `message`, `vm`, `file`); a
 //! finding counts as a warning when it says so (`"severity"` or `"level"` = `"warning"`, or
@@ -316,6 +316,14 @@ fn check_expectations_with_real_tools(name: &str, g: &Generated) {
 fn check(name: &str) {
     let g = generate(name);
     check_expectations_with_real_tools(name, &g);
+    if name == "r4-writer-gzip-2gib" {
+        // The point of this archive: a compressed stream of more than two 100 MiB chunks.
+        let members = g.expect["members"].as_array().expect("members");
+        assert!(
+            members.iter().any(|m| m == "vm3/private.img.002.enc"),
+            "{name}: the 2 GiB image no longer spans three chunks: {members:?}"
+        );
+    }
     let (verifier, packer) = binaries();
     let corpus = &g.expect["corpus"];
     let mut problems = Vec::new();
@@ -339,10 +347,12 @@ fn check(name: &str) {
                     failed.join(" | ")
                 ));
             } else {
-                assert_eq!(
-                    doc["archive"]["version"], g.expect["version"],
-                    "{name}: format version"
-                );
+                if doc["archive"]["version"] != g.expect["version"] {
+                    problems.push(format!(
+                        "verify: format version {} reported, {} written",
+                        doc["archive"]["version"], g.expect["version"]
+                    ));
+                }
                 let warned = warnings(&doc);
                 for u in corpus["understated"].as_array().expect("understated") {
                     let vm = u["vm"].as_str().expect("vm");
