@@ -508,3 +508,27 @@ fn link_rule() {
     assert!(!stays_inside("user/Documents/x", "../../../etc/passwd"));
     assert!(!stays_inside("icon.png", "../x"));
 }
+
+/// Today's findings are failures; a finding marked as a warning (or a `warnings` entry) is not.
+#[test]
+fn finding_classification() {
+    let doc = serde_json::json!({
+        "ok": true,
+        "findings": [
+            {"class": "limit-exceeded", "message": "VM tpl holds too much", "vm": "tpl"},
+            {"class": "limit-exceeded", "severity": "warning",
+             "message": "VM d8test: backup-size 20971520 < 41947245", "vm": "d8test"},
+            {"class": "warning", "message": "x"},
+        ],
+        "warnings": [{"message": "backup-size of work understated"}],
+    });
+    assert_eq!(
+        failures(&doc),
+        ["limit-exceeded: VM tpl holds too much [vm tpl]"]
+    );
+    assert_eq!(warnings(&doc).len(), 3);
+    let none = serde_json::json!({"ok": false, "findings": [],
+        "error": {"class": "malformed", "message": "m"}});
+    assert_eq!(failures(&none), ["malformed: m"]);
+    assert!(warnings(&none).is_empty());
+}
