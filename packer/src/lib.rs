@@ -32,6 +32,7 @@ pub fn trace(what: std::fmt::Arguments<'_>) {
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use qbackup_format::crypto::scrypt_container::Params;
@@ -41,7 +42,7 @@ use zeroize::Zeroizing;
 
 use cli::Create;
 use compress::{Encode, Filter};
-use pipeline::{Format, Settings};
+use pipeline::{Format, Settings, Stop};
 
 /// Why a run did not produce an archive.
 #[derive(Debug)]
@@ -168,17 +169,20 @@ pub fn run(c: Create) -> Result<(), Failure> {
             ))
         }
     };
+    let format = if c.format == 3 {
+        Format::V3
+    } else {
+        Format::V4
+    };
+    // Everything the writers can refuse, before the passphrase prompt, the scrypt
+    // calibration and the first byte of output (issue 9 item 6).
+    let layout = pipeline::prepare(&plan, format)?;
     let filter = Filter::for_writing(&c.compression).ok_or_else(|| {
         Failure::Usage(format!(
             "unknown compression {:?} (gzip, bzip2, xz, zstd, none)",
             c.compression
         ))
     })?;
-    let format = if c.format == 3 {
-        Format::V3
-    } else {
-        Format::V4
-    };
     let params = match (c.scrypt_log_n, c.scrypt_r, c.scrypt_p) {
         // v3 runs no KDF: the parameters are unused.
         _ if format == Format::V3 => Params {
@@ -237,6 +241,11 @@ pub fn run(c: Create) -> Result<(), Failure> {
         }
         Box::new(std::io::BufWriter::with_capacity(1 << 20, f))
     };
+    let dest_failed = Arc::new(AtomicBool::new(false));
+    let dest = Box::new(Watched {
+        inner: dest,
+        failed: dest_failed.clone(),
+    });
     let mut child = if c.verify {
         let path = c.verifier.clone().unwrap_or_else(output::default_verifier);
         let ch = output::spawn_verifier(&path, &settings.passphrase)?;
@@ -261,7 +270,7 @@ pub fn run(c: Create) -> Result<(), Failure> {
         progress::Mode::Off
     };
     let reporter = progress::Reporter::start(progress.clone(), mode);
-    let result = pipeline::write_archive(&plan, &settings, Box::new(tee), progress.clone());
+    let result = pipeline::write_archive(layout, &settings, Box::new(tee), progress.clone());
     reporter.finish();
     // The writer thread has dropped the tee: the verifier sees EOF.
     let verdict = match child {
@@ -280,11 +289,12 @@ pub fn run(c: Create) -> Result<(), Failure> {
         None => Ok(()),
     };
     let outcome = match (result, verdict) {
-        (Err(Failure::Error(ref x)), Err(v)) if x.class() == ErrorClass::Io => {
-            // The verifier stopped reading: its verdict is the better explanation.
-            Err(v)
-        }
-        (Err(e), _) => Err(e),
+        // Writing failed but the destination took every byte: the verifier stopped
+        // reading, and its verdict is the better explanation.
+        (Err(Stop::Output(_)), Err(v)) if !dest_failed.load(Ordering::SeqCst) => Err(v),
+        // Otherwise the archive is incomplete because of this error, whatever the
+        // verifier says about the incomplete archive.
+        (Err(e), _) => Err(e.into()),
         (Ok(_), Err(v)) => Err(v),
         (Ok(notes), Ok(())) => {
             for n in notes {
@@ -354,6 +364,28 @@ pub fn run(c: Create) -> Result<(), Failure> {
         );
     }
     outcome
+}
+
+/// The destination half of the output, remembering whether a write to it failed, so
+/// that a failed write is blamed on the right reader (the destination or the verifier).
+struct Watched {
+    inner: Box<dyn Write + Send>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Write for Watched {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                self.failed.store(true, Ordering::SeqCst);
+            }
+        })
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().inspect_err(|_| {
+            self.failed.store(true, Ordering::SeqCst);
+        })
+    }
 }
 
 impl From<Error> for Failure {

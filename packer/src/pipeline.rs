@@ -85,13 +85,44 @@ fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Error {
     move |e| Error::new(ErrorClass::Io, format!("{what}: {e}"))
 }
 
-/// Write the whole archive for `plan` into `out`. Returns notes (skipped entries).
+/// Why writing an archive stopped, by the side that stopped first.
+#[derive(Debug)]
+pub enum Stop {
+    /// The producer stopped (a refused plan, a source file that cannot be read); the
+    /// writer only saw it go.
+    Producer(Failure),
+    /// Writing the archive bytes to the output failed.
+    Output(Error),
+    /// The writer failed for another reason (a KDF, sealing, a member header).
+    Writer(Error),
+}
+
+impl From<Stop> for Failure {
+    fn from(s: Stop) -> Failure {
+        match s {
+            Stop::Producer(f) => f,
+            Stop::Output(e) | Stop::Writer(e) => Failure::Error(e),
+        }
+    }
+}
+
+/// How the writer thread ended without an error of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// It wrote the end-of-archive marker.
+    Complete,
+    /// The producer closed the queue before `End`: it stopped for a reason of its own.
+    ProducerStopped,
+}
+
+/// Write the archive laid out by [`prepare`] into `out`. Returns notes (skipped
+/// entries).
 pub fn write_archive(
-    plan: &Plan,
+    layout: Layout<'_>,
     settings: &Settings,
     out: Box<dyn Write + Send>,
     progress: Arc<Progress>,
-) -> Result<Vec<String>, Failure> {
+) -> Result<Vec<String>, Stop> {
     let (tx, rx) = bounded::<Member>(MEMBER_QUEUE);
     // Unbounded, yet it never holds more buffers than were in flight at once: the
     // producer allocates only when it is empty.
@@ -99,18 +130,35 @@ pub fn write_archive(
     let wprog = progress.clone();
     let mtime = settings.mtime;
     let writer = std::thread::spawn(move || writer(rx, &recycle_tx, out, mtime, &wprog));
-    let produced = produce(plan, settings, &tx, &recycle, &progress);
+    let produced = produce(layout, settings, &tx, &recycle, &progress);
     drop(tx);
-    let written = writer
-        .join()
-        .unwrap_or_else(|_| Err(Error::new(ErrorClass::Io, "writer thread panicked")));
+    let written = writer.join().unwrap_or_else(|_| {
+        Err(Stop::Writer(Error::new(
+            ErrorClass::Io,
+            "writer thread panicked",
+        )))
+    });
+    settle(produced, written)
+}
+
+/// The error that explains a failed run wins (issue 9 item 6). The two sides stop each
+/// other: a failed writer makes the producer's next send fail ("archive writer
+/// stopped"), and a failed producer closes the queue, which the writer sees as
+/// [`Ended::ProducerStopped`]. So a writer error is the first cause whenever there is
+/// one, and otherwise the producer's error is.
+fn settle(
+    produced: Result<Vec<String>, Failure>,
+    written: Result<Ended, Stop>,
+) -> Result<Vec<String>, Stop> {
     match (produced, written) {
-        // A plan the format cannot hold is found before anything is sent (WRT-6).
-        (Err(e @ Failure::Usage(_)), _) => Err(e),
-        // The writer's error explains why the producer could not send.
-        (_, Err(e)) => Err(Failure::Error(e)),
-        (Err(e), Ok(())) => Err(e),
-        (Ok(notes), Ok(())) => Ok(notes),
+        (Ok(notes), Ok(Ended::Complete)) => Ok(notes),
+        (_, Err(stop)) => Err(stop),
+        (Err(f), Ok(_)) => Err(Stop::Producer(f)),
+        // The producer returns Ok only after sending `End`; kept as an error, not a panic.
+        (Ok(_), Ok(Ended::ProducerStopped)) => Err(Stop::Writer(Error::new(
+            ErrorClass::Io,
+            "archive incomplete: the producer ended without the end-of-archive marker",
+        ))),
     }
 }
 
@@ -120,13 +168,14 @@ fn writer(
     mut out: Box<dyn Write + Send>,
     mtime: u64,
     progress: &Progress,
-) -> Result<(), Error> {
-    let mut put = |name: &str, data: &[u8]| -> Result<(), Error> {
-        let h = outer::member_header(name, data.len() as u64, mtime)?;
+) -> Result<Ended, Stop> {
+    let output = |e: io::Error| Stop::Output(io_err("writing the archive")(e));
+    let mut put = |name: &str, data: &[u8]| -> Result<(), Stop> {
+        let h = outer::member_header(name, data.len() as u64, mtime).map_err(Stop::Writer)?;
         out.write_all(&h)
             .and_then(|()| out.write_all(data))
             .and_then(|()| out.write_all(&[0u8; 512][..padding(data.len() as u64)]))
-            .map_err(io_err("writing the archive"))?;
+            .map_err(output)?;
         progress.wrote(512 + data.len() as u64 + padding(data.len() as u64) as u64);
         Ok(())
     };
@@ -146,8 +195,9 @@ fn writer(
                 crate::trace(format_args!("writer waits key {name}"));
                 let key = key
                     .recv()
-                    .map_err(|_| Error::new(ErrorClass::Io, "KDF worker stopped"))??;
-                key.seal_in_place(&mut data)?;
+                    .map_err(|_| Stop::Writer(Error::new(ErrorClass::Io, "KDF worker stopped")))?
+                    .map_err(Stop::Writer)?;
+                key.seal_in_place(&mut data).map_err(Stop::Writer)?;
                 put(&name, &data)?;
                 crate::trace(format_args!("writer wrote {name}"));
                 if data.capacity() >= RECYCLE_MIN {
@@ -157,16 +207,13 @@ fn writer(
             Member::End => {
                 out.write_all(&END_OF_ARCHIVE)
                     .and_then(|()| out.flush())
-                    .map_err(io_err("writing the archive"))?;
+                    .map_err(output)?;
                 progress.wrote(END_OF_ARCHIVE.len() as u64);
-                return Ok(());
+                return Ok(Ended::Complete);
             }
         }
     }
-    Err(Error::new(
-        ErrorClass::Io,
-        "archive incomplete: producer stopped",
-    ))
+    Ok(Ended::ProducerStopped)
 }
 
 /// One file of the archive, in order.
@@ -244,22 +291,31 @@ fn v3_files<'p>(
         .collect())
 }
 
-fn produce(
-    plan: &Plan,
-    s: &Settings,
-    tx: &Sender<Member>,
-    recycle: &Receiver<Vec<u8>>,
-    progress: &Progress,
-) -> Result<Vec<String>, Failure> {
+/// The archive's files in order, with qubes.xml already written (XML-3), the total of
+/// the source sizes (WRT-5), and notes about what was left out.
+pub struct Layout<'p> {
+    files: Vec<ArchiveFile<'p>>,
+    total: u64,
+    notes: Vec<String>,
+}
+
+/// Lay out the archive for `plan` before its first byte is written: everything the
+/// writers can refuse (a class format 3 cannot hold, a qubes.xml the writer refuses such
+/// as two VMs with one qid, WRT-6, XML-3) is found here, so a refused plan creates no
+/// `FILE.partial` and writes nothing to stdout. A refusal is a plan error (exit 2); a
+/// source that cannot be measured is an I/O error naming it.
+pub fn prepare(plan: &Plan, format: Format) -> Result<Layout<'_>, Failure> {
     // qubes.xml with the backup features (XML-3); sizes bound the stored bytes (WRT-5).
-    let v3 = s.format == Format::V3;
+    let v3 = format == Format::V3;
     let mut plan_notes = Vec::new();
     let mut files: Vec<ArchiveFile<'_>> = Vec::new();
     let mut total = 0u64;
     let mut xml_vms: Vec<Vm> = Vec::new();
     let mut dom0 = plan.others.iter().find(|v| v.class == "AdminVM").cloned();
     if let Some((home, user)) = &plan.dom0_home {
-        let (bytes, entries) = source::tree_size(home).map_err(io_err(home.display()))?;
+        let (bytes, entries) = source::tree_size(home)
+            .map_err(io_err(home.display()))
+            .map_err(Failure::Error)?;
         let size = backup_size_bound(bytes, entries);
         total = total.saturating_add(bytes);
         if let Some(d) = dom0.as_mut() {
@@ -289,7 +345,9 @@ fn produce(
         let mut volume_sizes = Vec::new();
         for f in &kept {
             if let Some(p) = &f.path {
-                let logical = source::logical_size(p).map_err(io_err(p.display()))?;
+                let logical = source::logical_size(p)
+                    .map_err(io_err(p.display()))
+                    .map_err(Failure::Error)?;
                 bytes = bytes.saturating_add(logical);
                 if let Some(volume) = f.name.strip_suffix(".img") {
                     volume_sizes.push((volume.to_string(), logical));
@@ -343,11 +401,13 @@ fn produce(
         });
     }
     let mut xml = Vec::new();
-    if v3 {
-        qubes_xml::write_r3(&xml_vms, &mut xml).map_err(Failure::Error)?;
+    let written = if v3 {
+        qubes_xml::write_r3(&xml_vms, &mut xml)
     } else {
-        qubes_xml::write_r4(&xml_vms, &[], &mut xml).map_err(Failure::Error)?;
-    }
+        qubes_xml::write_r4(&xml_vms, &[], &mut xml)
+    };
+    // What the writer refuses is in the plan (or the --qubes-dir qubes.xml): exit 2.
+    written.map_err(|e| Failure::Usage(e.message().to_owned()))?;
     files.insert(
         0,
         ArchiveFile {
@@ -356,6 +416,25 @@ fn produce(
             what: What::Xml(xml),
         },
     );
+    Ok(Layout {
+        files,
+        total,
+        notes: plan_notes,
+    })
+}
+
+fn produce(
+    layout: Layout<'_>,
+    s: &Settings,
+    tx: &Sender<Member>,
+    recycle: &Receiver<Vec<u8>>,
+    progress: &Progress,
+) -> Result<Vec<String>, Failure> {
+    let Layout {
+        files,
+        total,
+        notes: mut plan_notes,
+    } = layout;
     progress.set_total(total);
 
     let pool = match s.format {
@@ -709,5 +788,53 @@ impl Write for Chunker<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(msg: &str) -> Error {
+        Error::new(ErrorClass::Io, msg)
+    }
+
+    fn message(r: Result<Vec<String>, Stop>) -> String {
+        match r {
+            Ok(n) => panic!("accepted: {n:?}"),
+            Err(s) => Failure::from(s).to_string(),
+        }
+    }
+
+    /// Issue 9 item 6: the producer's own error wins over the writer's view of it.
+    #[test]
+    fn a_producer_error_wins_over_the_writer_seeing_it_stop() {
+        let refused = Err(Failure::Usage("qubes.xml writer: duplicate qid 10".into()));
+        let r = settle(refused, Ok(Ended::ProducerStopped));
+        assert!(matches!(r, Err(Stop::Producer(Failure::Usage(_)))));
+        assert_eq!(message(r), "qubes.xml writer: duplicate qid 10");
+        let vanished = Err(Failure::Error(io("/v/late.img: No such file")));
+        let r = settle(vanished, Ok(Ended::ProducerStopped));
+        assert!(message(r).starts_with("/v/late.img: No such file"));
+    }
+
+    #[test]
+    fn a_writer_error_wins_over_the_producer_seeing_it_stop() {
+        let stopped = || Err(Failure::Error(io("archive writer stopped")));
+        let r = settle(
+            stopped(),
+            Err(Stop::Output(io("writing the archive: EPIPE"))),
+        );
+        assert!(matches!(r, Err(Stop::Output(_))));
+        let r = settle(stopped(), Err(Stop::Writer(io("KDF worker stopped"))));
+        assert!(message(r).starts_with("KDF worker stopped"));
+    }
+
+    #[test]
+    fn only_a_complete_run_is_ok() {
+        let r = settle(Ok(vec!["n".into()]), Ok(Ended::Complete));
+        assert_eq!(r.unwrap(), ["n"]);
+        let r = settle(Ok(Vec::new()), Ok(Ended::ProducerStopped));
+        assert!(message(r).contains("without the end-of-archive marker"));
     }
 }

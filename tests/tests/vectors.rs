@@ -112,6 +112,8 @@ struct Vector {
     may_commit: BTreeMap<String, String>,
     /// `ok`: `list` facts: format version and included VM names (sorted).
     list: Option<(u64, Vec<String>)>,
+    /// `list.notes`: for each expected note, words that one note of the listing contains.
+    list_notes: Vec<Vec<String>>,
 }
 
 const KEYS: [&str; 12] = [
@@ -253,6 +255,27 @@ fn load(json: &Path) -> Result<Vector, String> {
             Some((version, vms))
         }
     };
+    let list_notes = match doc.get("list").and_then(|l| l.get("notes")) {
+        None => Vec::new(),
+        Some(n) => n
+            .as_array()
+            .ok_or("`list.notes` is not an array")?
+            .iter()
+            .map(|words| {
+                words
+                    .as_array()
+                    .filter(|w| !w.is_empty())
+                    .ok_or("`list.notes` holds something other than a list of words")?
+                    .iter()
+                    .map(|w| {
+                        w.as_str()
+                            .map(str::to_string)
+                            .ok_or("`list.notes` holds a non-string")
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
     Ok(Vector {
         name,
         archive,
@@ -266,6 +289,7 @@ fn load(json: &Path) -> Result<Vector, String> {
         committed,
         may_commit,
         list,
+        list_notes,
     })
 }
 
@@ -369,6 +393,18 @@ fn check_vector(bin: &Path, v: &Vector) -> Result<(), String> {
         got.sort();
         if &got != vms {
             return Err(format!("list: included VMs {got:?} != {vms:?}"));
+        }
+        let notes: Vec<&str> = doc["notes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for words in &v.list_notes {
+            if !notes
+                .iter()
+                .any(|n| words.iter().all(|w| n.contains(w.as_str())))
+            {
+                return Err(format!("list: no note mentions {words:?} in {notes:?}"));
+            }
         }
     }
 

@@ -762,7 +762,7 @@ def hand_built(g):
     g.add("ok-v4-vm-dir-trees", v4_members(files(xml4)[:2] + trees + files(xml4)[2:], chunk=1024), "ok",
           "a VM's apps.templates/ and kernels/ directories, an absolute icon.png link (skipped with a "
           "note) and a relative link staying inside, each its own file, as upstream archives a VM "
-          "directory (TAR-1, TAR-11, EXT-4, DEV-23).", ["TAR-1", "TAR-11", "EXT-4", "TAR-7", "DEV-23"],
+          "directory (TAR-1, TAR-11, EXT-4, DEV-24).", ["TAR-1", "TAR-11", "EXT-4", "TAR-7", "DEV-24"],
           G4[:2] + tree_out + G4[2:], symlinks={"work/menu-link": "apps.templates/a.desktop"})
     g.add("ok-v3-vm-dir-trees", v3_members(files(xml3)[:2] + trees + files(xml3)[2:], chunk=1024), "ok",
           "the same VM directory entries in a v3 archive (R3.2 appvms/NAME/kernels, icon.png) "
@@ -861,6 +861,34 @@ def hand_built(g):
           "home, whose output path is taken (EXT-1, EXT-2, DEV-22).", reqs=["EXT-1", "EXT-2", "DEV-22"],
           groups=gx(xc) + [{"dom0-home/private.img": sha256(NOTES)}, {"dom0-home/user": sha256(NOTES)}, {}],
           fail_at=5)
+
+    # ---- shared qids (issue 9 item 2): a note in core3 and for unreferenced core2 qids; a
+    # core2 reference to a shared qid is ambiguous (XML-1, XML-3, DEV-23)
+    xq = r4_xml([doms, r4_domain("dvm", qid=3, path="vm4/", vols=[("private", "True")])])
+    g.add("ok-xml-shared-qid-core3", x4(xq, extra_files=[("vm4/private.img", gnu_tar("vm4/private.img", NOTES))]), "ok",
+          "core3 VMs work and dvm both have qid 3 (upstream's own v4 test qubes.xml has such a pair): "
+          "nothing in core3 refers to a VM by qid and their files map through distinct backup-paths, "
+          "so the archive verifies and the shared qid is reported as a note (XML-2, XML-3).",
+          ["XML-2", "XML-3", "VER-2"], gx(xq) + [{"dvm/private.img": sha256(NOTES)}],
+          listing={"version": 4, "vms": ["dvm", "work"], "notes": [["qid 3", "work", "dvm"]]})
+    xq2 = r3_xml(['<QubesAppVm qid="3" name="work" label="red" template_qid="9" backup_content="True" '
+                  'backup_path="vm3" backup_size="1000000"/>',
+                  '<QubesAppVm qid="3" name="spare" label="red" template_qid="9" backup_content="False"/>'])
+    g.add("ok-v3-xml-shared-qid-unreferenced", v3_members([("qubes.xml", xml_tar(xq2)), ("vm3/private.img", inner_priv)],
+                                                          chunk=1024), "ok",
+          "core2 VMs work and spare both have qid 3 and no qid reference names 3: nothing is ambiguous, "
+          "so the archive verifies and the shared qid is reported as a note (XML-1, XML-3, DEV-23).",
+          ["XML-1", "XML-3", "DEV-23"], [{"qubes.xml": sha256(xq2)}, {"work/private.img": sha256(PRIV)}],
+          listing={"version": 3, "vms": ["work"], "notes": [["qid 3", "work", "spare"]]})
+    xq3 = r3_xml(['<QubesAppVm qid="3" name="work" label="red" template_qid="9" backup_content="True" '
+                  'backup_path="vm3" backup_size="1000000"/>',
+                  '<QubesAppVm qid="9" name="spare" label="red" template_qid="none" backup_content="False"/>']
+                 ).replace(b'default_template="9"', b'default_template="none"')
+    g.add("xml-v3-ambiguous-qid-reference", v3_members([("qubes.xml", xml_tar(xq3)), ("vm3/private.img", inner_priv)],
+                                                       chunk=1024), "malformed",
+          "core2 template tmpl and AppVM spare share qid 9, and work's template_qid is 9: the reference "
+          "is ambiguous (upstream's qid map would pick one of them) (XML-1, DEV-23).",
+          ["XML-1", "DEV-23"], [{"qubes.xml": sha256(xq3)}, {"work/private.img": sha256(PRIV)}], fail_at=0)
 
     # ---- core2 prefix matching (ORD-7, DEV-18), ORD-9 interleaving, v3 directory files
     x10 = r3_xml(['<QubesAppVm qid="1" name="work" label="red" template_qid="9" backup_content="True" '

@@ -305,6 +305,7 @@ impl<R: Read> Run<'_, R> {
             });
         }
         self.report.vms = vm_infos(&xml);
+        self.report.notes.extend(xml.notes.iter().cloned());
         let mut plan = BackupPlan::from_qubes_xml(&xml, header.version)?;
         if let Some(select) = &self.select {
             for name in select {

@@ -1,10 +1,9 @@
 //! R2/R3 `QubesVmCollection` (core2), SPEC.md XML-1.
 
-use std::collections::HashMap;
-
 use super::dom::Node;
 use super::{
-    parse_u32, parse_u64, truncate, validate_vm_name, BackupInfo, Flavor, NetVm, QubesXml, Vm,
+    parse_u32, parse_u64, qid_owners, truncate, validate_vm_name, BackupInfo, Flavor, NetVm,
+    QubesXml, Vm,
 };
 use crate::bail;
 use crate::error::Result;
@@ -47,26 +46,56 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
         bail!(LimitExceeded, "qubes.xml: more than {MAX_VMS} VMs (LIM-14)");
     }
 
-    // First pass: qid → name, as upstream resolves references by qid.
-    let mut qid_map: HashMap<u32, &str> = HashMap::new();
+    // First pass: qid → names, as upstream resolves references by qid. A qid may be
+    // shared by several VMs (a note, XML-3); a reference to a shared qid is Malformed
+    // (XML-1): upstream's map keeps one of the names, so the reference is ambiguous.
+    let mut owners = Vec::with_capacity(elements.len());
     for el in &elements {
         let qid = parse_u32("qid", required(el, "qid")?)?;
         let name = required(el, "name")?;
         validate_vm_name(name)?;
-        if qid_map.insert(qid, name).is_some() {
-            bail!(Malformed, "qubes.xml: duplicate qid {qid}");
-        }
+        owners.push((qid, name));
     }
-    let resolve = |what: &str, s: &str| -> Result<String> {
+    let qid_map = qid_owners(owners);
+    // `holder` is the VM (or the root element) whose attribute `what` holds `qid`.
+    let ambiguous = |holder: &str, what: &str, qid: u32| -> Result<()> {
+        match qid_map.get(&qid).map(Vec::as_slice) {
+            Some([a, b, rest @ ..]) => bail!(
+                Malformed,
+                "qubes.xml: {holder}: {what} {qid} is an ambiguous reference: VMs {a:?} and \
+                 {b:?}{} share qid {qid} (XML-1)",
+                if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {} more", rest.len())
+                }
+            ),
+            _ => Ok(()),
+        }
+    };
+    let resolve = |holder: &str, what: &str, s: &str| -> Result<String> {
         let qid = parse_u32(what, s)?;
-        match qid_map.get(&qid) {
+        ambiguous(holder, what, qid)?;
+        match qid_map.get(&qid).and_then(|names| names.first()) {
             Some(name) => Ok((*name).to_owned()),
             None => bail!(Malformed, "qubes.xml: {what} {qid} names no VM"),
         }
     };
+    // References upstream resolves but this model does not keep: refused when ambiguous,
+    // otherwise not checked (as before qids could be shared).
+    let unused_reference = |holder: &str, what: &str, s: Option<&str>| -> Result<()> {
+        match s.filter(|s| !is_none(s)).map(|s| parse_u32(what, s)) {
+            Some(Ok(qid)) => ambiguous(holder, what, qid),
+            _ => Ok(()),
+        }
+    };
+    for what in ["default_template", "default_netvm", "updatevm", "clockvm"] {
+        unused_reference("<QubesVmCollection>", what, root.attr(what))?;
+    }
 
     let mut vms = Vec::with_capacity(elements.len().saturating_add(1));
-    // R2 had no dom0 element; upstream synthesises one.
+    // R2 had no dom0 element; upstream synthesises one. qid 0 is never shared: only
+    // the QubesAdminVm dom0 may have it (below), and names are unique.
     if !qid_map.contains_key(&0) {
         vms.push(Vm::dom0());
     }
@@ -75,6 +104,7 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
         let kind = el.name.as_str();
         let qid = parse_u32("qid", required(el, "qid")?)?;
         let name = required(el, "name")?.to_owned();
+        let holder = format!("VM {name:?}");
 
         let (class, template) = if kind == "QubesAdminVm" || qid == 0 {
             if kind != "QubesAdminVm" || qid != 0 || name != "dom0" {
@@ -92,7 +122,7 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
             if is_none(t) {
                 ("StandaloneVM", None)
             } else {
-                ("AppVM", Some(resolve("template_qid", t)?))
+                ("AppVM", Some(resolve(&holder, "template_qid", t)?))
             }
         };
 
@@ -109,9 +139,17 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
             match el.attr("netvm_qid") {
                 None => NetVm::None,
                 Some(q) if is_none(q) => NetVm::None,
-                Some(q) => NetVm::Named(resolve("netvm_qid", q)?),
+                Some(q) => NetVm::Named(resolve(&holder, "netvm_qid", q)?),
             }
         };
+        // Upstream picks a DispVM template from dispvm_netvm_qid when the VM does not
+        // follow the default.
+        if el
+            .attr("uses_default_dispvm_netvm")
+            .is_some_and(|v| v != "True")
+        {
+            unused_reference(&holder, "dispvm_netvm_qid", el.attr("dispvm_netvm_qid"))?;
+        }
 
         let size = match el.attr("backup_size") {
             Some(s) => parse_u64("backup_size", s)?,
@@ -167,5 +205,6 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
         flavor: Flavor::Core2,
         vms,
         labels: Vec::new(),
+        notes: Vec::new(),
     })
 }

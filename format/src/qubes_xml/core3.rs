@@ -108,6 +108,7 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
         flavor: Flavor::Core3,
         vms,
         labels,
+        notes: Vec::new(),
     })
 }
 

@@ -15,9 +15,11 @@
 //! - numbers (`qid`, `backup-size`, …) are plain ASCII decimal, no sign, spaces or `_`;
 //! - a VM included in the backup with an empty backup path is Malformed (upstream would
 //!   treat `""` as a prefix of every member name);
-//! - duplicate VM names or qids, duplicate `<property>`/`<feature>` names in one domain,
-//!   and unresolvable R2/R3 `template_qid`/`netvm_qid` are Malformed (upstream keeps the
-//!   last value or logs and carries on).
+//! - duplicate VM names, duplicate `<property>`/`<feature>` names in one domain, and
+//!   unresolvable R2/R3 `template_qid`/`netvm_qid` are Malformed (upstream keeps the last
+//!   value or logs and carries on);
+//! - a qid shared by several VMs is a note (XML-3), except that an R2/R3 qid reference
+//!   naming a shared qid is Malformed (upstream's qid → name map keeps one of them, DEV-23).
 
 mod core2;
 mod core3;
@@ -50,6 +52,10 @@ pub struct QubesXml {
     pub vms: Vec<Vm>,
     /// R4 label table, id → colour name (`("label-1", "red")`); empty for R2/R3.
     pub labels: Vec<(String, String)>,
+    /// Facts worth telling the user that do not make the file unusable, in a stable
+    /// order: one line per qid shared by several VMs (XML-3). At most one line per two
+    /// VMs, each naming its VMs once, so never longer than the VM list itself (LIM-14).
+    pub notes: Vec<String>,
 }
 
 impl QubesXml {
@@ -138,7 +144,7 @@ impl Vm {
 
 pub fn parse(untrusted: &[u8]) -> Result<QubesXml> {
     let root = dom::parse(untrusted)?;
-    let parsed = match root.name.as_str() {
+    let mut parsed = match root.name.as_str() {
         "QubesVmCollection" => core2::parse(&root)?,
         "qubes" => core3::parse(&root)?,
         other => bail!(
@@ -149,7 +155,47 @@ pub fn parse(untrusted: &[u8]) -> Result<QubesXml> {
     };
     check_unique(&parsed.vms)?;
     check_dom0_home(&parsed.vms)?;
+    parsed.notes = shared_qid_notes(&parsed.vms);
     Ok(parsed)
+}
+
+/// qid → names of the VMs that carry it, in document order.
+pub(crate) fn qid_owners<'a>(
+    vms: impl IntoIterator<Item = (u32, &'a str)>,
+) -> std::collections::BTreeMap<u32, Vec<&'a str>> {
+    let mut map: std::collections::BTreeMap<u32, Vec<&str>> = std::collections::BTreeMap::new();
+    for (qid, name) in vms {
+        map.entry(qid).or_default().push(name);
+    }
+    map
+}
+
+/// `a`, `a and b`, `a, b and c`.
+pub(crate) fn and_list(names: &[&str]) -> String {
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// XML-3: a qid shared by several VMs is reported, not refused. Nothing in core3 refers
+/// to a VM by qid (files map through backup-paths, references are names), and core2
+/// references to a shared qid were refused by the core2 parser (XML-1).
+fn shared_qid_notes(vms: &[Vm]) -> Vec<String> {
+    qid_owners(
+        vms.iter()
+            .filter_map(|v| v.qid.map(|q| (q, v.name.as_str()))),
+    )
+    .into_iter()
+    .filter(|(_, names)| names.len() > 1)
+    .map(|(qid, names)| {
+        format!(
+            "qubes.xml: qid {qid} is shared by VMs {} (XML-3)",
+            and_list(&names)
+        )
+    })
+    .collect()
 }
 
 /// XML-3: no included VM but dom0 may have a backup-path under `dom0-home/`.
@@ -251,10 +297,10 @@ pub(crate) fn truncate(s: &str) -> &str {
     }
 }
 
-/// The AdminVM is `dom0` and only it; names and qids are unique.
+/// The AdminVM is `dom0` and only it, and only it has qid 0 (so a shared qid 0 is
+/// refused: dom0 is never ambiguous); names are unique (XML-3). Other qids may repeat.
 fn check_unique(vms: &[Vm]) -> Result<()> {
     let mut names = std::collections::HashSet::new();
-    let mut qids = std::collections::HashSet::new();
     for vm in vms {
         if (vm.class == "AdminVM") != (vm.name == "dom0") {
             bail!(
@@ -275,11 +321,6 @@ fn check_unique(vms: &[Vm]) -> Result<()> {
         }
         if !names.insert(vm.name.as_str()) {
             bail!(Malformed, "qubes.xml: duplicate VM name {:?}", vm.name);
-        }
-        if let Some(q) = vm.qid {
-            if !qids.insert(q) {
-                bail!(Malformed, "qubes.xml: duplicate qid {q}");
-            }
         }
     }
     Ok(())

@@ -387,11 +387,9 @@ fn replace_once(src: &[u8], from: &str, to: &str) -> Vec<u8> {
 fn hostile_semantics_refused() {
     let m = ErrorClass::Malformed;
     let cases: &[(&[u8], &str, &str)] = &[
-        // Duplicate VM name / qid.
+        // Duplicate VM name (a shared qid is a note: shared_qids_* below).
         (R4, "<property name=\"name\">work</property>", "<property name=\"name\">sys-net</property>"),
-        (R4, "<property name=\"qid\">7</property>", "<property name=\"qid\">3</property>"),
         (R3, "name=\"banking\"", "name=\"work\""),
-        (R3, "qid=\"5\"", "qid=\"4\""),
         // Bad backup size.
         (R4, ">2101248<", ">12abc<"),
         (R4, ">2101248<", ">-1<"),
@@ -783,4 +781,267 @@ fn vm_name_and_class_lengths_are_bounded() {
     assert!(super::validate_class(&"A".repeat(MAX_VM_CLASS_LEN)).is_ok());
     let long = super::validate_class(&"A".repeat(MAX_VM_CLASS_LEN + 1)).unwrap_err();
     assert_eq!(long.class(), ErrorClass::Malformed);
+}
+
+// ---- shared qids (issue 9 item 2; XML-1, XML-3, DEV-23) ----------------------------------
+
+/// One core3 domain with a qid property and, when `path` is given, in the backup.
+fn r4_domain(name: &str, qid: u32, path: Option<&str>) -> String {
+    let features = match path {
+        Some(p) => format!(
+            "<features><feature name=\"backup-content\">True</feature>\
+             <feature name=\"backup-path\">{p}</feature></features>"
+        ),
+        None => "<features/>".to_owned(),
+    };
+    format!(
+        "<domain id=\"domain-{qid}\" class=\"AppVM\"><properties>\
+         <property name=\"qid\">{qid}</property><property name=\"name\">{name}</property>\
+         <property name=\"label\">label-1</property></properties>{features}</domain>"
+    )
+}
+
+fn r4_doc(domains: &[String]) -> Vec<u8> {
+    format!(
+        "<qubes><labels><label id=\"label-1\">red</label></labels><properties/><domains>\
+         <domain id=\"domain-0\" class=\"AdminVM\"><properties><property name=\"qid\">0</property>\
+         <property name=\"label\">label-1</property></properties></domain>{}</domains></qubes>",
+        domains.concat()
+    )
+    .into_bytes()
+}
+
+/// An R3 document: `root` attributes of `QubesVmCollection`, then dom0 and `vms`.
+fn r3_doc(root: &str, vms: &[&str]) -> Vec<u8> {
+    format!(
+        "<QubesVmCollection {root}><QubesAdminVm qid=\"0\" name=\"dom0\" label=\"black\"/>{}\
+         </QubesVmCollection>",
+        vms.concat()
+    )
+    .into_bytes()
+}
+
+fn malformed_message(doc: &[u8]) -> String {
+    match parse(doc) {
+        Ok(x) => panic!("accepted: {x:?}"),
+        Err(e) => {
+            assert_eq!(e.class(), ErrorClass::Malformed, "{e}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn fixtures_have_no_notes() {
+    assert_eq!(parse(R3).unwrap().notes, Vec::<String>::new());
+    assert_eq!(parse(R4).unwrap().notes, Vec::<String>::new());
+}
+
+/// The bug: upstream's own v4 test qubes.xml gives two DispVM templates qid 10, and the
+/// whole archive was refused as `duplicate qid 10`. core3 refers to VMs by name only.
+#[test]
+fn issue9_core3_dvm_templates_sharing_qid_10_parse_with_a_note() {
+    let doc = r4_doc(&[
+        r4_domain("fedora-25-clone-dvm", 10, Some("vm10/")),
+        r4_domain("fedora-25-dvm", 10, Some("vm11/")),
+        r4_domain("work", 3, Some("vm3/")),
+    ]);
+    let x = parse(&doc).unwrap();
+    assert_eq!(x.flavor, Flavor::Core3);
+    let backed: Vec<(&str, &str)> = x
+        .backed_up()
+        .map(|(v, b)| (v.name.as_str(), b.path.as_str()))
+        .collect();
+    assert_eq!(
+        backed,
+        [
+            ("fedora-25-clone-dvm", "vm10/"),
+            ("fedora-25-dvm", "vm11/"),
+            ("work", "vm3/")
+        ]
+    );
+    assert_eq!(x.vm("fedora-25-dvm").unwrap().qid, Some(10));
+    assert_eq!(x.vm("fedora-25-clone-dvm").unwrap().qid, Some(10));
+    assert_eq!(
+        x.notes,
+        ["qubes.xml: qid 10 is shared by VMs fedora-25-clone-dvm and fedora-25-dvm (XML-3)"]
+    );
+}
+
+#[test]
+fn shared_qids_core3_one_note_per_qid_in_qid_order() {
+    // The fixture with work's qid 7 changed to sys-firewall's 3.
+    let x = parse(&replace_once(
+        R4,
+        "<property name=\"qid\">7</property>",
+        "<property name=\"qid\">3</property>",
+    ))
+    .unwrap();
+    assert_eq!(
+        x.notes,
+        ["qubes.xml: qid 3 is shared by VMs sys-firewall and work (XML-3)"]
+    );
+    let doc = r4_doc(&[
+        r4_domain("c", 9, None),
+        r4_domain("a", 4, None),
+        r4_domain("b", 9, None),
+        r4_domain("d", 4, None),
+        r4_domain("e", 9, None),
+        r4_domain("f", 5, None),
+    ]);
+    assert_eq!(
+        parse(&doc).unwrap().notes,
+        [
+            "qubes.xml: qid 4 is shared by VMs a and d (XML-3)",
+            "qubes.xml: qid 9 is shared by VMs c, b and e (XML-3)",
+        ]
+    );
+}
+
+#[test]
+fn shared_qid_0_is_still_refused() {
+    // core3: only the AdminVM dom0 has qid 0, so dom0 detection is never ambiguous.
+    let m = malformed_message(&r4_doc(&[r4_domain("work", 0, None)]));
+    assert!(m.contains("qid 0 belongs to the AdminVM dom0"), "{m}");
+    let second_dom0 = "<domain id=\"domain-0\" class=\"AdminVM\"><properties>\
+         <property name=\"label\">label-1</property></properties></domain>"
+        .to_owned();
+    let m = malformed_message(&r4_doc(&[second_dom0]));
+    assert!(m.contains("duplicate VM name \"dom0\""), "{m}");
+    // core2: a second element with qid 0 is not dom0.
+    let m = malformed_message(&r3_doc(
+        "",
+        &["<QubesAppVm qid=\"0\" name=\"work\" template_qid=\"none\"/>"],
+    ));
+    assert!(m.contains("dom0 is QubesAdminVm qid 0"), "{m}");
+    // R2 (no dom0 element): a VM with qid 0 is not taken for dom0 either.
+    let m = malformed_message(
+        b"<QubesVmCollection><QubesAppVm qid=\"0\" name=\"work\" template_qid=\"none\"/>\
+          </QubesVmCollection>",
+    );
+    assert!(m.contains("dom0 is QubesAdminVm qid 0"), "{m}");
+}
+
+/// core2 VMs sharing qid 4 that nothing refers to: accepted, with the note.
+#[test]
+fn shared_qids_core2_unreferenced_is_a_note() {
+    let x = parse(&replace_once(R3, "qid=\"5\"", "qid=\"4\"")).unwrap();
+    assert_eq!(x.flavor, Flavor::Core2);
+    assert_eq!(x.vm("banking").unwrap().qid, Some(4));
+    assert_eq!(x.vm("work").unwrap().qid, Some(4));
+    assert_eq!(
+        x.notes,
+        ["qubes.xml: qid 4 is shared by VMs work and banking (XML-3)"]
+    );
+    // References that are not followed do not count: netvm_qid of a VM using the default
+    // netvm, dispvm_netvm_qid of a VM using the default dispvm netvm.
+    let x = parse(&r3_doc(
+        "default_template=\"none\"",
+        &[
+            "<QubesAppVm qid=\"3\" name=\"a\" template_qid=\"none\"/>",
+            "<QubesAppVm qid=\"3\" name=\"b\" template_qid=\"none\"/>",
+            "<QubesAppVm qid=\"4\" name=\"c\" template_qid=\"none\" uses_default_netvm=\"True\" \
+             netvm_qid=\"3\" uses_default_dispvm_netvm=\"True\" dispvm_netvm_qid=\"3\"/>",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(x.vm("c").unwrap().netvm, NetVm::Default);
+    assert_eq!(
+        x.notes,
+        ["qubes.xml: qid 3 is shared by VMs a and b (XML-3)"]
+    );
+}
+
+/// core2 references by qid: one naming a shared qid is Malformed, naming the VM (or the
+/// root) and the attribute; the same document with the shared qid unreferenced parses.
+#[test]
+fn shared_qids_core2_ambiguous_references_refused() {
+    let pair = [
+        "<QubesTemplateVm qid=\"5\" name=\"tpl-a\"/>",
+        "<QubesProxyVm qid=\"5\" name=\"tpl-b\" template_qid=\"none\"/>",
+    ];
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "",
+            "<QubesAppVm qid=\"7\" name=\"work\" template_qid=\"5\"/>",
+            "VM \"work\": template_qid 5",
+        ),
+        (
+            "",
+            "<QubesAppVm qid=\"7\" name=\"work\" template_qid=\"none\" \
+             uses_default_netvm=\"False\" netvm_qid=\"5\"/>",
+            "VM \"work\": netvm_qid 5",
+        ),
+        (
+            "",
+            "<QubesAppVm qid=\"7\" name=\"work\" template_qid=\"none\" \
+             uses_default_dispvm_netvm=\"False\" dispvm_netvm_qid=\"5\"/>",
+            "VM \"work\": dispvm_netvm_qid 5",
+        ),
+        (
+            "default_template=\"5\"",
+            "",
+            "<QubesVmCollection>: default_template 5",
+        ),
+        (
+            "default_netvm=\"5\"",
+            "",
+            "<QubesVmCollection>: default_netvm 5",
+        ),
+        ("updatevm=\"5\"", "", "<QubesVmCollection>: updatevm 5"),
+        ("clockvm=\"5\"", "", "<QubesVmCollection>: clockvm 5"),
+    ];
+    for (root, el, want) in cases {
+        let m = malformed_message(&r3_doc(root, &[pair[0], pair[1], el]));
+        assert!(
+            m.contains(&format!(
+                "{want} is an ambiguous reference: VMs \"tpl-a\" and \"tpl-b\" share qid 5 (XML-1)"
+            )),
+            "{m}"
+        );
+        // The same reference to an unshared qid is fine.
+        let single = r3_doc(
+            root,
+            &[pair[0], &pair[1].replace("qid=\"5\"", "qid=\"6\""), el],
+        );
+        let x = parse(&single).unwrap_or_else(|e| panic!("{want}: {e}"));
+        assert!(x.notes.is_empty());
+    }
+    // Three VMs on one qid: the message says how many more.
+    let m = malformed_message(&r3_doc(
+        "",
+        &[
+            pair[0],
+            pair[1],
+            "<QubesAppVm qid=\"5\" name=\"third\" template_qid=\"none\"/>",
+            "<QubesAppVm qid=\"7\" name=\"work\" template_qid=\"5\"/>",
+        ],
+    ));
+    assert!(
+        m.contains("VMs \"tpl-a\" and \"tpl-b\" and 1 more share qid 5"),
+        "{m}"
+    );
+}
+
+#[test]
+fn writers_refuse_shared_qids_naming_both_vms() {
+    let a = vm(3, "work", "AppVM", "blue", None, NetVm::Default);
+    let b = vm(3, "mail", "AppVM", "blue", None, NetVm::Default);
+    let mut out = Vec::new();
+    let e = write_r4(&[a.clone(), b.clone()], &[], &mut out).unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Malformed);
+    assert!(
+        e.to_string()
+            .contains("duplicate qid 3: VMs \"work\" and \"mail\""),
+        "{e}"
+    );
+    assert!(out.is_empty());
+    let e = write_r3(&[a.clone(), b], &mut out).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("duplicate qid 3: VMs \"work\" and \"mail\""),
+        "{e}"
+    );
+    let e = write_r4(&[a.clone(), a], &[], &mut out).unwrap_err();
+    assert!(e.to_string().contains("duplicate VM name \"work\""), "{e}");
 }

@@ -106,6 +106,36 @@ fn check_vm(vm: &Vm) -> Result<(u32, &str)> {
     Ok((qid, label))
 }
 
+/// Names and qids seen so far by a writer: both must be unique in what it writes (a
+/// reader may accept a shared qid, XML-3, but the writers' callers name archive members
+/// `vm<qid>/`, and R3 references are by qid).
+#[derive(Default)]
+struct Seen<'a> {
+    names: HashSet<&'a str>,
+    qids: HashMap<u32, &'a str>,
+}
+
+impl<'a> Seen<'a> {
+    fn add(&mut self, vm: &'a Vm, qid: u32) -> Result<()> {
+        if !self.names.insert(&vm.name) {
+            bail!(
+                Malformed,
+                "qubes.xml writer: duplicate VM name {:?}",
+                vm.name
+            );
+        }
+        if let Some(other) = self.qids.insert(qid, &vm.name) {
+            bail!(
+                Malformed,
+                "qubes.xml writer: duplicate qid {qid}: VMs {other:?} and {:?} (each VM needs \
+                 its own qid)",
+                vm.name
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Append an R4 qubes.xml describing `vms` to `out`.
 ///
 /// Every VM needs a `qid` and a `label` (a colour name; the eight standard labels get
@@ -119,17 +149,14 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
         bail!(LimitExceeded, "qubes.xml writer: more than {MAX_VMS} VMs");
     }
     // Validate everything first, so `out` is untouched on error.
-    let mut names = HashSet::new();
-    let mut qids = HashSet::new();
+    let mut seen = Seen::default();
     let mut labels: Vec<(String, &str)> = STANDARD_LABELS
         .iter()
         .map(|(n, c)| ((*n).to_owned(), *c))
         .collect();
     for vm in vms {
         let (qid, label) = check_vm(vm)?;
-        if !names.insert(vm.name.as_str()) || !qids.insert(qid) {
-            bail!(Malformed, "qubes.xml writer: duplicate VM {:?}", vm.name);
-        }
+        seen.add(vm, qid)?;
         if label.starts_with("label-") {
             bail!(
                 Malformed,
@@ -285,13 +312,12 @@ pub fn write_r3(vms: &[Vm], out: &mut Vec<u8>) -> Result<()> {
         bail!(LimitExceeded, "qubes.xml writer: more than {MAX_VMS} VMs");
     }
     let mut qid_of: HashMap<&str, u32> = HashMap::new();
-    let mut qids = HashSet::new();
+    let mut seen = Seen::default();
     for vm in vms {
         let (qid, _) = check_vm(vm)?;
         r3_element(vm)?;
-        if !qids.insert(qid) || qid_of.insert(&vm.name, qid).is_some() {
-            bail!(Malformed, "qubes.xml writer: duplicate VM {:?}", vm.name);
-        }
+        seen.add(vm, qid)?;
+        qid_of.insert(&vm.name, qid);
     }
     // Placeholders for referenced VMs that are not in `vms`, in order of first mention.
     let mut next = qid_of.values().copied().max().unwrap_or(0);
