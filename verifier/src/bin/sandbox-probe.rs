@@ -1,7 +1,7 @@
 //! Test helper for verifier/tests/sandbox_*.rs: applies the sandbox policy of a command,
 //! then attempts one action and reports whether the kernel allowed it.
 //!
-//! `sandbox-probe MODE [--dest DIR] [--given FILE] ACTION [ARG]`
+//! `sandbox-probe MODE [--dest DIR] [--given FILE] [--extra-dir DIR2] ACTION [ARG]`
 //! MODE: verify | list | emit | extract. ACTION: open PATH | create PATH | open-at REL |
 //! create-at REL | socket | unix-socket | exec PATH | read-given | threads | status |
 //! sigint-cleanup | run-verify PASS | run-extract PASS | check | none
@@ -9,7 +9,8 @@
 //! writer holds it; run-*: the real driver over the `--given` archive, extracting to
 //! `--dest`; status: /proc/self/status after the sandbox; sigint-cleanup: a SIGINT
 //! handler's watcher thread removes a temporary beneath `--dest` and exits 130; check:
-//! `sandbox-check` for MODE without applying anything here).
+//! `sandbox-check` for MODE without applying anything here; `--extra-dir`: keep another
+//! directory open across the sandbox).
 //! A kernel without Landlock or namespaces is simulated by running the probe under
 //! `simulate-kernel` (SBX-9, SBX-10).
 //! Exit: 0 the action succeeded, 1 it was refused (errno printed), 2 the sandbox could not
@@ -53,11 +54,13 @@ fn main() {
     let mode = args.next().unwrap_or_else(|| usage());
     let mut dest = None;
     let mut given = None;
+    let mut extra_dir = None;
     let mut rest = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--dest" => dest = args.next().map(PathBuf::from),
             "--given" => given = args.next().map(PathBuf::from),
+            "--extra-dir" => extra_dir = args.next().map(PathBuf::from),
             _ => rest.push(a),
         }
     }
@@ -70,6 +73,8 @@ fn main() {
     };
     // Resources opened before the sandbox, as main.rs does with the archive.
     let mut given_file = given.map(|p| std::fs::File::open(p).expect("open --given"));
+    // Another directory left open (SBX-10: refused without Landlock).
+    let _extra = extra_dir.map(|d| std::fs::File::open(d).expect("open --extra-dir"));
     // DIR as the destination writer holds it: a directory descriptor opened before.
     let dest_dir = dest
         .as_ref()
@@ -107,7 +112,7 @@ fn main() {
             let flags = if action == "open-at" {
                 libc::O_RDONLY
             } else {
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC
             };
             // SAFETY: openat on an open directory with a NUL-terminated name.
             let fd = unsafe {
@@ -118,10 +123,16 @@ fn main() {
                     0o600,
                 )
             };
-            let r = if fd >= 0 {
-                Ok(())
-            } else {
+            let r = if fd < 0 {
                 Err(std::io::Error::last_os_error())
+            } else if action == "create-at" {
+                // SAFETY: `fd` was just opened for writing; the buffer is valid.
+                match unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) } {
+                    1 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            } else {
+                Ok(())
             };
             outcome(&format!("{action} {arg}"), r)
         }
