@@ -181,30 +181,28 @@ fn repoint_descriptors(fds: &[libc::c_int], dir: (u64, u64), dest: &Path) -> Res
     if new_root < 0 {
         return Err(failed("opening the new root"));
     }
-    let mut result = Ok(());
-    for &fd in fds.iter().filter(|&&fd| fd != new_root) {
-        match fd_identity(fd) {
+    let result = fds
+        .iter()
+        .filter(|&&fd| fd != new_root)
+        .try_for_each(|&fd| match fd_identity(fd) {
             Some((id, true)) if id == dir => {
                 // SAFETY: both descriptors are open; dup3 atomically replaces `fd`.
                 if unsafe { libc::dup3(new_root, fd, libc::O_CLOEXEC) } < 0 {
-                    result = Err(failed(format!("re-pointing descriptor {fd} at DIR")));
-                    break;
+                    Err(failed(format!("re-pointing descriptor {fd} at DIR")))
+                } else {
+                    Ok(())
                 }
             }
-            Some((_, true)) => {
-                result = Err(Error::new(
-                    ErrorClass::Unsupported,
-                    format!(
-                        "descriptor {fd} is a directory other than {} (it would reach outside \
-                         the namespace)",
-                        dest.display()
-                    ),
-                ));
-                break;
-            }
-            _ => {}
-        }
-    }
+            Some((_, true)) => Err(Error::new(
+                ErrorClass::Unsupported,
+                format!(
+                    "descriptor {fd} is a directory other than {} (it would reach outside \
+                     the namespace)",
+                    dest.display()
+                ),
+            )),
+            _ => Ok(()),
+        });
     // SAFETY: closing the descriptor opened above.
     unsafe { libc::close(new_root) };
     result
