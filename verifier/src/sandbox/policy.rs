@@ -69,8 +69,9 @@ pub enum Identity {
     /// Started as root: become this unprivileged identity.
     Switch(Ids),
     /// Started as root, extracting into a root-owned destination: stay uid/gid 0 with no
-    /// capabilities, so uid 0 has only an owner's rights; Landlock confines every path
-    /// access to the destination and seccomp refuses everything else uid 0 could use.
+    /// capabilities, so uid 0 has only an owner's rights; Landlock (or the mount namespace,
+    /// SBX-10) confines every path access to the destination and seccomp refuses
+    /// everything else uid 0 could use.
     RootWithoutCapabilities,
 }
 
@@ -349,7 +350,8 @@ mod tests {
         }
     }
 
-    /// SBX-2, SBX-4, SBX-6: extract gets the path syscalls (Landlock confines them to DIR)
+    /// SBX-2, SBX-4, SBX-6: extract gets the path syscalls (Landlock or the namespace
+    /// confines them to DIR)
     /// and may write files as large as LIM-12.
     #[test]
     fn extract_writes_beneath_its_destination_only() {
