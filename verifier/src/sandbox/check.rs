@@ -172,9 +172,23 @@ fn c_path(p: &Path) -> std::ffi::CString {
 /// `extract`'s policy on this machine (for a temporary DIR) and a trial of it; appends
 /// the lines, returns whether extract can run confined.
 fn check_extract(req: &SandboxRequest, lines: &mut Vec<String>) -> bool {
-    let base = std::env::temp_dir().join(format!("qbackup-sandbox-check-{}", std::process::id()));
-    let result = extract_trial(req, &base, lines);
-    let _ = std::fs::remove_dir_all(&base);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let base = std::env::temp_dir().join(format!(
+        "qbackup-sandbox-check-{}-{nanos}",
+        std::process::id()
+    ));
+    // Removed afterwards only if this process created it (never a name someone else put
+    // in the temporary directory first).
+    let result = match std::fs::DirBuilder::new().mode(0o700).create(&base) {
+        Ok(()) => {
+            let r = extract_trial(req, &base, lines);
+            let _ = std::fs::remove_dir_all(&base);
+            r
+        }
+        Err(e) => Err(format!("could not create {}: {e}", base.display())),
+    };
     lines.push(format!(
         "extract trial in a child process: {}",
         result.as_ref().map_or_else(|e| e.clone(), |s| s.clone())
@@ -189,10 +203,7 @@ fn extract_trial(
 ) -> Result<String, String> {
     let dest = base.join("dir");
     let outside = base.join("outside");
-    let made = std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(base)
-        .and_then(|()| std::fs::create_dir(&dest))
+    let made = std::fs::create_dir(&dest)
         .and_then(|()| std::fs::write(&outside, b"x"))
         .and_then(|()| std::fs::metadata(&dest));
     let meta = made.map_err(|e| format!("could not create {}: {e}", base.display()))?;
