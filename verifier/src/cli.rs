@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "qbackup-verify", version)]
 pub struct Cli {
-    /// Run without the sandbox (SPEC.md SBX-7): only for kernels without Landlock or
-    /// seccomp, where the commands otherwise refuse to run (exit 21).
+    /// Run without the sandbox (SPEC.md SBX-7): only for kernels where it cannot be
+    /// enforced (no seccomp; for `extract`, neither Landlock nor a mount namespace), where
+    /// the commands otherwise refuse to run (exit 21).
     #[arg(long, global = true)]
     pub no_sandbox: bool,
     #[command(subcommand)]

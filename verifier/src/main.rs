@@ -139,6 +139,14 @@ fn enter_sandbox(
     let applied = sandbox::request(mode, settings.kdf_budget, settings.jobs)
         .and_then(|req| sandbox::apply(&sandbox::policy(&req)));
     match applied {
+        // SBX-9: say when Landlock is missing and what confines the command instead.
+        Ok(e) if !matches!(e.confinement, sandbox::FsConfinement::Landlock { .. }) => {
+            qbackup_destination::say!(
+                "qbackup-verify: the kernel has no Landlock; confinement: {} (see sandbox-check)",
+                e.confinement.name()
+            );
+            None
+        }
         Ok(_) => None,
         Err(e) => {
             qbackup_destination::say!("qbackup-verify: {e}");
@@ -147,7 +155,8 @@ fn enter_sandbox(
     }
 }
 
-/// `sandbox-check` (SBX-8): what this kernel enforces, tried in a child process.
+/// `sandbox-check` (SBX-8): what this kernel enforces for `verify` and for `extract`, each
+/// tried in a child process.
 fn sandbox_check() -> i32 {
     let budget = physical_memory() / 2;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -159,10 +168,6 @@ fn sandbox_check() -> i32 {
         }
     };
     print!("{}", report.render());
-    println!(
-        "extract: landlock read/write beneath DIR only; as root: the owner of DIR, or uid 0 \
-         without capabilities when root owns DIR; RLIMIT_FSIZE = LIM-12"
-    );
     if report.ok {
         EXIT_OK
     } else {

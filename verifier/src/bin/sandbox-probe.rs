@@ -1,19 +1,23 @@
 //! Test helper for verifier/tests/sandbox_*.rs: applies the sandbox policy of a command,
 //! then attempts one action and reports whether the kernel allowed it.
 //!
-//! `sandbox-probe MODE [--dest DIR] [--given FILE] [--simulate no-landlock|no-seccomp] ACTION [ARG]`
-//! MODE: verify | emit | extract. ACTION: open PATH | create PATH | socket | exec PATH |
-//! read-given | threads | status | sigint-cleanup | run-verify PASS | run-extract PASS | none
-//! (run-*: the real driver over the `--given` archive, extracting to `--dest`; status:
-//! /proc/self/status after the sandbox; sigint-cleanup: a SIGINT handler's watcher thread
-//! removes a temporary beneath `--dest` and exits 130), or, without applying the sandbox,
-//! `spawn PROGRAM ARGS…` (exec under `--simulate`).
+//! `sandbox-probe MODE [--dest DIR] [--given FILE] [--extra-dir DIR2] ACTION [ARG]`
+//! MODE: verify | list | emit | extract. ACTION: open PATH | create PATH | open-at REL |
+//! create-at REL | socket | unix-socket | exec PATH | read-given | threads | status |
+//! sigint-cleanup | run-verify PASS | run-extract PASS | check | none
+//! (open-at, create-at: relative to `--dest` opened before the sandbox, as the destination
+//! writer holds it; run-*: the real driver over the `--given` archive, extracting to
+//! `--dest`; status: /proc/self/status after the sandbox; sigint-cleanup: a SIGINT
+//! handler's watcher thread removes a temporary beneath `--dest` and exits 130; check:
+//! `sandbox-check` for MODE without applying anything here; `--extra-dir`: keep another
+//! directory open across the sandbox).
+//! A kernel without Landlock or namespaces is simulated by running the probe under
+//! `simulate-kernel` (SBX-9, SBX-10).
 //! Exit: 0 the action succeeded, 1 it was refused (errno printed), 2 the sandbox could not
 //! be applied (error printed), 3 usage.
 
-use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::process::CommandExt;
+use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
 use qbackup_format::archive::authenticate::Credentials;
@@ -21,30 +25,12 @@ use qbackup_format::crypto::scrypt_container::KdfLimit;
 use qbackup_verify::extract::Extractor;
 use qbackup_verify::output::VerifyOnly;
 use qbackup_verify::sandbox::{apply, output_is_regular_file, policy, request, Mode};
-use seccompiler::{SeccompAction, SeccompFilter, SeccompRule};
 
 fn usage() -> ! {
-    eprintln!("usage: sandbox-probe verify|emit|extract [--dest DIR] [--given FILE] [--simulate no-landlock|no-seccomp] ACTION [ARG]");
+    eprintln!(
+        "usage: sandbox-probe verify|list|emit|extract [--dest DIR] [--given FILE] ACTION [ARG]"
+    );
     std::process::exit(3)
-}
-
-/// Pretend the kernel lacks a feature: a pre-installed filter makes its syscall ENOSYS.
-fn simulate(what: &str) {
-    let nr = match what {
-        "no-landlock" => libc::SYS_landlock_create_ruleset,
-        "no-seccomp" => libc::SYS_seccomp,
-        _ => usage(),
-    };
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(nr, vec![])].into_iter().collect();
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        std::env::consts::ARCH.try_into().expect("arch"),
-    )
-    .expect("filter");
-    let prog: seccompiler::BpfProgram = filter.try_into().expect("compile");
-    seccompiler::apply_filter(&prog).expect("install simulation filter");
 }
 
 fn outcome(what: &str, r: std::io::Result<()>) -> ! {
@@ -68,13 +54,13 @@ fn main() {
     let mode = args.next().unwrap_or_else(|| usage());
     let mut dest = None;
     let mut given = None;
-    let mut sim = None;
+    let mut extra_dir = None;
     let mut rest = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--dest" => dest = args.next().map(PathBuf::from),
             "--given" => given = args.next().map(PathBuf::from),
-            "--simulate" => sim = args.next(),
+            "--extra-dir" => extra_dir = args.next().map(PathBuf::from),
             _ => rest.push(a),
         }
     }
@@ -87,6 +73,12 @@ fn main() {
     };
     // Resources opened before the sandbox, as main.rs does with the archive.
     let mut given_file = given.map(|p| std::fs::File::open(p).expect("open --given"));
+    // Another directory left open (SBX-10: refused without Landlock).
+    let _extra = extra_dir.map(|d| std::fs::File::open(d).expect("open --extra-dir"));
+    // DIR as the destination writer holds it: a directory descriptor opened before.
+    let dest_dir = dest
+        .as_ref()
+        .map(|d| std::fs::File::open(d).expect("open --dest"));
     let mut extractor = match (&dest, rest.first().map(String::as_str)) {
         (Some(d), Some("run-extract")) => Some(Extractor::open(d).expect("open --dest")),
         _ => None,
@@ -96,17 +88,6 @@ fn main() {
     let mut status = std::fs::File::open("/proc/self/status").expect("open /proc/self/status");
     let mut req = request(mode, 64 << 20, 2).expect("sandbox request");
     req.output_is_regular_file = output_is_regular_file();
-    if let Some(s) = sim {
-        simulate(&s);
-    }
-    if rest.first().map(String::as_str) == Some("spawn") {
-        // Run a program (the real qbackup-verify) under the simulation, unsandboxed here.
-        let err = std::process::Command::new(rest.get(1).unwrap_or_else(|| usage()))
-            .args(&rest[2..])
-            .exec();
-        println!("spawn failed: {err}");
-        std::process::exit(3)
-    }
     if rest.first().map(String::as_str) == Some("check") {
         let report = qbackup_verify::sandbox::check(&req);
         print!("{}", report.render());
@@ -125,6 +106,36 @@ fn main() {
         "none" => outcome("nothing", Ok(())),
         "open" => outcome(&format!("open {arg}"), std::fs::File::open(&arg).map(drop)),
         "create" => outcome(&format!("create {arg}"), std::fs::write(&arg, b"x")),
+        "open-at" | "create-at" => {
+            let dir = dest_dir.as_ref().unwrap_or_else(|| usage());
+            let name = std::ffi::CString::new(arg.clone()).unwrap_or_else(|_| usage());
+            let flags = if action == "open-at" {
+                libc::O_RDONLY
+            } else {
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC
+            };
+            // SAFETY: openat on an open directory with a NUL-terminated name.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    flags | libc::O_CLOEXEC,
+                    0o600,
+                )
+            };
+            let r = if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else if action == "create-at" {
+                // SAFETY: `fd` was just opened for writing; the buffer is valid.
+                match unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) } {
+                    1 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            } else {
+                Ok(())
+            };
+            outcome(&format!("{action} {arg}"), r)
+        }
         "socket" => {
             // SAFETY: plain syscall.
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
@@ -190,7 +201,7 @@ fn main() {
             print!("{s}");
             outcome("read /proc/self/status", r.map(drop))
         }
-        "sigint-cleanup" => sigint_cleanup(dest.as_deref().unwrap_or_else(|| usage())),
+        "sigint-cleanup" => sigint_cleanup(dest_dir.unwrap_or_else(|| usage())),
         "threads" => {
             let handles: Vec<_> = (0..4)
                 .map(|i| {
@@ -214,11 +225,15 @@ extern "C" fn on_sigint(_: libc::c_int) {
 }
 
 /// What extract's cancellation does (SBX-4): a handler sets a flag, a watcher thread
-/// started after the sandbox removes the temporaries and exits 130.
-fn sigint_cleanup(dest: &std::path::Path) -> ! {
-    let tmp_dir = dest.join(".qbackup-partial-dir");
+/// started after the sandbox removes the temporaries and exits 130 — through DIR's
+/// descriptor, as the destination writer does.
+fn sigint_cleanup(dest: std::fs::File) -> ! {
+    let root = cap_std::fs::Dir::from_std_file(dest);
+    let tmp_dir = std::path::Path::new(".qbackup-partial-dir");
     let tmp = tmp_dir.join(".x.qbackup-partial-1");
-    let made = std::fs::create_dir(&tmp_dir).and_then(|()| std::fs::write(&tmp, b"partial"));
+    let made = root
+        .create_dir(tmp_dir)
+        .and_then(|()| root.write(&tmp, b"partial"));
     if let Err(e) = made {
         outcome("create temporaries", Err(e))
     }
@@ -233,7 +248,9 @@ fn sigint_cleanup(dest: &std::path::Path) -> ! {
     }
     let watcher = std::thread::spawn(move || loop {
         if SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
-            let r = std::fs::remove_file(&tmp).and_then(|()| std::fs::remove_dir(&tmp_dir));
+            let r = root
+                .remove_file(&tmp)
+                .and_then(|()| root.remove_dir(tmp_dir));
             match r {
                 Ok(()) => {
                     println!("cancelled; removed temporaries");

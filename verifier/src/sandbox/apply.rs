@@ -1,5 +1,6 @@
-//! Applying a [`Policy`]: resource limits, privilege drop, `PR_SET_NO_NEW_PRIVS`, Landlock,
-//! seccomp — in that order, each verified, failing closed.
+//! Applying a [`Policy`]: resource limits, (without Landlock, for `extract`) the mount
+//! namespace, privilege drop, `PR_SET_NO_NEW_PRIVS`, Landlock (when the kernel has it),
+//! seccomp — in that order, each verified, failing closed (SBX-2, SBX-7, SBX-9).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -14,7 +15,8 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-use super::policy::{Identity, Ids, Mode, Policy, SandboxRequest};
+use super::namespace;
+use super::policy::{FsConfinement, Identity, Ids, Mode, Policy, SandboxRequest};
 use super::syscalls::SyscallRule;
 
 /// What [`apply`] enforced, for the report and `sandbox-check`.
@@ -32,8 +34,11 @@ pub struct Enforced {
     pub no_new_privs: bool,
     /// The kernel's Landlock ABI version.
     pub landlock_abi: i32,
+    /// What confines path access (SBX-9).
+    pub confinement: FsConfinement,
     /// True when every Landlock restriction requested exists in this kernel's ABI
-    /// (false: the filesystem part is enforced, newer ones such as network or scoping are not).
+    /// (false: the filesystem part is enforced, newer ones such as network or scoping are
+    /// not; always false without Landlock).
     pub landlock_full: bool,
     pub seccomp_syscalls: usize,
     pub rlimits: Vec<(&'static str, u64)>,
@@ -43,7 +48,7 @@ impl Enforced {
     /// One line for logs and reports.
     pub fn summary(&self) -> String {
         format!(
-            "sandbox: uid {} gid {}{}{}, no_new_privs, landlock ABI {} ({}), seccomp {} syscalls, {}",
+            "sandbox: uid {} gid {}{}{}, no_new_privs, {}{}, seccomp {} syscalls, {}",
             self.uid,
             self.gid,
             match (self.dropped, self.uid) {
@@ -56,11 +61,11 @@ impl Enforced {
             } else {
                 ""
             },
-            self.landlock_abi,
-            if self.landlock_full {
-                "fully enforced"
-            } else {
-                "partially enforced"
+            self.confinement.name(),
+            match (self.confinement, self.landlock_full) {
+                (FsConfinement::Landlock { .. }, true) => " (fully enforced)",
+                (FsConfinement::Landlock { .. }, false) => " (partially enforced)",
+                _ => " (Landlock unavailable)",
             },
             self.seccomp_syscalls,
             self.rlimits
@@ -86,7 +91,14 @@ fn os_err(what: impl std::fmt::Display) -> Error {
     )
 }
 
-/// The kernel's Landlock ABI version (≤ 0: unavailable).
+/// How to turn Landlock on, for messages (SBX-7, SBX-8).
+pub const ENABLE_LANDLOCK: &str = "to enable Landlock, add it to the kernel command line's \
+     LSM list (lsm=…,landlock, the current list is in /sys/kernel/security/lsm; or \
+     security=landlock on older kernels); the kernel must be built with \
+     CONFIG_SECURITY_LANDLOCK=y";
+
+/// The kernel's Landlock ABI version (≤ 0: unavailable; a kernel built without Landlock
+/// answers ENOSYS, one built with it but not enabled, as Qubes OS kernels, EOPNOTSUPP).
 pub fn landlock_abi() -> i32 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: with a NULL attribute and size 0 this only queries the ABI version.
@@ -136,6 +148,7 @@ pub fn apply(policy: &Policy) -> Result<Enforced> {
         no_capabilities: false,
         no_new_privs: false,
         landlock_abi: landlock_abi(),
+        confinement: policy.fs.confinement,
         landlock_full: false,
         seccomp_syscalls: 0,
         rlimits: Vec::new(),
@@ -166,15 +179,30 @@ pub fn apply(policy: &Policy) -> Result<Enforced> {
 
     // Opened while still privileged: the new identity may not be able to reach DIR by
     // its path (a 0700 parent), yet writes through the already open DIR.
-    let dest_fd = match &policy.fs.write_beneath {
-        Some(dest) => Some(PathFd::new(dest).map_err(|e| {
+    let landlock = matches!(policy.fs.confinement, FsConfinement::Landlock { .. });
+    let dest_fd = match (&policy.fs.write_beneath, landlock) {
+        (Some(dest), true) => Some(PathFd::new(dest).map_err(|e| {
             Error::new(
                 ErrorClass::Io,
                 format!("sandbox: opening {} for Landlock: {e}", dest.display()),
             )
         })?),
-        None => None,
+        _ => None,
     };
+    // Also while still privileged: as root, a mount namespace needs CAP_SYS_ADMIN.
+    if let (Some(dest), FsConfinement::MountNamespace { user_namespace }) =
+        (&policy.fs.write_beneath, policy.fs.confinement)
+    {
+        namespace::confine_to(dest, user_namespace).map_err(|e| {
+            unsupported(format!(
+                "the kernel has no Landlock (ABI {}) and confining extract to {} with a mount \
+                 namespace failed ({}); {ENABLE_LANDLOCK}",
+                enforced.landlock_abi,
+                dest.display(),
+                e.message()
+            ))
+        })?;
+    }
     drop_privileges(policy)?;
     enforced.dropped = policy.started_as_root;
     enforced.no_capabilities = true;
@@ -191,7 +219,9 @@ pub fn apply(policy: &Policy) -> Result<Enforced> {
         enforced.no_new_privs = true;
     }
 
-    enforced.landlock_full = apply_landlock(policy, dest_fd)?;
+    if landlock {
+        enforced.landlock_full = apply_landlock(policy, dest_fd)?;
+    }
 
     let filter = seccomp_program(&policy.syscalls)?;
     seccompiler::apply_filter_all_threads(&filter)
@@ -352,7 +382,7 @@ fn apply_landlock(policy: &Policy, dest_fd: Option<PathFd>) -> Result<bool> {
     let abi = landlock_abi();
     if abi < policy.fs.min_abi {
         return Err(unsupported(format!(
-            "the kernel has no Landlock (ABI {abi}, need {}): enable CONFIG_SECURITY_LANDLOCK and lsm=landlock",
+            "the kernel has no Landlock (ABI {abi}, need {}); {ENABLE_LANDLOCK}",
             policy.fs.min_abi
         )));
     }
@@ -464,6 +494,7 @@ pub fn request(mode: Mode, kdf_memory_budget: u64, jobs: usize) -> Result<Sandbo
         kdf_memory_budget,
         jobs,
         output_is_regular_file: output_is_regular_file(),
+        landlock_abi: landlock_abi(),
     })
 }
 
@@ -491,6 +522,7 @@ mod tests {
             no_capabilities: true,
             no_new_privs: true,
             landlock_abi: 7,
+            confinement: FsConfinement::Landlock { abi: 7 },
             landlock_full: true,
             seccomp_syscalls: 47,
             rlimits: vec![("RLIMIT_CORE", 0)],
@@ -507,5 +539,17 @@ mod tests {
         ] {
             assert!(s.contains(w), "{s}");
         }
+        let without = Enforced {
+            landlock_abi: -95,
+            confinement: FsConfinement::NoPathSyscalls,
+            landlock_full: false,
+            ..e
+        };
+        let s = without.summary();
+        assert!(
+            s.contains("seccomp only (no path syscalls) (Landlock unavailable)"),
+            "{s}"
+        );
+        assert!(!s.contains("landlock ABI"), "{s}");
     }
 }

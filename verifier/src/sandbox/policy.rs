@@ -48,6 +48,8 @@ pub struct SandboxRequest {
     pub jobs: usize,
     /// Whether stdout or stderr is a regular file (a report redirected with `>`).
     pub output_is_regular_file: bool,
+    /// The kernel's Landlock ABI version (≤ 0: Landlock is not available; SBX-9).
+    pub landlock_abi: i32,
 }
 
 /// A uid/gid pair (all of real, effective and saved ids are set to it).
@@ -67,8 +69,9 @@ pub enum Identity {
     /// Started as root: become this unprivileged identity.
     Switch(Ids),
     /// Started as root, extracting into a root-owned destination: stay uid/gid 0 with no
-    /// capabilities, so uid 0 has only an owner's rights; Landlock confines every path
-    /// access to the destination and seccomp refuses everything else uid 0 could use.
+    /// capabilities, so uid 0 has only an owner's rights; Landlock (or the mount namespace,
+    /// SBX-10) confines every path access to the destination and seccomp refuses
+    /// everything else uid 0 could use.
     RootWithoutCapabilities,
 }
 
@@ -80,15 +83,50 @@ pub struct Rlimit {
     pub value: u64,
 }
 
-/// Filesystem access under Landlock: nothing at all, except read/write access beneath the
-/// extraction destination.
+/// How path access is confined (SBX-2, SBX-9): the strongest mechanism this kernel offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsConfinement {
+    /// Landlock (preferred whenever the kernel has it): no filesystem right at all, or
+    /// read/write beneath DIR for `extract`.
+    Landlock { abi: i32 },
+    /// No Landlock; `verify`, `list`, `emit`: seccomp allows no syscall that opens, creates,
+    /// renames or removes a path (SBX-4), so the process reaches only the descriptors it
+    /// opened before the sandbox.
+    NoPathSyscalls,
+    /// No Landlock; `extract`: a new mount namespace (inside a new user namespace when not
+    /// started as root) whose root is DIR, the old root detached, every directory
+    /// descriptor but DIR's refused (SBX-10). Mounting and namespaces are refused by
+    /// seccomp afterwards.
+    MountNamespace { user_namespace: bool },
+}
+
+impl FsConfinement {
+    /// The mechanism's name, as `sandbox-check` and the run's note print it.
+    pub fn name(&self) -> String {
+        match self {
+            FsConfinement::Landlock { abi } => format!("landlock ABI {abi}"),
+            FsConfinement::NoPathSyscalls => "seccomp only (no path syscalls)".to_string(),
+            FsConfinement::MountNamespace {
+                user_namespace: true,
+            } => "mount namespace confined to DIR (in a user namespace)".to_string(),
+            FsConfinement::MountNamespace {
+                user_namespace: false,
+            } => "mount namespace confined to DIR".to_string(),
+        }
+    }
+}
+
+/// Filesystem access: nothing at all, except read/write access beneath the extraction
+/// destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsPolicy {
     /// Read/write/create/remove beneath this directory (never execute, never devices,
     /// FIFOs or sockets).
     pub write_beneath: Option<PathBuf>,
-    /// Lowest Landlock ABI that must be available (1: filesystem access control).
+    /// Lowest Landlock ABI that counts as Landlock (1: filesystem access control).
     pub min_abi: i32,
+    /// The mechanism that enforces it.
+    pub confinement: FsConfinement,
 }
 
 /// Everything [`super::apply`] does, in order.
@@ -138,6 +176,9 @@ fn identity(req: &SandboxRequest) -> Identity {
     }
 }
 
+/// Landlock ABI 1 has filesystem access control, all the sandbox needs of it (SBX-2).
+pub const LANDLOCK_MIN_ABI: i32 = 1;
+
 /// The policy for `req`. Pure: no system calls, so it is unit-tested as data (SBX-1).
 pub fn policy(req: &SandboxRequest) -> Policy {
     let extract_dest = match &req.mode {
@@ -148,6 +189,15 @@ pub fn policy(req: &SandboxRequest) -> Policy {
         (Mode::Extract { .. }, _) => MAX_FILE_SIZE,
         (_, true) => SANDBOX_REPORT_FILE_MAX,
         (_, false) => 0,
+    };
+    let confinement = match (req.landlock_abi >= LANDLOCK_MIN_ABI, &extract_dest) {
+        (true, _) => FsConfinement::Landlock {
+            abi: req.landlock_abi,
+        },
+        (false, None) => FsConfinement::NoPathSyscalls,
+        (false, Some(_)) => FsConfinement::MountNamespace {
+            user_namespace: req.euid != 0,
+        },
     };
     let rlimits = vec![
         Rlimit {
@@ -179,7 +229,8 @@ pub fn policy(req: &SandboxRequest) -> Policy {
         no_new_privs: true,
         fs: FsPolicy {
             write_beneath: extract_dest.clone(),
-            min_abi: 1,
+            min_abi: LANDLOCK_MIN_ABI,
+            confinement,
         },
         syscalls: syscalls::allowlist(extract_dest.is_some(), req.pid),
     }
@@ -197,6 +248,7 @@ mod tests {
             kdf_memory_budget: 4 << 30,
             jobs: 4,
             output_is_regular_file: false,
+            landlock_abi: 7,
         }
     }
 
@@ -298,7 +350,8 @@ mod tests {
         }
     }
 
-    /// SBX-2, SBX-4, SBX-6: extract gets the path syscalls (Landlock confines them to DIR)
+    /// SBX-2, SBX-4, SBX-6: extract gets the path syscalls (Landlock or the namespace
+    /// confines them to DIR)
     /// and may write files as large as LIM-12.
     #[test]
     fn extract_writes_beneath_its_destination_only() {
@@ -380,5 +433,55 @@ mod tests {
         let mut r = req(Mode::Emit, 1000);
         r.output_is_regular_file = true;
         assert_eq!(limit(&policy(&r), "RLIMIT_FSIZE"), SANDBOX_REPORT_FILE_MAX);
+    }
+
+    /// SBX-9: Landlock whenever the kernel has it; without it, seccomp alone for the
+    /// commands with no path syscalls, and a mount namespace (a user namespace too when not
+    /// root) for extract; the seccomp list does not change with the mechanism.
+    #[test]
+    fn confinement_follows_the_kernel() {
+        for abi in [1, 7] {
+            let mut r = req(Mode::Verify, 1000);
+            r.landlock_abi = abi;
+            assert_eq!(policy(&r).fs.confinement, FsConfinement::Landlock { abi });
+            let mut r = extract(0, (0, 0));
+            r.landlock_abi = abi;
+            assert_eq!(policy(&r).fs.confinement, FsConfinement::Landlock { abi });
+        }
+        for abi in [0, -1, -95] {
+            for mode in [Mode::Verify, Mode::List, Mode::Emit] {
+                let mut r = req(mode.clone(), 0);
+                r.landlock_abi = abi;
+                let p = policy(&r);
+                assert_eq!(p.fs.confinement, FsConfinement::NoPathSyscalls, "{mode:?}");
+                let mut with = r.clone();
+                with.landlock_abi = 7;
+                assert_eq!(p.syscalls, policy(&with).syscalls);
+            }
+            for (euid, user_namespace) in [(0, false), (1000, true)] {
+                let mut r = extract(euid, (1000, 1000));
+                r.landlock_abi = abi;
+                let p = policy(&r);
+                assert_eq!(
+                    p.fs.confinement,
+                    FsConfinement::MountNamespace { user_namespace }
+                );
+                for s in [
+                    "mount",
+                    "umount2",
+                    "pivot_root",
+                    "unshare",
+                    "setns",
+                    "chroot",
+                ] {
+                    assert!(!allows(&p, s), "{s} allowed");
+                }
+            }
+        }
+        assert_eq!(
+            FsConfinement::NoPathSyscalls.name(),
+            "seccomp only (no path syscalls)"
+        );
+        assert_eq!(FsConfinement::Landlock { abi: 7 }.name(), "landlock ABI 7");
     }
 }

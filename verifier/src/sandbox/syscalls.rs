@@ -158,7 +158,8 @@ fn prlimit_rule() -> SyscallRule {
 }
 
 /// The allowlist; `extract` adds the path syscalls writing beneath the destination needs
-/// (Landlock confines which paths they reach).
+/// (Landlock, or without it the mount namespace rooted at DIR, confines which paths they
+/// reach: SBX-9, SBX-10). The list does not depend on the mechanism.
 pub fn allowlist(extract: bool, pid: u32) -> Vec<SyscallRule> {
     let mut v = vec![
         rule!(
@@ -233,7 +234,7 @@ pub fn allowlist(extract: bool, pid: u32) -> Vec<SyscallRule> {
         v.extend([
             rule!(
                 openat,
-                "open files and directories beneath DIR (Landlock confines)"
+                "open files and directories beneath DIR (Landlock or the namespace confines)"
             ),
             rule!(openat2, "cap-std RESOLVE_BENEATH opens beneath DIR (EXT-5)"),
             rule!(mkdirat, "create VM directories (EXT-1)"),
@@ -260,7 +261,7 @@ pub fn allowlist(extract: bool, pid: u32) -> Vec<SyscallRule> {
             SyscallRule {
                 name: "open",
                 nr: libc::SYS_open,
-                reason: "legacy open (x86_64 glibc fallbacks), beneath DIR only by Landlock",
+                reason: "legacy open (x86_64 glibc fallbacks), beneath DIR only (SBX-9)",
                 any_of: Vec::new(),
             },
             SyscallRule {
