@@ -650,8 +650,9 @@ fn regular_bomb(filter: &str, claimed: u64, frames: usize) -> Vec<u8> {
 fn decompression_bombs_stop_at_the_volume_size() {
     for (filter, claimed, frames) in [("gzip", 16 * GIB, 256), ("zstd", 64 * GIB, 1024)] {
         let stream = regular_bomb(filter, claimed, frames);
-        let case = Case::new(&with_private_img(&base_archive(filter), &stream));
+        let archive = with_private_img(&base_archive(filter), &stream);
         for args in [&[][..], &["--strict-backup-size"][..]] {
+            let case = Case::new(&archive);
             let m = case.verify(args);
             assert_refused(&m, 15, "limit-exceeded", "VER-4", QUICK, SMALL);
             let m = case.extract(args);

@@ -20,58 +20,28 @@ use qbackup_tests::sources::{make_archive_once, sources, PASSPHRASE};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_qbackup-verify");
-const SIMULATE: &str = env!("CARGO_BIN_EXE_simulate-kernel");
 
-/// The kernel a command runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
-    /// This machine's kernel, which must have Landlock.
-    AsIs,
-    /// Landlock's system calls fail with ENOSYS (`simulate-kernel no-landlock`).
-    NoLandlock,
+mod common;
+use common::{is_root, Kernel, AS_NOBODY, KERNELS, SIMULATE};
+
+/// `qbackup-verify` on a kernel, and what that kernel adds.
+trait OnKernel {
+    fn verifier(self) -> Command;
+    /// Seccomp filters the process has before `qbackup-verify` adds its own.
+    fn filters(self) -> usize;
 }
 
-const KERNELS: [Kernel; 2] = [Kernel::AsIs, Kernel::NoLandlock];
-
-impl Kernel {
-    /// What runs a program on this kernel, before the program.
-    fn prefix(self) -> &'static [&'static str] {
-        match self {
-            Kernel::AsIs => {
-                assert!(
-                    qbackup_verify::sandbox::landlock_abi() >= 1,
-                    "this kernel has no Landlock: the Landlock half of these tests cannot run"
-                );
-                &[]
-            }
-            Kernel::NoLandlock => &[SIMULATE, "no-landlock"],
-        }
-    }
-
-    /// `qbackup-verify` on this kernel.
+impl OnKernel for Kernel {
     fn verifier(self) -> Command {
-        match self.prefix().split_first() {
-            Some((p, rest)) => {
-                let mut c = Command::new(p);
-                c.args(rest).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        }
+        self.command(BIN)
     }
 
-    /// Seccomp filters the process has before `qbackup-verify` adds its own.
     fn filters(self) -> usize {
         match self {
             Kernel::AsIs => 0,
             Kernel::NoLandlock => 1,
         }
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn v4() -> PathBuf {
@@ -323,17 +293,7 @@ fn root_verify_runs_as_nobody() {
 /// capability is gone; the run succeeds.
 #[test]
 fn non_root_keeps_its_identity() {
-    let pre: &[&str] = if is_root() {
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ]
-    } else {
-        &[]
-    };
+    let pre: &[&str] = if is_root() { &AS_NOBODY } else { &[] };
     // SAFETY: no preconditions.
     let me = if is_root() {
         65534
@@ -417,13 +377,7 @@ fn nobody_extracts_without_landlock_in_a_user_namespace() {
             std::fs::create_dir(d).unwrap();
             std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
         }
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ]
+        &AS_NOBODY
     } else {
         &[]
     };
@@ -739,16 +693,8 @@ fn progress_bar_on_a_terminal_works_in_the_sandbox() {
 fn lower_limits_are_kept() {
     let mut pre = vec!["prlimit", "--nofile=100:200", "--as=3000000000:3500000000"];
     if is_root() {
-        pre = [
-            &[
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-            ][..],
-            &pre,
-        ]
-        .concat();
+        // Inheritable capabilities are cleared too: nobody could not raise a limit anyway.
+        pre = [&AS_NOBODY[..], &pre].concat();
     }
     for k in KERNELS {
         let (child, status, limits) = waiting(k, &pre, &["verify"], true);

@@ -9,40 +9,22 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_sandbox-probe");
-const SIMULATE: &str = env!("CARGO_BIN_EXE_simulate-kernel");
 
-/// The kernel a probe runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
-    /// This machine's kernel, which must have Landlock.
-    AsIs,
-    /// Landlock's system calls fail with ENOSYS (`simulate-kernel no-landlock`).
-    NoLandlock,
+mod common;
+use common::{is_root, Kernel, AS_NOBODY, KERNELS, SIMULATE};
+
+/// `sandbox-probe` on a kernel.
+trait Probe {
+    fn probe(self, args: &[&str]) -> Output;
+    fn run(self, args: &[&str]) -> (i32, String);
+    fn assert_refused(self, args: &[&str], errno: Option<i32>);
+    fn assert_allowed(self, args: &[&str]);
+    fn outside_errno(self) -> i32;
 }
 
-const KERNELS: [Kernel; 2] = [Kernel::AsIs, Kernel::NoLandlock];
-
-impl Kernel {
-    fn command(self) -> Command {
-        match self {
-            Kernel::AsIs => {
-                assert!(
-                    qbackup_verify::sandbox::landlock_abi() >= 1,
-                    "this kernel has no Landlock (CONFIG_SECURITY_LANDLOCK, lsm=…,landlock): \
-                     the Landlock half of these tests cannot run here"
-                );
-                Command::new(PROBE)
-            }
-            Kernel::NoLandlock => {
-                let mut c = Command::new(SIMULATE);
-                c.args(["no-landlock", PROBE]);
-                c
-            }
-        }
-    }
-
+impl Probe for Kernel {
     fn probe(self, args: &[&str]) -> Output {
-        self.command()
+        self.command(PROBE)
             .args(args)
             .output()
             .expect("run sandbox-probe")
@@ -83,11 +65,6 @@ impl Kernel {
             Kernel::NoLandlock => libc::ENOENT,
         }
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// SBX-2, SBX-4, SBX-9: a sandboxed process cannot open a file it was not given, create a
@@ -366,13 +343,8 @@ fn non_root_extract_without_landlock_uses_a_user_namespace() {
     std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let d = dest.to_str().unwrap();
     let as_nobody = |args: &[&str]| {
-        let o = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-            ])
+        let o = Command::new(AS_NOBODY[0])
+            .args(&AS_NOBODY[1..])
             .args([SIMULATE, "no-landlock", PROBE])
             .args(args)
             .output()
