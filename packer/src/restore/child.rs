@@ -18,6 +18,9 @@ use crate::cancel;
 /// The environment variable that carries the passphrase to the child (PASS-1).
 pub const PASSPHRASE_ENV: &str = "QBACKUP_PASSPHRASE";
 
+/// Size asked for the pipe carrying the stream (Linux's default `pipe-max-size`).
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
 /// How the child is started.
 pub enum Program<'a> {
     /// `VERIFIER emit [VM...] -` (the sibling `qbackup-verify` by default); the VM names
@@ -37,7 +40,13 @@ impl Verifier {
     /// Start the child with piped stdin/stdout (stderr inherited) and register it for
     /// cancellation.
     /// `passphrase`: put in the child's environment; `None` when it travels on stdin.
-    pub fn spawn(program: Program<'_>, passphrase: Option<&[u8]>) -> Result<Verifier> {
+    /// `stdin`: the archive file itself when the child can read it directly (no copy
+    /// through this process), else a pipe for [`pump`].
+    pub fn spawn(
+        program: Program<'_>,
+        passphrase: Option<&[u8]>,
+        stdin: Stdio,
+    ) -> Result<Verifier> {
         use std::os::unix::ffi::OsStrExt;
         let mut cmd = match program {
             Program::Verifier(path, vms) => {
@@ -56,7 +65,7 @@ impl Verifier {
             None => cmd.env_remove(PASSPHRASE_ENV),
         };
         let child = cmd
-            .stdin(Stdio::piped())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0)
@@ -64,6 +73,14 @@ impl Verifier {
             .map_err(|e| Error::new(ErrorClass::Io, format!("starting the verifier: {e}")))?;
         let pid = i32::try_from(child.id()).unwrap_or(0);
         cancel::CHILD.store(-pid, std::sync::atomic::Ordering::SeqCst);
+        if let Some(out) = &child.stdout {
+            // Fewer, larger transfers (the default pipe holds 64 KiB; a data record is up
+            // to 1 MiB, LIM-28). Best effort: an unprivileged process may get less.
+            // SAFETY: fcntl on a descriptor this process owns; no memory is passed.
+            unsafe {
+                libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+            }
+        }
         Ok(Verifier {
             child,
             reaped: None,

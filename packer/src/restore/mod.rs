@@ -9,6 +9,7 @@ pub mod consume;
 
 use std::io::Read;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use qbackup_destination::Destination;
@@ -34,10 +35,10 @@ pub fn run(r: Restore) -> Result<(), Failure> {
     let timeout = Duration::from_secs(r.timeout);
     cancel::install();
     let on_stdin = r.archive == Path::new("-");
-    let input: Box<dyn Read + Send> = if on_stdin {
-        Box::new(std::io::stdin())
+    let file = if on_stdin {
+        None
     } else {
-        Box::new(
+        Some(
             std::fs::File::open(&r.archive)
                 .map_err(|e| Failure::io(format!("opening {}: {e}", r.archive.display())))?,
         )
@@ -61,21 +62,35 @@ pub fn run(r: Restore) -> Result<(), Failure> {
     // RST-5: the passphrase goes into the child's environment, or on its stdin ahead of
     // the archive (`--passphrase-on-stdin`); never on a command line.
     let mut prefix = zeroize::Zeroizing::new(Vec::new());
-    let mut verifier = if r.passphrase_on_stdin {
+    if r.passphrase_on_stdin {
         prefix.extend_from_slice(&pass);
         prefix.push(b'\n');
-        Verifier::spawn(program, None)?
-    } else {
-        Verifier::spawn(program, Some(&pass))?
+    }
+    // An archive file with nothing to send ahead of it becomes the child's stdin: the
+    // child reads it directly, read-only, with no path access and no copy through here.
+    // Otherwise (stdin, or the passphrase line first) a thread pumps it into a pipe.
+    let (stdin, input): (Stdio, Option<Box<dyn Read + Send>>) = match file {
+        Some(f) if !r.passphrase_on_stdin => (Stdio::from(f), None),
+        Some(f) => (Stdio::piped(), Some(Box::new(f))),
+        None => (Stdio::piped(), Some(Box::new(std::io::stdin()))),
     };
+    let env_pass = (!r.passphrase_on_stdin).then_some(&pass[..]);
+    let mut verifier = Verifier::spawn(program, env_pass, stdin)?;
     drop(pass);
-    let stdin = verifier
-        .take_stdin()
-        .ok_or_else(|| Failure::io("the verifier has no stdin"))?;
     let stdout = verifier
         .take_stdout()
         .ok_or_else(|| Failure::io("the verifier has no stdout"))?;
-    let pumper = std::thread::spawn(move || child::pump(prefix, input, stdin));
+    let pumper = match input {
+        Some(input) => {
+            let stdin = verifier
+                .take_stdin()
+                .ok_or_else(|| Failure::io("the verifier has no stdin"))?;
+            Some(std::thread::spawn(move || {
+                child::pump(prefix, input, stdin)
+            }))
+        }
+        None => None,
+    };
 
     let select = (!r.vms.is_empty()).then_some(r.vms.as_slice());
     let result = consume::consume(TimedReader::new(stdout, timeout), &mut dest, select);
@@ -109,9 +124,12 @@ pub fn run(r: Restore) -> Result<(), Failure> {
         }
     };
     // The child is gone: its stdin is closed and the pump ends.
-    let pumped = pumper
-        .join()
-        .unwrap_or_else(|_| Err(Error::new(ErrorClass::Io, "the archive pump panicked")));
+    let pumped = match pumper {
+        Some(p) => p
+            .join()
+            .unwrap_or_else(|_| Err(Error::new(ErrorClass::Io, "the archive pump panicked"))),
+        None => Ok(0),
+    };
     let restored = match (outcome, pumped) {
         // A failing archive read is the cause of whatever the child said.
         (Err(_), Err(read)) => return Err(read.into()),
