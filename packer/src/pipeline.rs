@@ -341,17 +341,12 @@ pub fn prepare(plan: &Plan, format: Format) -> Result<Layout<'_>, Failure> {
             vp.files.iter().collect()
         };
         let (mut bytes, mut entries) = (0u64, 0u64);
-        // VER-4: each volume's size goes into its volume-config, an exact bound for readers.
-        let mut volume_sizes = Vec::new();
         for f in &kept {
             if let Some(p) = &f.path {
                 let logical = source::logical_size(p)
                     .map_err(io_err(p.display()))
                     .map_err(Failure::Error)?;
                 bytes = bytes.saturating_add(logical);
-                if let Some(volume) = f.name.strip_suffix(".img") {
-                    volume_sizes.push((volume.to_string(), logical));
-                }
             }
             entries += 1;
         }
@@ -375,7 +370,6 @@ pub fn prepare(plan: &Plan, format: Format) -> Result<Layout<'_>, Failure> {
         let size = backup_size_bound(bytes, entries);
         total = total.saturating_add(bytes);
         let mut vm = vp.vm.clone();
-        vm.volume_sizes = volume_sizes;
         vm.backup = Some(BackupInfo {
             // R3 paths have no trailing slash, R4 paths have one (XML-1, XML-3).
             path: if v3 {

@@ -556,7 +556,7 @@ fn sandbox_check_without_landlock() {
         for w in [
             "kernel landlock ABI: unavailable",
             "confinement: seccomp only (no path syscalls)",
-            "trial in a child process: applied; socket and exec refused",
+            "trial in a child process: applied; opening a path, socket and exec refused",
             "extract confinement: mount namespace confined to DIR",
             "extract trial in a child process: applied; wrote inside DIR; nothing outside DIR could be opened or created; socket and exec refused",
             "landlock unavailable: to enable Landlock",
@@ -571,7 +571,7 @@ fn sandbox_check_without_landlock() {
     let (code, out, _) = simulated("no-landlock,no-namespaces", &["sandbox-check"]);
     assert_eq!(code, Some(21), "{out}");
     for w in [
-        "trial in a child process: applied; socket and exec refused",
+        "trial in a child process: applied; opening a path, socket and exec refused",
         "extract trial in a child process: applying the policy failed",
         "FAIL: the sandbox cannot be enforced here",
     ] {
@@ -598,7 +598,7 @@ fn sandbox_check_reports_what_is_enforced() {
             "rlimit: RLIMIT_FSIZE = ",
             "rlimit: RLIMIT_NOFILE = 256",
             "rlimit: RLIMIT_CORE = 0",
-            "trial in a child process: applied; socket and exec refused",
+            "trial in a child process: applied; opening a path, socket and exec refused",
             "extract trial in a child process: applied; wrote inside DIR",
             "OK: the sandbox can be enforced on this system",
         ] {

@@ -165,6 +165,29 @@ fn socket_and_exec_refused() -> i32 {
     }
 }
 
+/// True when this process can still open an existing file or create one by path.
+fn path_opens() -> bool {
+    // SAFETY: raw syscalls in the child; descriptors are closed if they were opened.
+    unsafe {
+        let read = libc::open(c"/etc/passwd".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        let create = libc::openat(
+            libc::AT_FDCWD,
+            c"/tmp/qbackup-sandbox-check-must-fail".as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o600,
+        );
+        for fd in [read, create] {
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+        if create >= 0 {
+            libc::unlink(c"/tmp/qbackup-sandbox-check-must-fail".as_ptr());
+        }
+        read >= 0 || create >= 0
+    }
+}
+
 fn c_path(p: &Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
@@ -303,11 +326,15 @@ fn trial(req: &SandboxRequest) -> Result<String, String> {
             {
                 6
             }
+            // SBX-4, SBX-9: `verify` may open no path at all (without Landlock, seccomp
+            // alone refuses it).
+            Ok(_) if path_opens() => 7,
             Ok(_) => socket_and_exec_refused(),
         }
     })?;
     match code {
-        0 => Ok("applied; socket and exec refused".to_string()),
+        0 => Ok("applied; opening a path, socket and exec refused".to_string()),
+        7 => Err("applied, but a path could still be opened".to_string()),
         3 => Err("applying the policy failed".to_string()),
         4 => Err("applied, but a socket could still be created".to_string()),
         5 => Err("applied, but exec still worked".to_string()),

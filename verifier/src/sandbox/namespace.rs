@@ -60,9 +60,20 @@ fn open_descriptors() -> Result<Vec<libc::c_int>> {
             format!("listing /proc/self/fd: {e}"),
         )
     })?;
-    Ok(entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect())
+    // Every entry must be read and understood: a descriptor missed here would escape the
+    // check for directories other than DIR (fail closed, SBX-7).
+    entries
+        .map(|e| {
+            e.ok()
+                .and_then(|e| e.file_name().to_str()?.parse().ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorClass::Unsupported,
+                        "listing /proc/self/fd: an entry could not be read",
+                    )
+                })
+        })
+        .collect()
 }
 
 fn write_proc(file: &str, text: &str) -> Result<()> {
