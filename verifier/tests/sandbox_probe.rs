@@ -436,7 +436,9 @@ fn sandbox_check_reports_a_working_sandbox() {
         let (code, out) = k.run(&["verify", "check"]);
         assert_eq!(code, 0, "{k:?}: {out}");
         assert!(
-            out.contains("trial in a child process: applied; opening a path, socket and exec refused"),
+            out.contains(
+                "trial in a child process: applied; opening a path, socket and exec refused"
+            ),
             "{out}"
         );
         assert!(
