@@ -250,12 +250,19 @@ fn extract_trial(
                                     opened or created; socket and exec refused"
             .to_string()),
         0 => Err("applied, but the file written inside DIR did not appear there".to_string()),
-        3 => Err("applying the policy failed".to_string()),
-        4 => Err("applied, but a socket could still be created".to_string()),
-        5 => Err("applied, but exec still worked".to_string()),
         7 => Err("applied, but nothing could be written inside DIR".to_string()),
         8 => Err("applied, but a path outside DIR could still be opened or created".to_string()),
-        c => Err(format!("child exited with {c}")),
+        c => Err(trial_failure(c)),
+    }
+}
+
+/// What a trial child's exit code means, for the codes both trials share.
+fn trial_failure(code: i32) -> String {
+    match code {
+        3 => "applying the policy failed".to_string(),
+        4 => "applied, but a socket could still be created".to_string(),
+        5 => "applied, but exec still worked".to_string(),
+        c => format!("child exited with {c}"),
     }
 }
 
@@ -334,11 +341,8 @@ fn trial(req: &SandboxRequest) -> Result<String, String> {
     })?;
     match code {
         0 => Ok("applied; opening a path, socket and exec refused".to_string()),
-        7 => Err("applied, but a path could still be opened".to_string()),
-        3 => Err("applying the policy failed".to_string()),
-        4 => Err("applied, but a socket could still be created".to_string()),
-        5 => Err("applied, but exec still worked".to_string()),
         6 => Err("applied, but still running as root".to_string()),
-        c => Err(format!("child exited with {c}")),
+        7 => Err("applied, but a path could still be opened".to_string()),
+        c => Err(trial_failure(c)),
     }
 }
