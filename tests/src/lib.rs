@@ -5,6 +5,7 @@
 
 pub mod binaries;
 pub mod manifest;
+pub mod mock_qubesd;
 pub mod signals;
 pub mod sources;
 pub mod tree;
