@@ -17,9 +17,11 @@
 //! - [`archive`]: the member-order state machine and what "verified" means.
 
 pub mod error;
+pub mod firewall;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 pub mod limits;
+pub mod vm_config;
 
 pub mod archive;
 pub mod compression;

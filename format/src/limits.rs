@@ -197,3 +197,36 @@ pub const MAX_PROTO_EXPECTED_FILES: u32 = 64;
 /// Longest expected file name in a protocol manifest: a volume name (at most 64 bytes,
 /// XML-2) plus `.img` (PROTO-2).
 pub const MAX_PROTO_EXPECTED_NAME_LEN: usize = 68;
+
+/// LIM-52: most properties, features, tags or device assignments of one VM in a protocol
+/// `config` record, and most options of one device (PROTO-13, CFG-1). Real VMs have a
+/// few dozen features; qubes.xml (LIM-24) could hold more, which the verifier reports.
+pub const MAX_CONFIG_ENTRIES: usize = 1024;
+
+/// LIM-53: longest property or feature value, or device option value, in a `config`
+/// record (CFG-1). Real values are short (kernel options, a `menu-items` list).
+pub const MAX_CONFIG_VALUE_LEN: usize = 8192;
+
+/// LIM-54: most firewall rules of one VM (FW-1). qubesd keeps rules in memory and in
+/// nftables; real firewalls have a handful to a few hundred.
+pub const MAX_FIREWALL_RULES: usize = 4096;
+
+/// LIM-55: longest firewall rule line (FW-2), comment included.
+pub const MAX_FIREWALL_RULE_LEN: usize = 1024;
+
+/// LIM-56: longest firewall rule comment (FW-1).
+pub const MAX_FIREWALL_COMMENT_LEN: usize = 512;
+
+/// LIM-57: longest VM notes text (CFG-2): qubesd's own cap on `admin.vm.notes.Set`.
+pub const MAX_NOTES_LEN: usize = 256_000;
+
+/// LIM-58: most menu items of one VM (CFG-2).
+pub const MAX_MENU_ITEMS: usize = 1024;
+
+/// LIM-59: largest `config` record (PROTO-2): LIM-52 entries of each kind with values
+/// of LIM-53 bytes would not fit; real configurations are a few KiB.
+pub const MAX_PROTO_CONFIG_LEN: usize = 4 << 20;
+
+/// LIM-60: largest `vmend` record (PROTO-2): LIM-54 rules of LIM-55 bytes, LIM-57 bytes
+/// of notes and LIM-58 menu items of 255 bytes fit.
+pub const MAX_PROTO_VMEND_LEN: usize = 8 << 20;

@@ -10,7 +10,7 @@ use qbackup_format::limits::MAX_PROTO_MANIFEST_LEN;
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::record_type as t;
 use qbackup_format::protocol::write::Encoder;
-use qbackup_format::protocol::{Begin, FileKind, Manifest};
+use qbackup_format::protocol::{Begin, FileKind, Manifest, VmConfig};
 use qbackup_format::ErrorClass;
 
 mod common;
@@ -90,8 +90,10 @@ fn claimed_lengths_and_counts_do_not_allocate() {
     e.hello().unwrap();
     e.manifest(&Manifest {
         vms: vec![work_vm(&[])],
+        others: Vec::new(),
     })
     .unwrap();
+    e.config(0, &VmConfig::default()).unwrap();
     e.begin(&Begin {
         vm: 0,
         name: "private.img".into(),
@@ -103,6 +105,21 @@ fn claimed_lengths_and_counts_do_not_allocate() {
     .unwrap();
     e.data(0, b"x").unwrap();
     cases.push((e.into_inner(), ErrorClass::Truncated));
+
+    // A config record announcing LIM-59 bytes and counts at their limits, cut short.
+    let mut e = Encoder::new(Vec::new());
+    e.hello().unwrap();
+    e.manifest(&Manifest {
+        vms: vec![work_vm(&[])],
+        others: Vec::new(),
+    })
+    .unwrap();
+    let mut s = e.into_inner();
+    s.push(t::CONFIG);
+    s.extend_from_slice(&(qbackup_format::limits::MAX_PROTO_CONFIG_LEN as u32).to_be_bytes());
+    s.extend_from_slice(&0u32.to_be_bytes());
+    s.extend_from_slice(&1024u16.to_be_bytes());
+    cases.push((s, ErrorClass::Truncated));
 
     let before = LARGEST.swap(0, Ordering::Relaxed);
     assert!(before > 0, "allocator not counting");

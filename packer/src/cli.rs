@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand};
 /// Write Qubes OS backups (format 4, or 3 for compatibility tests) that upstream restores.
 ///
 /// Exit codes: 0 written (and verified with --verify) or restored; 1 internal error; 2
-/// usage or plan error; 10-20 by error class (`restore`, and `create --verify` when the
-/// verifier rejects the archive; 20 also I/O errors); 130 cancelled.
+/// usage or plan error (also a restore into Qubes refused before acting); 3 a restore into
+/// Qubes finished but not every selected VM is complete (the report says which); 10-20 by
+/// error class (`restore`, and `create --verify` when the verifier rejects the archive;
+/// 20 also I/O errors); 130 cancelled.
 #[derive(Debug, Parser)]
 #[command(name = "qbackup-pack", version)]
 pub struct Cli {
@@ -27,24 +29,38 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "into_qubes"])))]
 pub struct Restore {
-    /// The archive file, or `-` for stdin.
+    /// The archive file, or `-` for stdin (with --dest-vm: a path inside that VM).
     #[arg(value_name = "ARCHIVE")]
     pub archive: PathBuf,
     /// Destination directory (created if missing). Nothing is written outside it and no
     /// existing file is replaced.
     #[arg(long = "to", value_name = "DIR")]
-    pub to: PathBuf,
+    pub to: Option<PathBuf>,
+    /// Re-create the VMs on this Qubes host through the Admin API (SPEC.md QRS): templates
+    /// first, with their properties, features, tags, firewall, notes, menu items and
+    /// volume data; dom0's home into a new ~/home-restore-<time>.
+    #[arg(long)]
+    pub into_qubes: bool,
     /// Read the passphrase from this file (one trailing newline removed); else
     /// $QBACKUP_PASSPHRASE; else a prompt. The child gets it in its environment
     /// (QBACKUP_PASSPHRASE), never on a command line.
-    #[arg(long, value_name = "FILE")]
+    #[arg(short = 'p', long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// Run `sh -c CMD` as the verifier: its stdin gets the archive, its stdout must speak
     /// the protocol (e.g. a DisposableVM via `qvm-run --pass-io`). Default: the
     /// `qbackup-verify` next to this program, as `qbackup-verify emit -`.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", conflicts_with = "dispvm")]
     pub verifier_cmd: Option<String>,
+    /// Run the verifier in a DisposableVM (of the default DispVM template, or NAME):
+    /// `qvm-run --dispvm[=NAME] --pass-io … qbackup-verify emit -`, the passphrase on its
+    /// stdin. The DispVM's template needs qbackup-verify installed.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub dispvm: Option<String>,
+    /// The archive is a file inside this VM: read with `qvm-run --pass-io VM cat -- ARCHIVE`.
+    #[arg(short = 'd', long, value_name = "VM")]
+    pub dest_vm: Option<String>,
     /// Send the passphrase and a newline on the child's stdin before the archive, instead
     /// of in its environment: for a --verifier-cmd whose environment does not travel
     /// (`qvm-run --pass-io`); the far side reads it with `IFS= read -r`.
@@ -55,14 +71,77 @@ pub struct Restore {
     pub timeout: u64,
     /// Stop (limit-exceeded) before DIR's free space falls below this many bytes
     /// (suffixes K, M, G, T; default: 1 GiB or 5 % of the file system, the smaller; EXT-6).
-    #[arg(long, value_name = "SIZE", value_parser = qbackup_destination::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = qbackup_destination::parse_size, requires = "to")]
     pub reserve: Option<u64>,
     /// Stop (limit-exceeded) before writing more than this many bytes of data (EXT-6).
-    #[arg(long, value_name = "SIZE", value_parser = qbackup_destination::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = qbackup_destination::parse_size, requires = "to")]
     pub max_size: Option<u64>,
+    #[command(flatten)]
+    pub qubes: IntoQubes,
     /// Only these VMs (default: all). Use `dom0` for dom0's home.
     #[arg(value_name = "VM")]
     pub vms: Vec<String>,
+}
+
+/// Options of `restore --into-qubes` (SPEC.md QRS-2 … QRS-7), as `qvm-backup-restore`
+/// names them where it has them.
+#[derive(Debug, Args, Default)]
+pub struct IntoQubes {
+    /// Verify the whole archive (every byte, every inner tar) and create nothing.
+    #[arg(long, requires = "into_qubes")]
+    pub verify_only: bool,
+    /// Skip VMs that cannot be restored as asked (missing template or netvm, name taken)
+    /// instead of stopping before acting.
+    #[arg(long, requires = "into_qubes")]
+    pub skip_broken: bool,
+    /// Use the host's default template and netvm where the backup's are missing.
+    #[arg(long, requires = "into_qubes")]
+    pub ignore_missing: bool,
+    /// Skip VMs whose name exists on the host.
+    #[arg(long, requires = "into_qubes", conflicts_with = "rename_conflicting")]
+    pub skip_conflicting: bool,
+    /// Restore VMs whose name exists on the host under a new name (NAME-1, NAME-2, …).
+    #[arg(long, requires = "into_qubes")]
+    pub rename_conflicting: bool,
+    /// Do not restore this VM (repeatable).
+    #[arg(
+        short = 'x',
+        long = "exclude",
+        value_name = "VM",
+        requires = "into_qubes"
+    )]
+    pub exclude: Vec<String>,
+    /// Do not restore dom0's home.
+    #[arg(long, requires = "into_qubes")]
+    pub skip_dom0_home: bool,
+    /// Restore dom0's home even when the backup's user differs from this host's.
+    #[arg(long, requires = "into_qubes")]
+    pub ignore_username_mismatch: bool,
+    /// Create every volume in this storage pool (admin.vm.CreateInPool).
+    #[arg(
+        long,
+        value_name = "POOL",
+        requires = "into_qubes",
+        conflicts_with = "pool_for"
+    )]
+    pub pool: Option<String>,
+    /// Create this volume (root, private, volatile, kernel) in this pool (repeatable).
+    #[arg(long, value_name = "VOLUME=POOL", requires = "into_qubes")]
+    pub pool_for: Vec<String>,
+    /// Also restore PCI/USB/block device assignments (off by default: a hostile backup
+    /// must not take a controller).
+    #[arg(long, requires = "into_qubes")]
+    pub restore_devices: bool,
+    /// Act without showing the plan for confirmation.
+    #[arg(short = 'y', long, requires = "into_qubes")]
+    pub yes: bool,
+    /// Print the per-VM report as JSON on stdout.
+    #[arg(long, requires = "into_qubes")]
+    pub json: bool,
+    /// The home directory dom0's home is restored into (default: that of $SUDO_USER or
+    /// the current user).
+    #[arg(long, value_name = "DIR", requires = "into_qubes")]
+    pub home_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

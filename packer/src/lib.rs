@@ -13,6 +13,7 @@ pub mod params;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod qubesd;
 pub mod restore;
 pub mod source;
 
@@ -53,6 +54,8 @@ pub enum Failure {
     Error(Error),
     /// The verifier rejected the archive: its exit code and report.
     Verify { code: i32, report: String },
+    /// A restore into Qubes ended with VMs not restored completely (exit 3; QRS-7).
+    Incomplete(String),
 }
 
 impl Failure {
@@ -64,6 +67,7 @@ impl Failure {
             Failure::Usage(_) => 2,
             Failure::Error(e) => e.class().exit_code(),
             Failure::Verify { code, .. } => *code,
+            Failure::Incomplete(_) => 3,
         }
     }
 }
@@ -76,6 +80,7 @@ impl std::fmt::Display for Failure {
             Failure::Verify { code, report } => {
                 write!(f, "verification failed (exit {code}):\n{report}")
             }
+            Failure::Incomplete(m) => f.write_str(m),
         }
     }
 }

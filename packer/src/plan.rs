@@ -269,6 +269,7 @@ pub fn from_json(text: &[u8]) -> Result<Plan, Failure> {
                 volume_sizes: Vec::new(),
                 virt_mode: None,
                 provides_network: false,
+                config: Default::default(),
             },
             files,
         ));

@@ -86,6 +86,7 @@ fn one_vm(label: &str) -> Manifest {
             backup_size: 0,
             expected_files: vec!["private.img".into()],
         }],
+        others: Vec::new(),
     }
 }
 

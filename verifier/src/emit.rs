@@ -1,5 +1,12 @@
-//! `qbackup-verify emit`: verified VM data as a protocol v3 stream (SPEC.md §21) on a
+//! `qbackup-verify emit`: verified VM data as a protocol stream (SPEC.md §21) on a
 //! writer (stdout), for the privileged `qbackup-pack restore`.
+//!
+//! Besides the files, it sends what a restore into Qubes needs and the privileged side
+//! must never parse itself: each VM's settings from qubes.xml (CFG-1, one `config` record
+//! per VM after the manifest), and its firewall, notes and menu items converted from
+//! the VM's `firewall.xml`, `notes.txt` and `whitelisted-appmenus.list` (CFG-2, FW-3,
+//! FW-4) in the `vmend` record that closes the VM. What does not pass CFG-1/CFG-2 is left
+//! out with a note, never sent.
 //!
 //! Only bytes the driver hands over (MAC-verified, decrypted, decompressed, parsed:
 //! VER-1) enter the stream. A file's `end` record is held back until the next entry of
@@ -12,6 +19,11 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+
+use qbackup_format::firewall;
+use qbackup_format::limits::{MAX_CONFIG_ENTRIES, MAX_NOTES_LEN, MAX_VM_TEXT_FILE_LEN};
+use qbackup_format::protocol::{Firewall, OtherVm, VmConfig, VmEnd};
+use qbackup_format::vm_config::{self, check_device, check_feature, check_property, check_tag};
 
 use qbackup_format::archive::plan::regular_only;
 use qbackup_format::archive::plan::{FileSpec, Placement, DOM0_HOME};
@@ -32,6 +44,13 @@ pub struct Emitter<W: Write + Send> {
     select: Option<Vec<String>>,
     /// Output directory (VM name, or `dom0-home`) → manifest index.
     vms: HashMap<String, u32>,
+    /// Per manifest VM: what its `vmend` will carry, and whether it was sent.
+    ends: Vec<(VmEnd, bool)>,
+    /// The VM whose files are being sent (its vmend not sent yet).
+    current: Option<u32>,
+    /// The open entry is one of the VM's text files (CFG-2): its bytes, to convert at its
+    /// end.
+    capture: Option<(TextFile, Vec<u8>)>,
     /// An entry's `end` is due (held back until the next entry or the file's end).
     pending_end: bool,
     /// An archive file failed or the stream broke: send nothing more but the error.
@@ -46,6 +65,9 @@ impl<W: Write + Send> Emitter<W> {
             enc: Encoder::new(out),
             select,
             vms: HashMap::new(),
+            ends: Vec::new(),
+            current: None,
+            capture: None,
             pending_end: false,
             stopped: false,
             notes: Vec::new(),
@@ -58,10 +80,12 @@ impl<W: Write + Send> Emitter<W> {
             .is_none_or(|list| list.iter().any(|s| s == name))
     }
 
-    /// PROTO-3: the manifest from the verified qubes.xml: every selected VM whose data is
-    /// in the backup.
-    fn manifest(&self, xml: &QubesXml) -> Manifest {
+    /// PROTO-3, PROTO-14: the manifest from the verified qubes.xml (every selected VM
+    /// whose data is in the backup, and the DispVM templates R3 restores synthesise,
+    /// XML-5), with each VM's settings as far as they pass CFG-1.
+    fn manifest(&mut self, xml: &QubesXml) -> (Manifest, Vec<VmConfig>) {
         let mut vms = Vec::new();
+        let mut configs = Vec::new();
         let mut dom0 = false;
         for vm in &xml.vms {
             let Some(backup) = &vm.backup else { continue };
@@ -77,46 +101,119 @@ impl<W: Write + Send> Emitter<W> {
             } else {
                 Layout::Volumes
             };
-            vms.push(ManifestVm {
-                name: vm.name.clone(),
-                class: vm.class.clone(),
-                label: vm
-                    .label
-                    .clone()
-                    .filter(|l| qbackup_format::protocol::state::valid_label(l)),
-                template: vm.template.clone(),
-                netvm: vm.netvm.clone(),
-                layout,
-                backup_size: backup.size,
-                expected_files: if layout == Layout::Volumes {
-                    expected_files(vm, xml.flavor)
-                } else {
-                    Vec::new()
-                },
+            let expected_files = if layout == Layout::Volumes {
+                expected_files(vm, xml.flavor)
+            } else {
+                Vec::new()
+            };
+            vms.push(manifest_vm(vm, layout, backup.size, expected_files));
+            configs.push(if is_dom0 {
+                VmConfig::default()
+            } else {
+                self.sanitize(vm)
             });
         }
         // R2 wrote no dom0 entry, yet its archives may hold dom0-home/<user> (ORD-7).
         if !dom0 && xml.flavor == Flavor::Core2 && self.selected("dom0") {
-            let d = Vm::dom0();
-            vms.push(ManifestVm {
-                name: d.name,
-                class: d.class,
-                label: d
-                    .label
-                    .filter(|l| qbackup_format::protocol::state::valid_label(l)),
-                template: None,
-                netvm: d.netvm,
-                layout: Layout::Dom0Home,
-                backup_size: 0,
-                expected_files: Vec::new(),
-            });
+            vms.push(manifest_vm(&Vm::dom0(), Layout::Dom0Home, 0, Vec::new()));
+            configs.push(VmConfig::default());
         }
-        Manifest { vms }
+        // XML-5: synthesised DispVM templates, when wanted or named by a carried VM.
+        for t in &xml.dispvm_templates {
+            let named = configs.iter().any(|c| {
+                c.properties
+                    .iter()
+                    .any(|(k, v)| k == "default_dispvm" && v.as_deref() == Some(t.name.as_str()))
+            });
+            if self.select.is_none() || self.selected(&t.name) || named {
+                vms.push(manifest_vm(t, Layout::Volumes, 0, Vec::new()));
+                configs.push(self.sanitize(t));
+            }
+        }
+        let others = xml
+            .vms
+            .iter()
+            .filter(|v| !vms.iter().any(|m| m.name == v.name))
+            .map(|v| OtherVm {
+                name: v.name.clone(),
+                class: v.class.clone(),
+                in_backup: v.backup.is_some(),
+            })
+            .collect();
+        (Manifest { vms, others }, configs)
+    }
+
+    /// CFG-1: the settings of `vm` that can be sent; the rest is named in a note. Also
+    /// left out, as upstream's restore does: `dispid` (never settable) and
+    /// `installed_by_rpm` (meaningless after a restore).
+    fn sanitize(&mut self, vm: &Vm) -> VmConfig {
+        let mut out = VmConfig::default();
+        let mut dropped: Vec<String> = Vec::new();
+        let c = &vm.config;
+        for (k, v) in &c.properties {
+            if matches!(k.as_str(), "dispid" | "installed_by_rpm") {
+                continue;
+            }
+            match check_property(k, v.as_deref()) {
+                Ok(())
+                    if out.properties.len() < MAX_CONFIG_ENTRIES
+                        && !out.properties.iter().any(|(p, _)| p == k) =>
+                {
+                    out.properties.push((k.clone(), v.clone()))
+                }
+                _ => dropped.push(format!("property {}", escape(k.as_bytes()))),
+            }
+        }
+        for (k, v) in &c.features {
+            match check_feature(k, v) {
+                Ok(())
+                    if out.features.len() < MAX_CONFIG_ENTRIES
+                        && !out.features.iter().any(|(f, _)| f == k) =>
+                {
+                    out.features.push((k.clone(), v.clone()))
+                }
+                _ => dropped.push(format!("feature {}", escape(k.as_bytes()))),
+            }
+        }
+        for t in &c.tags {
+            match check_tag(t) {
+                Ok(()) if out.tags.len() < MAX_CONFIG_ENTRIES && !out.tags.contains(t) => {
+                    out.tags.push(t.clone())
+                }
+                // qubesd adds created-by-dom0 itself when the restore creates the VM.
+                _ if t == "created-by-dom0" => {}
+                _ => dropped.push(format!("tag {}", escape(t.as_bytes()))),
+            }
+        }
+        for d in &c.devices {
+            let dup = out
+                .devices
+                .iter()
+                .any(|o| (&o.bus, &o.backend, &o.port) == (&d.bus, &d.backend, &d.port));
+            match check_device(d) {
+                Ok(()) if out.devices.len() < MAX_CONFIG_ENTRIES && !dup => {
+                    out.devices.push(d.clone())
+                }
+                _ => dropped.push(format!(
+                    "device {}:{}",
+                    escape(d.bus.as_bytes()),
+                    escape(d.port.as_bytes())
+                )),
+            }
+        }
+        if !dropped.is_empty() {
+            self.notes.push(format!(
+                "VM {}: not sent for restore (CFG-1): {}",
+                vm.name,
+                dropped.join(", ")
+            ));
+        }
+        out
     }
 
     fn start(&mut self, verified_xml: &[u8]) -> Result<()> {
         let xml = qubes_xml::parse(verified_xml).map_err(|e| e.context("qubes.xml"))?;
-        let manifest = self.manifest(&xml);
+        let (manifest, configs) = self.manifest(&xml);
         for (i, vm) in manifest.vms.iter().enumerate() {
             let dir = if vm.layout == Layout::Dom0Home {
                 DOM0_HOME.to_string()
@@ -126,8 +223,13 @@ impl<W: Write + Send> Emitter<W> {
             let i = u32::try_from(i).map_err(|_| Error::limit("too many VMs"))?;
             self.vms.insert(dir, i);
         }
+        self.ends = vec![(VmEnd::default(), false); manifest.vms.len()];
         self.enc.hello()?;
         self.enc.manifest(&manifest)?;
+        for (i, c) in configs.iter().enumerate() {
+            let i = u32::try_from(i).map_err(|_| Error::limit("too many VMs"))?;
+            self.enc.config(i, c)?;
+        }
         // The consumer learns early that the archive opened (its silence time-out).
         self.flush()
     }
@@ -135,8 +237,90 @@ impl<W: Write + Send> Emitter<W> {
     fn close_pending(&mut self) -> Result<()> {
         if std::mem::take(&mut self.pending_end) {
             self.enc.end()?;
+            // The file verified and ended: convert what the restore sets from it.
+            if let (Some((file, bytes)), Some(vm)) = (self.capture.take(), self.current) {
+                self.convert(vm, file, &bytes);
+            }
         }
+        self.capture = None;
         Ok(())
+    }
+
+    /// CFG-2: a VM's text file into what its `vmend` carries; what cannot be converted is
+    /// a note (a firewall that cannot be converted is sent as such: the restore must not
+    /// open the VM's network).
+    fn convert(&mut self, vm: u32, file: TextFile, bytes: &[u8]) {
+        let name = self
+            .vms
+            .iter()
+            .find(|(_, i)| **i == vm)
+            .map(|(d, _)| d.clone())
+            .unwrap_or_default();
+        let Some((end, _)) = self.ends.get_mut(vm as usize) else {
+            return;
+        };
+        match file {
+            TextFile::Firewall => {
+                end.firewall = match firewall::parse_xml(bytes) {
+                    Ok(rules) => Firewall::Rules(rules.iter().map(firewall::Rule::line).collect()),
+                    Err(e) => {
+                        let why = e.message().chars().take(512).collect::<String>();
+                        self.notes.push(format!(
+                            "VM {name}: firewall.xml cannot be converted ({why}); a restore \
+                             into Qubes blocks the VM's network instead (CFG-2)"
+                        ));
+                        Firewall::Unreadable(why.replace(|c: char| c.is_control(), "?"))
+                    }
+                };
+            }
+            TextFile::Notes => {
+                let text = String::from_utf8_lossy(bytes);
+                let mut clean: String = text
+                    .chars()
+                    .map(|c| {
+                        if c.is_control() && c != '\n' && c != '\t' {
+                            '_'
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                if clean.len() > MAX_NOTES_LEN {
+                    let mut cut = MAX_NOTES_LEN;
+                    while !clean.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    clean.truncate(cut);
+                    self.notes
+                        .push(format!("VM {name}: notes.txt cut to LIM-57 bytes (CFG-2)"));
+                }
+                // qubesd refuses empty notes; nothing to set.
+                end.notes = (!clean.is_empty()).then_some(clean);
+            }
+            TextFile::Menu => match vm_config::parse_menu_list(bytes) {
+                Ok(items) => end.menu_items = Some(items),
+                Err(e) => self.notes.push(format!(
+                    "VM {name}: whitelisted-appmenus.list not sent ({}) (CFG-2)",
+                    e.message()
+                )),
+            },
+        }
+    }
+
+    /// PROTO-15: closes VM `vm` with its vmend (once).
+    fn end_vm(&mut self, vm: u32) -> Result<()> {
+        let Some((end, sent)) = self.ends.get_mut(vm as usize) else {
+            return Ok(());
+        };
+        if *sent {
+            return Ok(());
+        }
+        *sent = true;
+        let end = end.clone();
+        if self.current == Some(vm) {
+            self.current = None;
+        }
+        self.enc.vm_end(vm, &end)
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -194,6 +378,20 @@ impl<W: Write + Send> Emitter<W> {
         }
         let regular = kind == FileKind::Regular;
         self.close_pending()?;
+        if self.current != Some(vm) {
+            if let Some(prev) = self.current {
+                self.end_vm(prev)?;
+            }
+            self.current = Some(vm);
+        }
+        let text_file = match (regular, name) {
+            (true, "firewall.xml") => Some(TextFile::Firewall),
+            (true, "notes.txt") => Some(TextFile::Notes),
+            (true, "whitelisted-appmenus.list") => Some(TextFile::Menu),
+            _ => None,
+        }
+        .filter(|_| dir != DOM0_HOME && entry.size <= MAX_VM_TEXT_FILE_LEN);
+        self.capture = text_file.map(|f| (f, Vec::new()));
         self.enc.begin(&Begin {
             vm,
             name: name.to_string(),
@@ -205,7 +403,18 @@ impl<W: Write + Send> Emitter<W> {
         self.pending_end = true;
         if regular {
             let enc = &mut self.enc;
-            let mut sink = |offset: u64, bytes: &[u8]| enc.data(offset, bytes);
+            let capture = &mut self.capture;
+            let mut sink = |offset: u64, bytes: &[u8]| {
+                if let Some((_, buf)) = capture.as_mut() {
+                    // Bounded by the entry's size (≤ LIM-47, checked above); holes as zeros.
+                    let at = usize::try_from(offset).unwrap_or(usize::MAX);
+                    if at <= MAX_VM_TEXT_FILE_LEN as usize {
+                        buf.resize(at.max(buf.len()), 0);
+                        buf.extend_from_slice(bytes);
+                    }
+                }
+                enc.data(offset, bytes)
+            };
             read_data(&mut sink)
         } else {
             read_data(&mut Discard)
@@ -239,9 +448,15 @@ impl<W: Write + Send> Emitter<W> {
                 ErrorClass::Io,
                 "emit stopped after an earlier error",
             )),
-            None => self
-                .close_pending()
-                .and_then(|()| self.enc.summary().map(drop)),
+            None => self.close_pending().and_then(|()| {
+                if let Some(vm) = self.current {
+                    self.end_vm(vm)?;
+                }
+                for vm in 0..u32::try_from(self.ends.len()).unwrap_or(0) {
+                    self.end_vm(vm)?;
+                }
+                self.enc.summary().map(drop)
+            }),
         };
         if let Err(e) = &outcome {
             if !self.enc.is_done() {
@@ -304,6 +519,36 @@ impl<W: Write + Send> Output for Emitter<W> {
 
     fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notes)
+    }
+}
+
+/// The text files of a VM's directory a restore into Qubes converts (CFG-2).
+#[derive(Debug, Clone, Copy)]
+enum TextFile {
+    Firewall,
+    Notes,
+    Menu,
+}
+
+/// PROTO-3: a manifest entry for `vm`.
+fn manifest_vm(
+    vm: &Vm,
+    layout: Layout,
+    backup_size: u64,
+    expected_files: Vec<String>,
+) -> ManifestVm {
+    ManifestVm {
+        name: vm.name.clone(),
+        class: vm.class.clone(),
+        label: vm
+            .label
+            .clone()
+            .filter(|l| qbackup_format::protocol::state::valid_label(l)),
+        template: vm.template.clone(),
+        netvm: vm.netvm.clone(),
+        layout,
+        backup_size,
+        expected_files,
     }
 }
 

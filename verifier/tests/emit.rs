@@ -1,5 +1,5 @@
 //! `qbackup-verify emit` end to end: archives written with the real tools
-//! (`tests/fixtures/make-archive.sh`) are emitted as protocol v2 streams and decoded with
+//! (`tests/fixtures/make-archive.sh`) are emitted as protocol streams and decoded with
 //! the format crate's decoder; every file's bytes, holes and SHA-256 equal the sources
 //! (SPEC.md PROTO-12), and failures end the stream with an error record and the class's
 //! exit code.
@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use qbackup_format::protocol::read::Decoder;
-use qbackup_format::protocol::{FileHasher, FileKind, Layout, Manifest, Record};
+use qbackup_format::protocol::{FileHasher, FileKind, Layout, Manifest, Record, VmConfig, VmEnd};
 use qbackup_format::ErrorClass;
 use qbackup_tests::sources::{make_archive, sources};
 use qbackup_tests::{build, members, Member};
@@ -55,6 +55,10 @@ struct Got {
 #[derive(Debug, Default)]
 struct Decoded {
     manifest: Manifest,
+    /// PROTO-14: one per manifest VM, in order.
+    configs: Vec<VmConfig>,
+    /// PROTO-15: manifest index → its vmend (exactly one each).
+    ends: BTreeMap<u32, VmEnd>,
     files: BTreeMap<(String, String), Got>,
     /// `Ok(())` for a summary, else the error record's class and message.
     outcome: Option<Result<(), (ErrorClass, String)>>,
@@ -73,6 +77,8 @@ fn decode(stream: &[u8]) -> qbackup_format::Result<Decoded> {
         match r {
             Record::Hello { version } => assert_eq!(version, qbackup_format::protocol::VERSION),
             Record::Manifest(m) => out.manifest = m.clone(),
+            Record::Config { config, .. } => out.configs.push(config),
+            Record::VmEnd { vm, end } => assert!(out.ends.insert(vm, end).is_none()),
             Record::Begin(b) => {
                 let vm = &out.manifest.vms[b.vm as usize];
                 let dir = if vm.layout == Layout::Dom0Home {
@@ -130,6 +136,9 @@ fn round_trip(name: &str, args: &[&str]) {
     );
     let got = decode(&stream).unwrap_or_else(|e| panic!("{name}: stream refused: {e}"));
     assert_eq!(got.outcome, Some(Ok(())), "{name}");
+    // PROTO-14, PROTO-15: every VM has its settings and its end.
+    assert_eq!(got.configs.len(), got.manifest.vms.len(), "{name}");
+    assert_eq!(got.ends.len(), got.manifest.vms.len(), "{name}");
     let expect = expect_doc(&archive);
     let mut checked = 0;
     let mut listed = 0;

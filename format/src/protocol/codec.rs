@@ -1,13 +1,16 @@
 //! Payload grammar of each record type (PROTO-2 … PROTO-9): a bounded cursor for reading
 //! and plain appends for writing. Strings are `len:u16be ‖ UTF-8`; integers big-endian.
 
-use super::{record_type as t, Begin, FileKind, Layout, Manifest, ManifestVm};
+use super::{record_type as t, Begin, FileKind, Layout, Manifest, ManifestVm, OtherVm};
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::{
-    MAX_PATH_LEN, MAX_PROTO_DATA_LEN, MAX_PROTO_EXPECTED_FILES, MAX_PROTO_EXPECTED_NAME_LEN,
-    MAX_PROTO_MANIFEST_LEN, MAX_PROTO_MESSAGE_LEN,
+    MAX_CONFIG_ENTRIES, MAX_CONFIG_VALUE_LEN, MAX_FIREWALL_RULES, MAX_FIREWALL_RULE_LEN,
+    MAX_MENU_ITEMS, MAX_NOTES_LEN, MAX_PATH_LEN, MAX_PROTO_CONFIG_LEN, MAX_PROTO_DATA_LEN,
+    MAX_PROTO_EXPECTED_FILES, MAX_PROTO_EXPECTED_NAME_LEN, MAX_PROTO_MANIFEST_LEN,
+    MAX_PROTO_MESSAGE_LEN, MAX_PROTO_VMEND_LEN,
 };
 use crate::qubes_xml::NetVm;
+use crate::vm_config::{Device, Firewall, VmConfig, VmEnd};
 
 /// Length of the record header: type byte and big-endian length.
 pub(crate) const HEADER_LEN: usize = 5;
@@ -31,6 +34,10 @@ pub(crate) fn length_bounds(record_type: u8) -> Option<(usize, usize)> {
         t::END => (END_LEN, END_LEN),
         t::SUMMARY => (SUMMARY_LEN, SUMMARY_LEN),
         t::ERROR => (1 + 2, ERROR_MAX),
+        // vm ‖ four counts.
+        t::CONFIG => (4 + 4 * 2, MAX_PROTO_CONFIG_LEN),
+        // vm ‖ three tags.
+        t::VM_END => (4 + 3, MAX_PROTO_VMEND_LEN),
         _ => return None,
     })
 }
@@ -100,6 +107,38 @@ impl<'a> Cursor<'a> {
         Ok(s.to_string())
     }
 
+    /// PROTO-2 `count`: a u16 element count, at most `max` → `limit-exceeded`, checked
+    /// before any element is read.
+    fn count(&mut self, what: &str, max: usize) -> Result<usize> {
+        let n = usize::from(self.u16()?);
+        if n > max {
+            return Err(Error::limit(format!(
+                "protocol: {n} {what} (at most {max})"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// PROTO-2 `text`: `len:u32 ‖ UTF-8`, at most `max` bytes; tab and newline are the
+    /// only control characters allowed.
+    fn text(&mut self, what: &str, max: usize) -> Result<String> {
+        let len = usize::try_from(self.u32()?).unwrap_or(usize::MAX);
+        if len > max {
+            return Err(Error::limit(format!(
+                "protocol: {what} of {len} bytes exceeds {max}"
+            )));
+        }
+        let raw = self.bytes(len)?;
+        let s = std::str::from_utf8(raw)
+            .map_err(|_| Error::malformed(format!("protocol: {what} is not UTF-8")))?;
+        if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            return Err(Error::malformed(format!(
+                "protocol: {what} contains a control character"
+            )));
+        }
+        Ok(s.to_string())
+    }
+
     fn opt_string(&mut self, what: &str, max: usize) -> Result<Option<String>> {
         match self.u8()? {
             0 => Ok(None),
@@ -148,6 +187,18 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+fn put_count(out: &mut Vec<u8>, n: usize, what: &str) -> Result<()> {
+    let n = u16::try_from(n).map_err(|_| Error::limit(format!("protocol: too many {what}")))?;
+    out.extend_from_slice(&n.to_be_bytes());
+    Ok(())
+}
+
+fn put_text(out: &mut Vec<u8>, s: &str) -> Result<()> {
+    out.extend_from_slice(&len_u32(s.len(), "text bytes")?.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
 fn len_u32(n: usize, what: &str) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::limit(format!("protocol: too many {what}")))
 }
@@ -181,6 +232,81 @@ pub(crate) fn put_manifest(out: &mut Vec<u8>, m: &Manifest) -> Result<()> {
         out.extend_from_slice(&len_u32(vm.expected_files.len(), "files")?.to_be_bytes());
         for f in &vm.expected_files {
             put_str(out, f)?;
+        }
+    }
+    out.extend_from_slice(&len_u32(m.others.len(), "VMs")?.to_be_bytes());
+    for o in &m.others {
+        put_str(out, &o.name)?;
+        put_str(out, &o.class)?;
+        out.push(u8::from(o.in_backup));
+    }
+    Ok(())
+}
+
+/// PROTO-14: `vm ‖ properties ‖ features ‖ tags ‖ devices`, each a u16 count of entries.
+pub(crate) fn put_config(out: &mut Vec<u8>, vm: u32, c: &VmConfig) -> Result<()> {
+    out.extend_from_slice(&vm.to_be_bytes());
+    put_count(out, c.properties.len(), "properties")?;
+    for (k, v) in &c.properties {
+        put_str(out, k)?;
+        put_opt_str(out, v.as_deref())?;
+    }
+    put_count(out, c.features.len(), "features")?;
+    for (k, v) in &c.features {
+        put_str(out, k)?;
+        put_str(out, v)?;
+    }
+    put_count(out, c.tags.len(), "tags")?;
+    for t in &c.tags {
+        put_str(out, t)?;
+    }
+    put_count(out, c.devices.len(), "devices")?;
+    for d in &c.devices {
+        put_str(out, &d.bus)?;
+        put_str(out, &d.backend)?;
+        put_str(out, &d.port)?;
+        out.push(u8::from(d.required));
+        put_count(out, d.options.len(), "device options")?;
+        for (k, v) in &d.options {
+            put_str(out, k)?;
+            put_str(out, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// PROTO-15: `vm ‖ firewall ‖ notes ‖ menu items`.
+pub(crate) fn put_vm_end(out: &mut Vec<u8>, vm: u32, e: &VmEnd) -> Result<()> {
+    out.extend_from_slice(&vm.to_be_bytes());
+    match &e.firewall {
+        Firewall::Absent => out.push(0),
+        Firewall::Rules(lines) => {
+            out.push(1);
+            put_count(out, lines.len(), "firewall rules")?;
+            for l in lines {
+                put_str(out, l)?;
+            }
+        }
+        Firewall::Unreadable(why) => {
+            out.push(2);
+            put_str(out, why)?;
+        }
+    }
+    match &e.notes {
+        None => out.push(0),
+        Some(n) => {
+            out.push(1);
+            put_text(out, n)?;
+        }
+    }
+    match &e.menu_items {
+        None => out.push(0),
+        Some(items) => {
+            out.push(1);
+            put_count(out, items.len(), "menu items")?;
+            for i in items {
+                put_str(out, i)?;
+            }
         }
     }
     Ok(())
@@ -286,7 +412,115 @@ pub(crate) fn get_manifest(c: &mut Cursor<'_>) -> Result<Manifest> {
             expected_files,
         });
     }
-    Ok(Manifest { vms })
+    let others_count = c.u32()?;
+    let total = u64::from(count).saturating_add(u64::from(others_count));
+    if total > MAX_VMS as u64 {
+        return Err(Error::limit(format!(
+            "protocol: manifest of {total} VMs exceeds LIM-14 ({MAX_VMS})"
+        )));
+    }
+    let mut others = Vec::new();
+    for _ in 0..others_count {
+        let name = c.string("VM name", MAX_VM_NAME_LEN)?;
+        let class = c.string("VM class", MAX_VM_CLASS_LEN)?;
+        let in_backup = match c.u8()? {
+            0 => false,
+            1 => true,
+            tag => return Err(Error::malformed(format!("protocol: in-backup flag {tag}"))),
+        };
+        others.push(OtherVm {
+            name,
+            class,
+            in_backup,
+        });
+    }
+    Ok(Manifest { vms, others })
+}
+
+fn flag(c: &mut Cursor<'_>, what: &str) -> Result<bool> {
+    match c.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        tag => Err(Error::malformed(format!("protocol: {what} tag {tag}"))),
+    }
+}
+
+/// PROTO-14 (grammar only; CFG-1 is the checker's).
+pub(crate) fn get_config(c: &mut Cursor<'_>) -> Result<(u32, VmConfig)> {
+    let vm = c.u32()?;
+    let mut cfg = VmConfig::default();
+    for _ in 0..c.count("properties", MAX_CONFIG_ENTRIES)? {
+        let k = c.string("property name", 64)?;
+        let v = c.opt_string("property value", MAX_CONFIG_VALUE_LEN)?;
+        cfg.properties.push((k, v));
+    }
+    for _ in 0..c.count("features", MAX_CONFIG_ENTRIES)? {
+        let k = c.string("feature name", 128)?;
+        let v = c.string("feature value", MAX_CONFIG_VALUE_LEN)?;
+        cfg.features.push((k, v));
+    }
+    for _ in 0..c.count("tags", MAX_CONFIG_ENTRIES)? {
+        cfg.tags.push(c.string("tag", 128)?);
+    }
+    for _ in 0..c.count("devices", MAX_CONFIG_ENTRIES)? {
+        let bus = c.string("device bus", 32)?;
+        let backend = c.string("device backend", crate::limits::MAX_VM_NAME_LEN)?;
+        let port = c.string("device port", 128)?;
+        let required = flag(c, "device required")?;
+        let mut options = Vec::new();
+        for _ in 0..c.count("device options", 64)? {
+            let k = c.string("device option name", 64)?;
+            let v = c.string("device option value", MAX_CONFIG_VALUE_LEN)?;
+            options.push((k, v));
+        }
+        cfg.devices.push(Device {
+            bus,
+            backend,
+            port,
+            required,
+            options,
+        });
+    }
+    Ok((vm, cfg))
+}
+
+/// PROTO-15 (grammar only; CFG-2 is the checker's).
+pub(crate) fn get_vm_end(c: &mut Cursor<'_>) -> Result<(u32, VmEnd)> {
+    let vm = c.u32()?;
+    let firewall = match c.u8()? {
+        0 => Firewall::Absent,
+        1 => {
+            let mut lines = Vec::new();
+            for _ in 0..c.count("firewall rules", MAX_FIREWALL_RULES)? {
+                lines.push(c.string("firewall rule", MAX_FIREWALL_RULE_LEN)?);
+            }
+            Firewall::Rules(lines)
+        }
+        2 => Firewall::Unreadable(c.string("firewall reason", MAX_PROTO_MESSAGE_LEN)?),
+        tag => return Err(Error::malformed(format!("protocol: firewall tag {tag}"))),
+    };
+    let notes = if flag(c, "notes")? {
+        Some(c.text("notes", MAX_NOTES_LEN)?)
+    } else {
+        None
+    };
+    let menu_items = if flag(c, "menu items")? {
+        let mut items = Vec::new();
+        for _ in 0..c.count("menu items", MAX_MENU_ITEMS)? {
+            items.push(c.string("menu item", 255)?);
+        }
+        Some(items)
+    } else {
+        None
+    };
+    Ok((
+        vm,
+        VmEnd {
+            firewall,
+            notes,
+            menu_items,
+        },
+    ))
 }
 
 pub(crate) fn get_begin(c: &mut Cursor<'_>) -> Result<Begin> {

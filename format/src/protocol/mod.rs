@@ -1,4 +1,4 @@
-//! The verifier→restore stdio protocol, version 3 (SPEC.md §21, PROTO-1 … PROTO-13).
+//! The verifier→restore stdio protocol, version 4 (SPEC.md §21, PROTO-1 … PROTO-15).
 //!
 //! The unprivileged verifier (`qbackup-verify emit`) writes verified VM data with an
 //! [`write::Encoder`]; the privileged restore (`qbackup-pack restore`) reads it with a
@@ -6,9 +6,10 @@
 //! ([`state::Checker`]), so the encoder cannot produce a stream the decoder refuses.
 //!
 //! A stream is a sequence of records `type:u8 ‖ length:u32be ‖ payload` (PROTO-2):
-//! `Hello`, `Manifest` (the VMs), then per file `Begin` (name, kind, sizes), `Data`*,
-//! `End` (SHA-256), and finally `Summary` — or an `Error` record at any point after
-//! `Hello`. It is produced in one pass: a file's sizes are announced by its `Begin`, not
+//! `Hello`, `Manifest` (the VMs), one `Config` per VM (properties, features, tags,
+//! devices), then per VM its files — per file `Begin` (name, kind, sizes), `Data`*, `End`
+//! (digest) — closed by a `VmEnd` (firewall, notes, menu items), and finally `Summary` —
+//! or an `Error` record at any point after `Hello`. It is produced in one pass: a file's sizes are announced by its `Begin`, not
 //! by the manifest. Nothing may follow the last record.
 //!
 //! Sans-IO (GEN-1): generic over [`std::io::Read`] / [`std::io::Write`], no files,
@@ -23,13 +24,14 @@ pub mod write;
 pub use hash::{FileHasher, RecordDigest};
 
 use crate::qubes_xml::NetVm;
+pub use crate::vm_config::{Device, Firewall, VmConfig, VmEnd};
 
 /// PROTO-1: the 8 magic bytes that open every stream.
 pub const MAGIC: [u8; 8] = *b"QBKPSTRM";
 
 /// PROTO-1: the protocol version this crate speaks. A reader accepts exactly the versions
 /// it implements; any change to the wire format or the state machine takes a new number.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 
 /// Record type bytes (PROTO-2).
 pub mod record_type {
@@ -40,6 +42,8 @@ pub mod record_type {
     pub const END: u8 = 0x05;
     pub const SUMMARY: u8 = 0x06;
     pub const ERROR: u8 = 0x07;
+    pub const CONFIG: u8 = 0x08;
+    pub const VM_END: u8 = 0x09;
 }
 
 /// Which file names a VM's files may have (PROTO-5).
@@ -71,10 +75,23 @@ pub struct ManifestVm {
     pub expected_files: Vec<String>,
 }
 
+/// A VM the backup describes that the stream does not carry (PROTO-3): not selected, or
+/// no data in the backup. The restore names it when a carried VM refers to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherVm {
+    pub name: String,
+    pub class: String,
+    /// Its data is in the backup (it was not selected).
+    pub in_backup: bool,
+}
+
 /// The VMs the stream will carry, known before any data (PROTO-3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
     pub vms: Vec<ManifestVm>,
+    /// The other VMs of the backup's qubes.xml; `vms` and `others` together at most
+    /// LIM-14, names unique across both.
+    pub others: Vec<OtherVm>,
 }
 
 /// The kind of a file (PROTO-5).
@@ -126,6 +143,11 @@ pub enum Record<'a> {
         version: u16,
     },
     Manifest(&'a Manifest),
+    /// The settings of manifest VM `vm` (PROTO-14), checked against CFG-1.
+    Config {
+        vm: u32,
+        config: VmConfig,
+    },
     Begin(Begin),
     /// File bytes at logical `offset`; the gap since the previous record is a hole.
     Data {
@@ -136,6 +158,12 @@ pub enum Record<'a> {
     /// computed itself (PROTO-7): the consumer may commit it now.
     End {
         sha256: [u8; 32],
+    },
+    /// Manifest VM `vm` is complete: all its files were sent (PROTO-15); what the
+    /// restore sets last, checked against CFG-2.
+    VmEnd {
+        vm: u32,
+        end: VmEnd,
     },
     /// The stream is complete (PROTO-8). Terminal.
     Summary(Summary),

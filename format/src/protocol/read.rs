@@ -175,6 +175,18 @@ impl<R: Read> Decoder<R> {
                 self.checker.accept_manifest(m)?;
                 Pending::Manifest
             }
+            t::CONFIG => {
+                let (vm, config) = codec::get_config(&mut c)?;
+                c.finish()?;
+                self.checker.config(vm, &config)?;
+                Pending::Config(vm, config)
+            }
+            t::VM_END => {
+                let (vm, end) = codec::get_vm_end(&mut c)?;
+                c.finish()?;
+                self.checker.vm_end(vm, &end)?;
+                Pending::VmEnd(vm, end)
+            }
             t::BEGIN => {
                 let b = codec::get_begin(&mut c)?;
                 c.finish()?;
@@ -235,6 +247,8 @@ impl<R: Read> Decoder<R> {
         Ok(match pending {
             Pending::Hello(version) => Record::Hello { version },
             Pending::Manifest => Record::Manifest(self.checker.manifest()),
+            Pending::Config(vm, config) => Record::Config { vm, config },
+            Pending::VmEnd(vm, end) => Record::VmEnd { vm, end },
             Pending::Begin(b) => Record::Begin(b),
             Pending::Data(offset) => Record::Data {
                 offset,
@@ -251,6 +265,8 @@ impl<R: Read> Decoder<R> {
 enum Pending {
     Hello(u16),
     Manifest,
+    Config(u32, super::VmConfig),
+    VmEnd(u32, super::VmEnd),
     Begin(super::Begin),
     Data(u64),
     End([u8; 32]),

@@ -1,13 +1,12 @@
 //! The protocol state machine (PROTO-3 … PROTO-10), shared by the encoder and the decoder.
 //!
 //! ```text
-//! ExpectHello ─hello─▶ ExpectManifest ─manifest─▶ Between ─begin─▶ InFile ─end─▶ Between
-//!                                                    │               │ data*
-//!                                                    └─summary─▶ Done (error from any state
-//!                                                                      after hello)
+//! ExpectHello ─hello─▶ ExpectManifest ─manifest─▶ ExpectConfig ─config × VMs─▶ Between
+//! Between ─begin─▶ InFile ─data* end─▶ Between ─vmend─▶ Between ─summary─▶ Done
+//!                          (error from any state after hello ─▶ Done)
 //! ```
-//! A VM's files are contiguous: once a begin names another VM, the previous one is
-//! closed (its expected files checked) and may not come back.
+//! A VM's files are contiguous and closed by its `vmend` (its expected files checked
+//! there); a closed VM may not come back, and every VM is closed exactly once.
 
 use std::collections::HashSet;
 
@@ -20,11 +19,14 @@ use crate::limits::{
 };
 use crate::paths::{validate_relative, DotComponents};
 use crate::qubes_xml::{truncate, validate_class, validate_vm_name, NetVm};
+use crate::vm_config::{check_config, check_vm_end, Firewall, VmConfig, VmEnd};
 
 #[derive(Debug)]
 enum State {
     ExpectHello,
     ExpectManifest,
+    /// The config record of manifest VM `n` is next (PROTO-14).
+    ExpectConfig(usize),
     Between,
     InFile(Open),
     Done,
@@ -47,9 +49,10 @@ struct Open {
 pub struct Checker {
     state: State,
     manifest: Manifest,
-    /// Per manifest VM: its files have ended (another VM began after it).
+    /// Per manifest VM: its `vmend` was sent.
     closed: Vec<bool>,
-    /// The VM whose files are being sent, and the names sent for it so far.
+    /// The VM whose files are being sent (a begin came, its vmend not yet), and the names
+    /// sent for it so far.
     current: Option<usize>,
     names: HashSet<String>,
     name_bytes: usize,
@@ -98,7 +101,8 @@ impl Checker {
         let expected = match self.state {
             State::ExpectHello => "hello",
             State::ExpectManifest => "manifest",
-            State::Between => "begin or summary",
+            State::ExpectConfig(_) => "config",
+            State::Between => "begin, vmend or summary",
             State::InFile(_) => "data or end",
             State::Done => "end of stream",
         };
@@ -127,26 +131,88 @@ impl Checker {
         validate_manifest(&m)?;
         // Bounded by LIM-14 (validated above).
         self.closed = vec![false; m.vms.len()];
+        self.state = if m.vms.is_empty() {
+            State::Between
+        } else {
+            State::ExpectConfig(0)
+        };
         self.manifest = m;
-        self.state = State::Between;
         Ok(())
     }
 
-    /// PROTO-4: the current VM may be closed: every expected file was sent.
-    fn check_current(&self) -> Result<()> {
-        match self.current.and_then(|i| self.manifest.vms.get(i)) {
-            Some(vm) => check_expected(vm, &self.names),
-            None => Ok(()),
+    /// PROTO-14: the config of the next manifest VM, in manifest order.
+    pub fn config(&mut self, vm: u32, c: &VmConfig) -> Result<()> {
+        let State::ExpectConfig(next) = self.state else {
+            return Err(self.unexpected("config"));
+        };
+        if usize::try_from(vm).ok() != Some(next) {
+            return Err(Error::malformed(format!(
+                "protocol: config for VM index {vm}, expected {next}"
+            )));
         }
+        let Some(mvm) = self.manifest.vms.get(next) else {
+            return Err(Error::malformed("protocol: VM index out of range"));
+        };
+        let ctx = |e: Error| e.context(format!("protocol: config of VM {}", mvm.name));
+        check_config(c).map_err(ctx)?;
+        if mvm.layout == Layout::Dom0Home && *c != VmConfig::default() {
+            return Err(ctx(Error::malformed("dom0 carries no settings")));
+        }
+        let next = next.saturating_add(1);
+        self.state = if next >= self.manifest.vms.len() {
+            State::Between
+        } else {
+            State::ExpectConfig(next)
+        };
+        Ok(())
     }
 
-    /// Closes the current VM (after [`Checker::check_current`] passed).
-    fn close_current(&mut self) {
-        if let Some(c) = self.current.take().and_then(|i| self.closed.get_mut(i)) {
+    /// PROTO-15: closes VM `vm` (the one whose files were sent, or one that sent none):
+    /// its expected files were all sent, and what it carries passes CFG-2.
+    pub fn vm_end(&mut self, vm: u32, e: &VmEnd) -> Result<()> {
+        if !matches!(self.state, State::Between) {
+            return Err(self.unexpected("vmend"));
+        }
+        let vi = usize::try_from(vm).unwrap_or(usize::MAX);
+        let Some(mvm) = self.manifest.vms.get(vi) else {
+            return Err(Error::malformed(format!(
+                "protocol: vmend names VM index {vm} of a manifest of {} VMs",
+                self.manifest.vms.len()
+            )));
+        };
+        let ctx = |e: Error| e.context(format!("protocol: end of VM {}", mvm.name));
+        match self.current {
+            Some(c) if c != vi => {
+                return Err(ctx(Error::order(format!(
+                    "while the files of VM index {c} are open"
+                ))))
+            }
+            None if self.closed.get(vi).copied().unwrap_or(true) => {
+                return Err(ctx(Error::order("the VM ended already")))
+            }
+            _ => {}
+        }
+        check_vm_end(e).map_err(ctx)?;
+        let plain = e.firewall == Firewall::Absent && e.notes.is_none() && e.menu_items.is_none();
+        if mvm.layout == Layout::Dom0Home && !plain {
+            return Err(ctx(Error::malformed(
+                "dom0 carries no firewall, notes or menus",
+            )));
+        }
+        let empty = HashSet::new();
+        let sent = if self.current == Some(vi) {
+            &self.names
+        } else {
+            &empty
+        };
+        check_expected(mvm, sent)?;
+        if let Some(c) = self.closed.get_mut(vi) {
             *c = true;
         }
+        self.current = None;
         self.names.clear();
         self.name_bytes = 0;
+        Ok(())
     }
 
     /// PROTO-4, PROTO-5.
@@ -166,13 +232,18 @@ impl Checker {
         // as it was (the encoder then has written nothing, PROTO-10).
         let switching = self.current != Some(vi);
         if switching {
+            if let Some(c) = self.current {
+                return Err(Error::order(format!(
+                    "protocol: file {:?} of VM index {vi} before the vmend of VM index {c}",
+                    truncate(&b.name)
+                )));
+            }
             if self.closed.get(vi).copied().unwrap_or(true) {
                 return Err(Error::order(format!(
                     "protocol: file {:?} of VM index {vi} after that VM's files ended",
                     truncate(&b.name)
                 )));
             }
-            self.check_current()?;
         }
         let name_bytes = if switching { 0 } else { self.name_bytes };
         let Some(vm) = self.manifest.vms.get(vi) else {
@@ -234,7 +305,8 @@ impl Checker {
             return Err(Error::limit("protocol: stream totals overflow 64 bits"));
         };
         if switching {
-            self.close_current();
+            self.names.clear();
+            self.name_bytes = 0;
             self.current = Some(vi);
         }
         self.names.insert(b.name.clone());
@@ -332,12 +404,17 @@ impl Checker {
         if !matches!(self.state, State::Between) {
             return Err(self.unexpected("summary"));
         }
-        self.check_current()?;
-        let empty = HashSet::new();
-        for (i, (vm, closed)) in self.manifest.vms.iter().zip(&self.closed).enumerate() {
-            if !closed && self.current != Some(i) {
-                check_expected(vm, &empty)?;
-            }
+        if let Some((vm, _)) = self
+            .manifest
+            .vms
+            .iter()
+            .zip(&self.closed)
+            .find(|(_, closed)| !**closed)
+        {
+            return Err(Error::malformed(format!(
+                "protocol: summary before the vmend of VM {}",
+                vm.name
+            )));
         }
         let want = self.totals();
         if (s.vms, s.files, s.logical_bytes, s.data_bytes)
@@ -349,7 +426,6 @@ impl Checker {
                 want.vms, want.files, want.logical_bytes, want.data_bytes
             )));
         }
-        self.close_current();
         self.state = State::Done;
         Ok(())
     }
@@ -393,11 +469,7 @@ pub fn valid_label(label: &str) -> bool {
 
 /// PROTO-3: names, references and expected files of a manifest.
 pub fn validate_manifest(m: &Manifest) -> Result<()> {
-    if m.vms.len() > MAX_VMS {
-        return Err(Error::limit(format!(
-            "protocol: more than LIM-14 ({MAX_VMS}) VMs"
-        )));
-    }
+    validate_others(m)?;
     let mut names = HashSet::new();
     for vm in &m.vms {
         let ctx = |e: Error| e.context(format!("protocol manifest, VM {:?}", truncate(&vm.name)));
@@ -435,7 +507,7 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
             )));
         }
         let mut files = HashSet::new();
-        for f in &vm.expected_files {
+        for f in vm.expected_files.iter() {
             if !regular_only(f) {
                 return Err(ctx(Error::unsafe_path(format!(
                     "expected file {:?} is not a file of the VM's directory",
@@ -448,6 +520,31 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
                     "expected file {f:?} listed twice"
                 ))));
             }
+        }
+    }
+    Ok(())
+}
+
+/// PROTO-3: the other VMs: valid names, unique across the whole manifest, valid classes,
+/// and with the carried VMs at most LIM-14.
+fn validate_others(m: &Manifest) -> Result<()> {
+    if m.vms.len().saturating_add(m.others.len()) > MAX_VMS {
+        return Err(Error::limit(format!(
+            "protocol: more than LIM-14 ({MAX_VMS}) VMs"
+        )));
+    }
+    let mut names: HashSet<&str> = m.vms.iter().map(|v| v.name.as_str()).collect();
+    for o in &m.others {
+        let ctx = |e: Error| {
+            e.context(format!(
+                "protocol manifest, other VM {:?}",
+                truncate(&o.name)
+            ))
+        };
+        validate_vm_name(&o.name).map_err(ctx)?;
+        validate_class(&o.class).map_err(ctx)?;
+        if !names.insert(o.name.as_str()) {
+            return Err(ctx(Error::malformed("duplicate VM")));
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::codec::{self, HEADER_LEN};
 use super::state::Checker;
-use super::{record_type as t, Begin, Manifest, RecordDigest, Summary, VERSION};
+use super::{record_type as t, Begin, Manifest, RecordDigest, Summary, VmConfig, VmEnd, VERSION};
 use crate::error::{Error, ErrorClass, Result};
 use crate::limits::{MAX_PROTO_DATA_LEN, MAX_PROTO_MESSAGE_LEN};
 
@@ -125,6 +125,37 @@ impl<W: Write> Encoder<W> {
         }
         self.checker.accept_manifest(m.clone())?;
         self.emit_payload(t::MANIFEST)
+    }
+
+    /// PROTO-14: the settings of manifest VM `vm`, once per VM in manifest order, right
+    /// after the manifest.
+    pub fn config(&mut self, vm: u32, c: &VmConfig) -> Result<()> {
+        self.usable()?;
+        self.payload.clear();
+        codec::put_config(&mut self.payload, vm, c)?;
+        if self.payload.len() > crate::limits::MAX_PROTO_CONFIG_LEN {
+            return Err(Error::limit(format!(
+                "protocol: config of {} bytes exceeds LIM-59",
+                self.payload.len()
+            )));
+        }
+        self.checker.config(vm, c)?;
+        self.emit_payload(t::CONFIG)
+    }
+
+    /// PROTO-15: closes manifest VM `vm` after its files (if any).
+    pub fn vm_end(&mut self, vm: u32, e: &VmEnd) -> Result<()> {
+        self.usable()?;
+        self.payload.clear();
+        codec::put_vm_end(&mut self.payload, vm, e)?;
+        if self.payload.len() > crate::limits::MAX_PROTO_VMEND_LEN {
+            return Err(Error::limit(format!(
+                "protocol: vmend of {} bytes exceeds LIM-60",
+                self.payload.len()
+            )));
+        }
+        self.checker.vm_end(vm, e)?;
+        self.emit_payload(t::VM_END)
     }
 
     /// PROTO-4, PROTO-5: opens a file of a manifest VM.

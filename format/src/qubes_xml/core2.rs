@@ -8,6 +8,7 @@ use super::{
 use crate::bail;
 use crate::error::Result;
 use crate::limits::MAX_VMS;
+use crate::vm_config::{Device, VmConfig};
 
 /// The element names that describe VMs (upstream's `vm_classes`).
 const VM_ELEMENTS: [&str; 7] = [
@@ -93,6 +94,12 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
         unused_reference("<QubesVmCollection>", what, root.attr(what))?;
     }
 
+    // Upstream reads a missing or `None` default netvm as no netvm.
+    let default_netvm = match root.attr("default_netvm").filter(|s| !is_none(s)) {
+        Some(q) => Some(resolve("<QubesVmCollection>", "default_netvm", q)?),
+        None => None,
+    };
+    let mut dispvm_templates: Vec<(String, Option<String>)> = Vec::new();
     let mut vms = Vec::with_capacity(elements.len().saturating_add(1));
     // R2 had no dom0 element; upstream synthesises one. qid 0 is never shared: only
     // the QubesAdminVm dom0 may have it (below), and names are unique.
@@ -181,6 +188,45 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
             None
         };
 
+        let mut config = if class == "AdminVM" {
+            VmConfig::default()
+        } else {
+            config(el, kind, template.is_none())?
+        };
+        // XML-5: a DispVM netvm other than the default netvm names a DispVM template
+        // `disp-NETVM` / `disp-no-netvm`, synthesised below when no VM has that name.
+        if class != "AdminVM" {
+            let dispvm_netvm = if el
+                .attr("uses_default_dispvm_netvm")
+                .is_some_and(|v| v != "True")
+            {
+                match el.attr("dispvm_netvm_qid") {
+                    None => None,
+                    Some(q) if is_none(q) => None,
+                    Some(q) => Some(resolve(&holder, "dispvm_netvm_qid", q)?),
+                }
+            } else {
+                match &netvm {
+                    NetVm::Default => default_netvm.clone(),
+                    NetVm::None => None,
+                    NetVm::Named(n) => Some(n.clone()),
+                }
+            };
+            if dispvm_netvm != default_netvm {
+                let tpl = match &dispvm_netvm {
+                    Some(n) => format!("disp-{n}"),
+                    None => "disp-no-netvm".to_owned(),
+                };
+                if validate_vm_name(&tpl).is_ok() {
+                    config
+                        .properties
+                        .push(("default_dispvm".to_owned(), Some(tpl.clone())));
+                    if !dispvm_templates.iter().any(|(t, _)| *t == tpl) {
+                        dispvm_templates.push((tpl, dispvm_netvm));
+                    }
+                }
+            }
+        }
         vms.push(Vm {
             qid: Some(qid),
             name,
@@ -199,12 +245,208 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
                 Some("pv".to_owned())
             },
             provides_network: kind == "QubesNetVm" || kind == "QubesProxyVm",
+            config,
         });
     }
+    let dispvm_templates = dispvm_templates
+        .into_iter()
+        .filter(|(t, _)| !vms.iter().any(|v| v.name == *t))
+        .map(|(name, netvm)| Vm {
+            qid: None,
+            name,
+            class: "AppVM".to_owned(),
+            label: Some("red".to_owned()),
+            template: None,
+            netvm: netvm.map_or(NetVm::None, NetVm::Named),
+            backup: None,
+            volumes_saved: None,
+            volume_sizes: Vec::new(),
+            virt_mode: None,
+            provides_network: false,
+            config: VmConfig {
+                properties: vec![("template_for_dispvms".to_owned(), Some("True".to_owned()))],
+                ..VmConfig::default()
+            },
+        })
+        .collect();
     Ok(QubesXml {
         flavor: Flavor::Core2,
         vms,
+        dispvm_templates,
         labels: Vec::new(),
         notes: Vec::new(),
     })
+}
+
+/// XML-5: R3 services that became R4 features of another name (upstream's
+/// `service_to_feature`); other services keep their name.
+const SERVICE_FEATURES: [(&str, &str); 3] = [
+    ("ntpd", "service.ntpd"),
+    ("qubes-update-check", "check-updates"),
+    ("meminfo-writer", "service.meminfo-writer"),
+];
+
+/// XML-5: a core2 VM's settings as upstream's core2 reader translates them: simple
+/// attributes that differ from R3's defaults become properties; `kernel`/`kernelopts`
+/// when not following the default (`none` → no value); HVMs get `virt_mode=hvm`, an empty
+/// `kernel` and `linux-stubdom` off; NetVMs and ProxyVMs `provides_network`; R3 PV
+/// templates and standalone VMs the `qrexec` and `gui` features; `internal`; `services` (a
+/// Python dict of booleans) become features; `pcidevs` (a Python list) required PCI
+/// devices of dom0 (`00:1f.3` → port `00_1f.3`, `no-strict-reset` unless
+/// `pci_strictreset`). Booleans are written as upstream's client sends them: properties
+/// `True`/`False`, features `1`/`""`.
+fn config(el: &Node, kind: &str, no_template: bool) -> Result<VmConfig> {
+    let mut c = VmConfig::default();
+    for (attr, default) in [
+        ("include_in_backups", Some("True")),
+        ("qrexec_timeout", Some("60")),
+        ("vcpus", Some("2")),
+        ("memory", Some("400")),
+        ("maxmem", Some("4000")),
+        ("default_user", Some("user")),
+        ("debug", Some("False")),
+        ("mac", None),
+        ("autostart", Some("False")),
+    ] {
+        if let Some(v) = el
+            .attr(attr)
+            .filter(|v| !v.is_empty() && Some(*v) != default)
+        {
+            c.properties.push((attr.to_owned(), Some(v.to_owned())));
+        }
+    }
+    let hvm = kind.ends_with("HVm");
+    for attr in ["kernel", "kernelopts"] {
+        if hvm && attr == "kernel" {
+            continue;
+        }
+        let follows_default = el
+            .attr(&format!("uses_default_{attr}"))
+            .is_none_or(|v| v.eq_ignore_ascii_case("true"));
+        if !follows_default {
+            let v = el.attr(attr).filter(|v| !is_none(v)).map(str::to_owned);
+            c.properties.push((attr.to_owned(), v));
+        }
+    }
+    if hvm {
+        c.properties.push(("virt_mode".into(), Some("hvm".into())));
+        c.properties.push(("kernel".into(), Some(String::new())));
+        c.features.push(("linux-stubdom".into(), String::new()));
+    }
+    if kind == "QubesNetVm" || kind == "QubesProxyVm" {
+        c.properties
+            .push(("provides_network".into(), Some("True".into())));
+    }
+    if kind == "QubesTemplateVm" || (kind == "QubesAppVm" && no_template) {
+        c.features.push(("qrexec".into(), "1".into()));
+        c.features.push(("gui".into(), "1".into()));
+    }
+    if el.attr("internal") == Some("True") {
+        c.features.push(("internal".into(), "1".into()));
+    }
+    if let Some(services) = el.attr("services").filter(|s| !s.is_empty()) {
+        for (service, on) in python_bool_dict(services)? {
+            let feature = SERVICE_FEATURES
+                .iter()
+                .find(|(s, _)| *s == service)
+                .map_or(service, |(_, f)| f);
+            c.features.retain(|(k, _)| k != feature);
+            c.features
+                .push((feature.to_owned(), if on { "1" } else { "" }.to_owned()));
+        }
+    }
+    if let Some(pcidevs) = el.attr("pcidevs").filter(|s| !s.is_empty()) {
+        let strict = el.attr("pci_strictreset").is_none_or(|v| v != "False");
+        for dev in python_str_list(pcidevs)? {
+            c.devices.push(Device {
+                bus: "pci".into(),
+                backend: "dom0".into(),
+                port: dev.replace(':', "_"),
+                required: true,
+                options: if strict {
+                    Vec::new()
+                } else {
+                    vec![("no-strict-reset".into(), "True".into())]
+                },
+            });
+        }
+    }
+    Ok(c)
+}
+
+/// Items of a Python literal `{…}` or `[…]`, split at top-level commas; quotes may be
+/// `'` or `"`; no nesting or escapes (R3 wrote none).
+fn python_items<'a>(what: &str, s: &'a str, open: char, close: char) -> Result<Vec<&'a str>> {
+    let inner = s
+        .trim()
+        .strip_prefix(open)
+        .and_then(|r| r.strip_suffix(close));
+    let Some(inner) = inner else {
+        bail!(
+            Malformed,
+            "qubes.xml: {what} is not a Python literal: {:?}",
+            truncate(s)
+        );
+    };
+    if inner.contains(['\\', '{', '[', '(']) {
+        bail!(
+            Malformed,
+            "qubes.xml: {what} is too complex: {:?}",
+            truncate(s)
+        );
+    }
+    Ok(inner
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .collect())
+}
+
+fn python_str<'a>(what: &str, s: &'a str) -> Result<&'a str> {
+    let t = s.trim();
+    let unq = t
+        .strip_prefix('\'')
+        .and_then(|r| r.strip_suffix('\''))
+        .or_else(|| t.strip_prefix('"').and_then(|r| r.strip_suffix('"')));
+    match unq {
+        Some(u) if !u.contains(['\'', '"']) => Ok(u),
+        _ => bail!(
+            Malformed,
+            "qubes.xml: {what}: not a string: {:?}",
+            truncate(s)
+        ),
+    }
+}
+
+/// R3 `services`: `{'name': True, …}`.
+fn python_bool_dict(s: &str) -> Result<Vec<(&str, bool)>> {
+    let mut out = Vec::new();
+    for item in python_items("services", s, '{', '}')? {
+        let Some((k, v)) = item.split_once(':') else {
+            bail!(
+                Malformed,
+                "qubes.xml: services: no `:` in {:?}",
+                truncate(item)
+            );
+        };
+        let on = match v.trim() {
+            "True" => true,
+            "False" => false,
+            _ => bail!(
+                Malformed,
+                "qubes.xml: services: {:?} is not a boolean",
+                truncate(v)
+            ),
+        };
+        out.push((python_str("services", k)?, on));
+    }
+    Ok(out)
+}
+
+/// R3 `pcidevs`: `['00:1f.3', …]`.
+fn python_str_list(s: &str) -> Result<Vec<&str>> {
+    python_items("pcidevs", s, '[', ']')?
+        .into_iter()
+        .map(|i| python_str("pcidevs", i))
+        .collect()
 }

@@ -10,6 +10,7 @@ use super::{
 use crate::bail;
 use crate::error::Result;
 use crate::limits::MAX_VMS;
+use crate::vm_config::{Device, VmConfig, RESERVED_FEATURES, RESERVED_PROPERTIES};
 
 /// `name` attribute → text of the `<tag name=…>` children of `parent` (text `None` for
 /// an empty element). Duplicate names are Malformed.
@@ -107,6 +108,7 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
     Ok(QubesXml {
         flavor: Flavor::Core3,
         vms,
+        dispvm_templates: Vec::new(),
         labels,
         notes: Vec::new(),
     })
@@ -220,6 +222,7 @@ fn domain(dom: &Node, resolve_label: &dyn Fn(&str) -> Result<String>) -> Result<
         }
     };
 
+    let config = config(dom)?;
     Ok(Vm {
         qid,
         name,
@@ -235,5 +238,67 @@ fn domain(dom: &Node, resolve_label: &dyn Fn(&str) -> Result<String>) -> Result<
             props.get("provides_network").copied().flatten(),
             Some("True" | "true" | "1")
         ),
+        config,
     })
+}
+
+/// XML-5: a domain's properties (but those the model keeps apart: `name`, `label`,
+/// `template`, `netvm`, `qid`, `uuid`), features (but the backup keys), tags and
+/// devices, in document order. An empty feature is `""` (false), as upstream reads it.
+fn config(dom: &Node) -> Result<VmConfig> {
+    let mut c = VmConfig::default();
+    for p in dom
+        .children_named("properties")
+        .flat_map(|n| n.children_named("property"))
+    {
+        let name = p.attr("name").unwrap_or("");
+        if !RESERVED_PROPERTIES.contains(&name) {
+            c.properties.push((name.to_owned(), p.text.clone()));
+        }
+    }
+    for f in dom
+        .children_named("features")
+        .flat_map(|n| n.children_named("feature"))
+    {
+        let name = f.attr("name").unwrap_or("");
+        if !RESERVED_FEATURES.contains(&name) {
+            c.features
+                .push((name.to_owned(), f.text.clone().unwrap_or_default()));
+        }
+    }
+    for t in dom
+        .children_named("tags")
+        .flat_map(|n| n.children_named("tag"))
+    {
+        c.tags.push(t.attr("name").unwrap_or("").to_owned());
+    }
+    for bus in dom.children_named("devices") {
+        let Some(class) = bus.attr("class") else {
+            bail!(Malformed, "qubes.xml: <devices> without a class");
+        };
+        for d in bus.children_named("device") {
+            c.devices.push(Device {
+                bus: class.to_owned(),
+                backend: d.attr("backend-domain").unwrap_or("").to_owned(),
+                port: d.attr("id").unwrap_or("").to_owned(),
+                // R4.2+ writes `mode=`; older `required=` (default yes, as upstream reads it).
+                required: match d.attr("mode") {
+                    Some(mode) => mode == "required",
+                    None => d.attr("required").is_none_or(|r| {
+                        matches!(r.to_ascii_lowercase().as_str(), "yes" | "true" | "1")
+                    }),
+                },
+                options: d
+                    .children_named("option")
+                    .map(|o| {
+                        (
+                            o.attr("name").unwrap_or("").to_owned(),
+                            o.text.clone().unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            });
+        }
+    }
+    Ok(c)
 }

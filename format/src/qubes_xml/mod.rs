@@ -23,7 +23,7 @@
 
 mod core2;
 mod core3;
-mod dom;
+pub(crate) mod dom;
 mod write;
 
 #[cfg(test)]
@@ -34,6 +34,7 @@ pub use write::{write_r3, write_r4};
 use crate::bail;
 use crate::error::Result;
 use crate::limits::{MAX_VM_CLASS_LEN, MAX_VM_NAME_LEN};
+use crate::vm_config::VmConfig;
 
 /// Which qubes.xml dialect a file is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,11 @@ pub struct QubesXml {
     pub flavor: Flavor,
     /// VMs in document order (R2: a synthesised `dom0` first, as upstream does).
     pub vms: Vec<Vm>,
+    /// R2/R3 only: the DispVM templates upstream's core2 reader synthesises for VMs whose
+    /// DispVM netvm is not the default netvm (`disp-NETVM`, `disp-no-netvm`, with
+    /// `template_for_dispvms` and that netvm; XML-5). They hold no data; a restore creates
+    /// them so that those VMs' `default_dispvm` names a VM.
+    pub dispvm_templates: Vec<Vm>,
     /// R4 label table, id → colour name (`("label-1", "red")`); empty for R2/R3.
     pub labels: Vec<(String, String)>,
     /// Facts worth telling the user that do not make the file unusable, in a stable
@@ -109,6 +115,10 @@ pub struct Vm {
     pub virt_mode: Option<String>,
     /// R2/R3: NetVM/ProxyVM; R4: the `provides_network` property.
     pub provides_network: bool,
+    /// Properties, features, tags and devices as written (CFG-1), not yet checked
+    /// against CFG-1's grammar (the verifier does that before sending them). R2/R3
+    /// attributes are translated as upstream's core2 reader does (XML-5).
+    pub config: VmConfig,
 }
 
 /// Where a backed-up VM's files are in the archive and how large upstream said they are.
@@ -138,6 +148,7 @@ impl Vm {
             volume_sizes: Vec::new(),
             virt_mode: None,
             provides_network: false,
+            config: VmConfig::default(),
         }
     }
 }

@@ -19,7 +19,18 @@ fn vm(qid: u32, name: &str, class: &str, label: &str, template: Option<&str>, ne
         volume_sizes: Vec::new(),
         virt_mode: None,
         provides_network: false,
+        config: VmConfig::default(),
     }
+}
+
+/// The VMs without their CFG-1 settings (tested on their own below).
+fn bare(vms: &[Vm]) -> Vec<Vm> {
+    vms.iter()
+        .map(|v| Vm {
+            config: VmConfig::default(),
+            ..v.clone()
+        })
+        .collect()
 }
 
 fn backup(path: &str, size: u64) -> Option<BackupInfo> {
@@ -131,7 +142,7 @@ fn r3_fixture_every_field() {
             )
         },
     ];
-    assert_eq!(x.vms, expected);
+    assert_eq!(bare(&x.vms), expected);
     let backed: Vec<&str> = x.backed_up().map(|(v, _)| v.name.as_str()).collect();
     assert_eq!(backed, ["dom0", "work", "banking", "win7"]);
 }
@@ -221,7 +232,7 @@ fn r4_fixture_every_field() {
         // backup-content true without backup-path: not in the backup (as upstream).
         vm(12, "disp12", "DispVM", "red", Some("work"), NetVm::Default),
     ];
-    assert_eq!(x.vms, expected);
+    assert_eq!(bare(&x.vms), expected);
 }
 
 #[test]
@@ -463,7 +474,7 @@ fn fixtures_round_trip_through_the_writer() {
         .unwrap();
         let y = parse(&out).unwrap();
         assert_eq!(y.flavor, Flavor::Core3);
-        assert_eq!(y.vms, x.vms);
+        assert_eq!(bare(&y.vms), bare(&x.vms));
     }
 }
 
@@ -597,6 +608,7 @@ prop_compose! {
             volume_sizes: Vec::new(),
             virt_mode,
             provides_network,
+            config: VmConfig::default(),
         }
     }
 }
@@ -628,7 +640,7 @@ proptest! {
         write_r4(&all, &[], &mut out).unwrap();
         let parsed = parse(&out).unwrap();
         prop_assert_eq!(parsed.flavor, Flavor::Core3);
-        prop_assert_eq!(parsed.vms, all);
+        prop_assert_eq!(bare(&parsed.vms), all);
     }
 
     #[test]
@@ -674,7 +686,7 @@ fn r3_fixture_round_trips_through_the_r3_writer() {
     write_r3(&x.vms, &mut out).unwrap();
     let y = parse(&out).unwrap();
     assert_eq!(y.flavor, Flavor::Core2);
-    assert_eq!(y.vms, x.vms);
+    assert_eq!(bare(&y.vms), bare(&x.vms));
 }
 
 /// WRT-6: R3 references are qids, so templates and netvms named but not given get
@@ -1044,4 +1056,128 @@ fn writers_refuse_shared_qids_naming_both_vms() {
     );
     let e = write_r4(&[a.clone(), a], &[], &mut out).unwrap_err();
     assert!(e.to_string().contains("duplicate VM name \"work\""), "{e}");
+}
+
+fn props(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn r3_config_as_upstreams_core2_reader() {
+    let x = parse(R3).unwrap();
+    let tpl = &x.vm("fedora-23").unwrap().config;
+    assert_eq!(
+        tpl.features,
+        pairs(&[
+            ("qrexec", "1"),
+            ("gui", "1"),
+            ("service.meminfo-writer", "1")
+        ])
+    );
+    let net = &x.vm("sys-net").unwrap().config;
+    assert_eq!(
+        net.properties,
+        props(&[
+            ("memory", Some("300")),
+            ("provides_network", Some("True")),
+            ("default_dispvm", Some("disp-no-netvm"))
+        ])
+    );
+    // Upstream's core2 reader synthesises the DispVM templates such VMs name.
+    let tpls: Vec<(&str, &NetVm)> = x
+        .dispvm_templates
+        .iter()
+        .map(|v| (v.name.as_str(), &v.netvm))
+        .collect();
+    assert_eq!(
+        tpls,
+        [
+            ("disp-no-netvm", &NetVm::None),
+            ("disp-sys-net", &named("sys-net"))
+        ]
+    );
+    assert_eq!(
+        x.dispvm_templates[0].config.properties,
+        props(&[("template_for_dispvms", Some("True"))])
+    );
+    let ports: Vec<(&str, &str, &str, bool)> = net
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.bus.as_str(),
+                d.backend.as_str(),
+                d.port.as_str(),
+                d.required,
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("pci", "dom0", "00_19.0", true),
+            ("pci", "dom0", "03_00.0", true)
+        ]
+    );
+    let work = &x.vm("work").unwrap().config;
+    assert_eq!(work.features, pairs(&[("service.ntpd", "")]));
+    let win7 = &x.vm("win7").unwrap().config;
+    assert_eq!(
+        win7.properties[..2],
+        props(&[("virt_mode", Some("hvm")), ("kernel", Some(""))])[..]
+    );
+    assert_eq!(win7.features, pairs(&[("linux-stubdom", "")]));
+    assert_eq!(x.vm("dom0").unwrap().config, VmConfig::default());
+}
+
+#[test]
+fn r4_config_keeps_everything_but_identity_and_backup_keys() {
+    let x = parse(R4).unwrap();
+    let dom0 = &x.vm("dom0").unwrap().config;
+    assert_eq!(
+        dom0.features,
+        pairs(&[("gui-default-secure-copy-sequence", "Ctrl-Shift-c")])
+    );
+    let tpl = &x.vm("fedora-38").unwrap().config;
+    assert_eq!(tpl.features, pairs(&[("os", "Linux")]));
+    assert_eq!(tpl.tags, ["created-by-dom0"]);
+    assert!(tpl.properties.iter().all(|(k, _)| !matches!(
+        k.as_str(),
+        "name" | "qid" | "uuid" | "label" | "template" | "netvm"
+    )));
+    let net = &x.vm("sys-net").unwrap().config;
+    assert_eq!(net.devices.len(), 1);
+    assert_eq!(
+        (net.devices[0].bus.as_str(), net.devices[0].port.as_str()),
+        ("pci", "00_19.0")
+    );
+    let work = &x.vm("work").unwrap().config;
+    assert_eq!(
+        work.features,
+        pairs(&[("menu-items", "org.gnome.Nautilus.desktop firefox.desktop")])
+    );
+}
+
+#[test]
+fn config_round_trips_through_the_r4_writer() {
+    let x = parse(R4).unwrap();
+    let mut out = Vec::new();
+    write_r4(&x.vms, &[], &mut out).unwrap();
+    let y = parse(&out).unwrap();
+    for (a, b) in x.vms.iter().zip(&y.vms) {
+        assert_eq!(a.config.features, b.config.features, "{}", a.name);
+        assert_eq!(a.config.tags, b.config.tags, "{}", a.name);
+        assert_eq!(a.config.devices, b.config.devices, "{}", a.name);
+        for p in &a.config.properties {
+            assert!(b.config.properties.contains(p), "{} {p:?}", a.name);
+        }
+    }
 }

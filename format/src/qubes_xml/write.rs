@@ -175,6 +175,7 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
         if let Some(v) = &vm.virt_mode {
             check_text("virt_mode", v)?;
         }
+        check_config_text(&vm.config)?;
         if let Some(vols) = &vm.volumes_saved {
             let mut seen = HashSet::new();
             for v in vols {
@@ -233,13 +234,20 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
             NetVm::None => property(out, "netvm", None),
             NetVm::Named(n) => property(out, "netvm", Some(n)),
         }
-        if let Some(v) = &vm.virt_mode {
+        let in_config = |n: &str| vm.config.properties.iter().any(|(k, _)| k == n);
+        if let Some(v) = vm.virt_mode.as_deref().filter(|_| !in_config("virt_mode")) {
             property(out, "virt_mode", Some(v));
         }
-        if vm.provides_network {
+        if vm.provides_network && !in_config("provides_network") {
             property(out, "provides_network", Some("True"));
         }
+        for (k, v) in &vm.config.properties {
+            property(out, k, v.as_deref());
+        }
         out.extend_from_slice(b"      </properties>\n      <features>\n");
+        for (k, v) in &vm.config.features {
+            feature(out, k, v);
+        }
         if let Some(b) = &vm.backup {
             feature(out, "backup-content", "True");
             feature(out, "backup-path", &b.path);
@@ -247,7 +255,14 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
         } else {
             out.extend_from_slice(b"        <feature name=\"backup-content\"/>\n");
         }
-        out.extend_from_slice(b"      </features>\n      <tags/>\n");
+        out.extend_from_slice(b"      </features>\n      <tags>\n");
+        for t in &vm.config.tags {
+            out.extend_from_slice(b"        <tag name=\"");
+            escape(out, t);
+            out.extend_from_slice(b"\"/>\n");
+        }
+        out.extend_from_slice(b"      </tags>\n");
+        devices(out, &vm.config.devices);
         if let Some(vols) = &vm.volumes_saved {
             out.extend_from_slice(b"      <volume-config>\n");
             for v in vols {
@@ -265,6 +280,80 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
     }
     out.extend_from_slice(b"  </domains>\n</qubes>\n");
     Ok(())
+}
+
+/// As [`check_text`], but empty is allowed (a false feature, an empty property).
+fn check_value(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() {
+        Ok(())
+    } else {
+        check_text(what, s)
+    }
+}
+
+/// Every name and value of a VM's settings is text the writer can escape; what a
+/// restore may *send* of it is checked by the verifier (CFG-1), not here: a qubes.xml
+/// legitimately holds `created-by-dom0`.
+fn check_config_text(c: &crate::vm_config::VmConfig) -> Result<()> {
+    for (k, v) in &c.properties {
+        check_text("property name", k)?;
+        if let Some(v) = v {
+            check_value("property value", v)?;
+        }
+    }
+    for (k, v) in &c.features {
+        check_text("feature name", k)?;
+        check_value("feature value", v)?;
+    }
+    for t in &c.tags {
+        check_text("tag", t)?;
+    }
+    for d in &c.devices {
+        for s in [&d.bus, &d.backend, &d.port] {
+            check_text("device", s)?;
+        }
+        for (k, v) in &d.options {
+            check_text("device option", k)?;
+            check_value("device option", v)?;
+        }
+    }
+    Ok(())
+}
+
+/// CFG-1: `<devices class=BUS>` groups in first-seen bus order, each `<device
+/// backend-domain= id= required=>` with its `<option name=>` children.
+fn devices(out: &mut Vec<u8>, devices: &[crate::vm_config::Device]) {
+    let mut buses: Vec<&str> = Vec::new();
+    for d in devices {
+        if !buses.contains(&d.bus.as_str()) {
+            buses.push(&d.bus);
+        }
+    }
+    for bus in buses {
+        out.extend_from_slice(b"      <devices class=\"");
+        escape(out, bus);
+        out.extend_from_slice(b"\">\n");
+        for d in devices.iter().filter(|d| d.bus == bus) {
+            out.extend_from_slice(b"        <device backend-domain=\"");
+            escape(out, &d.backend);
+            out.extend_from_slice(b"\" id=\"");
+            escape(out, &d.port);
+            out.extend_from_slice(if d.required {
+                b"\" required=\"yes\">\n".as_slice()
+            } else {
+                b"\" required=\"no\">\n".as_slice()
+            });
+            for (k, v) in &d.options {
+                out.extend_from_slice(b"          <option name=\"");
+                escape(out, k);
+                out.extend_from_slice(b"\">");
+                escape(out, v);
+                out.extend_from_slice(b"</option>\n");
+            }
+            out.extend_from_slice(b"        </device>\n");
+        }
+        out.extend_from_slice(b"      </devices>\n");
+    }
 }
 
 /// Attribute ` name="value"` of a core2 element.

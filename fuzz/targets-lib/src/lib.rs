@@ -565,7 +565,10 @@ pub fn pipeline_verifies(data: &[u8]) -> std::result::Result<(), String> {
 
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
-use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, ManifestVm, Record, Summary};
+use qbackup_format::protocol::{
+    Begin, Device, FileKind, Firewall, Layout, Manifest, ManifestVm, OtherVm, Record, Summary,
+    VmConfig, VmEnd,
+};
 use qbackup_format::qubes_xml::NetVm;
 
 /// A protocol record with owned parts, to compare what was encoded with what decoded.
@@ -573,17 +576,21 @@ use qbackup_format::qubes_xml::NetVm;
 pub enum ProtoRecord {
     Hello,
     Manifest(Manifest),
+    Config(u32, VmConfig),
     Begin(Begin),
     Data(u64, Vec<u8>),
     End([u8; 32]),
     Summary(Summary),
     Error(ErrorClass, String),
+    VmEnd(u32, VmEnd),
 }
 
 fn owned(r: &Record<'_>) -> ProtoRecord {
     match r {
         Record::Hello { .. } => ProtoRecord::Hello,
         Record::Manifest(m) => ProtoRecord::Manifest((*m).clone()),
+        Record::Config { vm, config } => ProtoRecord::Config(*vm, config.clone()),
+        Record::VmEnd { vm, end } => ProtoRecord::VmEnd(*vm, end.clone()),
         Record::Begin(b) => ProtoRecord::Begin(b.clone()),
         Record::Data { offset, bytes } => ProtoRecord::Data(*offset, bytes.to_vec()),
         Record::End { sha256 } => ProtoRecord::End(*sha256),
@@ -611,6 +618,8 @@ fn encode_record<W: std::io::Write>(e: &mut Encoder<W>, r: &ProtoRecord) -> bool
     match r {
         ProtoRecord::Hello => e.hello().is_ok(),
         ProtoRecord::Manifest(m) => e.manifest(m).is_ok(),
+        ProtoRecord::Config(vm, c) => e.config(*vm, c).is_ok(),
+        ProtoRecord::VmEnd(vm, end) => e.vm_end(*vm, end).is_ok(),
         ProtoRecord::Begin(b) => e.begin(b).is_ok(),
         ProtoRecord::Data(offset, bytes) => e.data(*offset, bytes).is_ok(),
         ProtoRecord::End(want) => e.end().is_ok_and(|got| got == *want),
@@ -669,6 +678,43 @@ impl<'a> Ops<'a> {
     fn opt(&mut self) -> Option<String> {
         (self.u8() & 1 == 1).then(|| self.string(1))
     }
+    fn pairs(&mut self) -> Vec<(String, String)> {
+        (0..self.u8() % 4)
+            .map(|_| (self.string(1), self.string(1)))
+            .collect()
+    }
+    /// A config as [`protocol_ops`] writes it.
+    fn config(&mut self) -> VmConfig {
+        VmConfig {
+            properties: (0..self.u8() % 4)
+                .map(|_| (self.string(1), self.opt()))
+                .collect(),
+            features: self.pairs(),
+            tags: (0..self.u8() % 4).map(|_| self.string(1)).collect(),
+            devices: (0..self.u8() % 4)
+                .map(|_| Device {
+                    bus: self.string(1),
+                    backend: self.string(1),
+                    port: self.string(1),
+                    required: self.u8() & 1 == 1,
+                    options: self.pairs(),
+                })
+                .collect(),
+        }
+    }
+    /// A vmend as [`protocol_ops`] writes it.
+    fn vm_end(&mut self) -> VmEnd {
+        VmEnd {
+            firewall: match self.u8() % 3 {
+                0 => Firewall::Absent,
+                1 => Firewall::Rules((0..self.u8() % 4).map(|_| self.string(2)).collect()),
+                _ => Firewall::Unreadable(self.string(2)),
+            },
+            notes: (self.u8() & 1 == 1).then(|| self.string(2)),
+            menu_items: (self.u8() & 1 == 1)
+                .then(|| (0..self.u8() % 4).map(|_| self.string(1)).collect()),
+        }
+    }
 }
 
 /// Serialise records as [`protocol_roundtrip`] input (used to make its seeds from real
@@ -698,7 +744,7 @@ pub fn protocol_ops(records: &[ProtoRecord]) -> Vec<u8> {
         .iter()
         .any(|r| matches!(r, ProtoRecord::Manifest(_)))
     {
-        out.push(0); // no VMs
+        out.extend_from_slice(&[0, 0]); // no VMs, no others
     }
     for r in records {
         match r {
@@ -728,6 +774,76 @@ pub fn protocol_ops(records: &[ProtoRecord]) -> Vec<u8> {
                     for f in vm.expected_files.iter().take(255) {
                         s8(&mut out, f);
                     }
+                }
+                out.push(m.others.len().min(3) as u8);
+                for o in m.others.iter().take(3) {
+                    s8(&mut out, &o.name);
+                    s8(&mut out, &o.class);
+                    out.push(u8::from(o.in_backup));
+                }
+            }
+            ProtoRecord::Config(vm, c) => {
+                fn pairs(out: &mut Vec<u8>, list: &[(String, String)]) {
+                    out.push(list.len().min(3) as u8);
+                    for (k, v) in list.iter().take(3) {
+                        s8(out, k);
+                        s8(out, v);
+                    }
+                }
+                out.push(5);
+                out.extend_from_slice(&vm.to_be_bytes());
+                out.push(c.properties.len().min(3) as u8);
+                for (k, v) in c.properties.iter().take(3) {
+                    s8(&mut out, k);
+                    opt(&mut out, v);
+                }
+                pairs(&mut out, &c.features);
+                out.push(c.tags.len().min(3) as u8);
+                for t in c.tags.iter().take(3) {
+                    s8(&mut out, t);
+                }
+                out.push(c.devices.len().min(3) as u8);
+                for d in c.devices.iter().take(3) {
+                    s8(&mut out, &d.bus);
+                    s8(&mut out, &d.backend);
+                    s8(&mut out, &d.port);
+                    out.push(u8::from(d.required));
+                    pairs(&mut out, &d.options);
+                }
+            }
+            ProtoRecord::VmEnd(vm, end) => {
+                out.push(6);
+                out.extend_from_slice(&vm.to_be_bytes());
+                match &end.firewall {
+                    Firewall::Absent => out.push(0),
+                    Firewall::Rules(lines) => {
+                        out.push(1);
+                        out.push(lines.len().min(3) as u8);
+                        for l in lines.iter().take(3) {
+                            s16(&mut out, l);
+                        }
+                    }
+                    Firewall::Unreadable(why) => {
+                        out.push(2);
+                        s16(&mut out, why);
+                    }
+                }
+                match &end.notes {
+                    Some(n) => {
+                        out.push(1);
+                        s16(&mut out, n);
+                    }
+                    None => out.push(0),
+                }
+                match &end.menu_items {
+                    Some(items) => {
+                        out.push(1);
+                        out.push(items.len().min(3) as u8);
+                        for i in items.iter().take(3) {
+                            s8(&mut out, i);
+                        }
+                    }
+                    None => out.push(0),
                 }
             }
             ProtoRecord::Begin(b) => {
@@ -796,7 +912,14 @@ pub fn protocol_roundtrip(data: &[u8]) {
             expected_files: (0..ops.u8() % 10).map(|_| ops.string(1)).collect(),
         });
     }
-    let manifest = Manifest { vms };
+    let others = (0..ops.u8() % 4)
+        .map(|_| OtherVm {
+            name: ops.string(1),
+            class: ops.string(1),
+            in_backup: ops.u8() & 1 == 1,
+        })
+        .collect();
+    let manifest = Manifest { vms, others };
     let len = e.get_mut().len();
     if e.manifest(&manifest).is_ok() {
         sent.push(ProtoRecord::Manifest(manifest));
@@ -805,7 +928,19 @@ pub fn protocol_roundtrip(data: &[u8]) {
     }
     while !ops.rest.is_empty() && !e.is_done() {
         let len = e.get_mut().len();
-        let (rec, ok) = match ops.u8() % 5 {
+        let (rec, ok) = match ops.u8() % 7 {
+            5 => {
+                let vm = ops.uint(4) as u32;
+                let c = ops.config();
+                let ok = e.config(vm, &c).is_ok();
+                (ProtoRecord::Config(vm, c), ok)
+            }
+            6 => {
+                let vm = ops.uint(4) as u32;
+                let end = ops.vm_end();
+                let ok = e.vm_end(vm, &end).is_ok();
+                (ProtoRecord::VmEnd(vm, end), ok)
+            }
             0 => {
                 let b = Begin {
                     vm: ops.uint(4) as u32,

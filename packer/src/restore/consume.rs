@@ -5,6 +5,7 @@
 //! committed only after their `end` record checked out.
 
 use std::io::Read;
+use std::ops::DerefMut;
 use std::path::{Path, PathBuf};
 
 use qbackup_destination::{link_stays_inside, Destination, TempFile};
@@ -13,7 +14,7 @@ use qbackup_format::limits::MAX_RESTORE_FILES;
 use qbackup_format::paths::{validate_relative, DotComponents};
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::state::validate_file;
-use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, Record};
+use qbackup_format::protocol::{Begin, FileKind, Layout, Manifest, Record, VmConfig, VmEnd};
 use qbackup_format::qubes_xml::validate_vm_name;
 use qbackup_format::{Error, ErrorClass, Result};
 
@@ -46,10 +47,82 @@ enum Open {
     SkippedLink,
 }
 
+/// What consumes the records of a stream, after the decoder checked them (PROTO-2 …
+/// PROTO-15): files into a directory ([`DirSink`]) or VMs through the Admin API
+/// (`restore::qubes`).
+pub trait Sink {
+    /// The manifest and every VM's settings arrived, before any file (PROTO-14).
+    fn prepare(&mut self, m: &Manifest, configs: Vec<VmConfig>) -> Result<()>;
+    /// A file opens (PROTO-5); its data and end follow.
+    fn begin(&mut self, b: &Begin) -> Result<()>;
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()>;
+    /// The open file is complete: its digest matched (PROTO-7).
+    fn end(&mut self) -> Result<()>;
+    /// VM `vm` is complete (PROTO-15).
+    fn vm_end(&mut self, vm: u32, end: VmEnd) -> Result<()>;
+}
+
+/// Decode a whole stream from `input` into `sink`, with at most `max_files` files
+/// (LIM-39). Returns on the summary, or with the first violation, or with the error the
+/// producer reported (its class, RST-6).
+pub fn consume_into<R: Read, S: Sink>(input: R, sink: &mut S, max_files: u64) -> Result<()> {
+    let mut decoder = Decoder::new(input);
+    let mut files: u64 = 0;
+    let mut manifest: Option<Manifest> = None;
+    let mut configs: Vec<VmConfig> = Vec::new();
+    loop {
+        let record = decoder.read_record()?;
+        match record {
+            None => return Err(Error::truncated("protocol: stream ended without a summary")),
+            Some(Record::Hello { .. }) => {}
+            Some(Record::Manifest(m)) => {
+                if m.vms.is_empty() {
+                    sink.prepare(m, Vec::new())?;
+                } else {
+                    manifest = Some(m.clone());
+                }
+            }
+            Some(Record::Config { config, .. }) => {
+                // The decoder checked the order: one per manifest VM, in order.
+                configs.push(config);
+                if let Some(m) = manifest.as_ref().filter(|m| m.vms.len() == configs.len()) {
+                    sink.prepare(m, std::mem::take(&mut configs))?;
+                    manifest = None;
+                }
+            }
+            Some(Record::Begin(b)) => {
+                files = files
+                    .checked_add(1)
+                    .filter(|n| *n <= max_files)
+                    .ok_or_else(|| {
+                        Error::limit(format!("restore: more than LIM-39 ({max_files}) files"))
+                    })?;
+                sink.begin(&b)?;
+            }
+            Some(Record::Data { offset, bytes }) => sink.data(offset, bytes)?,
+            Some(Record::End { .. }) => sink.end()?,
+            Some(Record::VmEnd { vm, end }) => sink.vm_end(vm, end)?,
+            Some(Record::Summary(_)) => {
+                // PROTO-10: nothing may follow; the decoder checks the end of input.
+                return match decoder.read_record()? {
+                    None => Ok(()),
+                    Some(_) => Err(Error::malformed("protocol: a record after the summary")),
+                };
+            }
+            Some(Record::Error { class, message }) => {
+                return Err(Error::new(
+                    class,
+                    // Checked by the decoder: ≤ LIM-31 bytes, no control characters.
+                    format!("the verifier reported: {message}"),
+                ));
+            }
+        }
+    }
+}
+
 /// Consume a whole stream from `input`, writing the selected VMs (`None`: all; `dom0`
-/// selects dom0's home) under `dest`. Returns on the summary, or with the first
-/// violation, or with the error the producer reported (its class, RST-6). Temporaries of
-/// an unfinished file are removed when this returns.
+/// selects dom0's home) under `dest` (RST-1). Temporaries of an unfinished file are
+/// removed when this returns.
 pub fn consume<R: Read>(
     input: R,
     dest: &mut Destination,
@@ -65,64 +138,82 @@ fn consume_bounded<R: Read>(
     select: Option<&[String]>,
     max_files: u64,
 ) -> Result<Restored> {
-    let mut decoder = Decoder::new(input);
-    let mut out = Restored::default();
-    // Per manifest VM: its output directory if selected, and its layout.
-    let mut dirs: Vec<(Option<PathBuf>, Layout)> = Vec::new();
-    let mut open: Option<Open> = None;
-    loop {
-        let record = decoder.read_record()?;
-        match record {
-            None => return Err(Error::truncated("protocol: stream ended without a summary")),
-            Some(Record::Hello { .. }) => {}
-            Some(Record::Manifest(m)) => dirs = output_dirs(m, select)?,
-            Some(Record::Begin(b)) => {
-                out.files = out
-                    .files
-                    .checked_add(1)
-                    .filter(|n| *n <= max_files)
-                    .ok_or_else(|| {
-                        Error::limit(format!("restore: more than LIM-39 ({max_files}) files"))
-                    })?;
-                open = Some(begin(dest, &dirs, &b, &mut out.notes)?);
-            }
-            Some(Record::Data { offset, bytes }) => {
-                if let Some(Open::Regular { file, .. }) = open.as_mut() {
-                    file.write_at(offset, bytes)?;
-                    out.bytes = out.bytes.saturating_add(bytes.len() as u64);
-                }
-            }
-            Some(Record::End { .. }) => {
-                // The decoder compared the digest with its own (PROTO-7): commit (RST-4).
-                match open.take() {
-                    Some(Open::Regular {
-                        mut file,
-                        size,
-                        mode,
-                    }) => {
-                        file.finish(size, mode)?;
-                        dest.commit(vec![file])?;
-                    }
-                    Some(Open::Directory(path)) => dest.create_dir_all(&path)?,
-                    Some(Open::Symlink { link, target }) => dest.symlink(&link, &target)?,
-                    Some(Open::Skip | Open::SkippedLink) | None => {}
-                }
-            }
-            Some(Record::Summary(_)) => {
-                // PROTO-10: nothing may follow; the decoder checks the end of input.
-                return match decoder.read_record()? {
-                    None => Ok(out),
-                    Some(_) => Err(Error::malformed("protocol: a record after the summary")),
-                };
-            }
-            Some(Record::Error { class, message }) => {
-                return Err(Error::new(
-                    class,
-                    // Checked by the decoder: ≤ LIM-31 bytes, no control characters.
-                    format!("the verifier reported: {message}"),
-                ));
-            }
+    let mut sink: DirSink<'_> = DirSink::new(dest, select);
+    consume_into(input, &mut sink, max_files)?;
+    Ok(sink.out)
+}
+
+/// Files of the selected VMs under a destination directory (RST-1 … RST-4); `D` is the
+/// destination, borrowed or owned (`Box<Destination>`).
+pub struct DirSink<'a, D: DerefMut<Target = Destination> = &'a mut Destination> {
+    dest: D,
+    select: Option<&'a [String]>,
+    /// Per manifest VM: its output directory if selected, and its layout.
+    dirs: Vec<(Option<PathBuf>, Layout)>,
+    open: Option<Open>,
+    pub out: Restored,
+}
+
+impl<'a, D: DerefMut<Target = Destination>> DirSink<'a, D> {
+    /// Writes under `dest` the VMs of `select` (`None`: every VM whose files it is given).
+    pub fn new(dest: D, select: Option<&'a [String]>) -> DirSink<'a, D> {
+        DirSink {
+            dest,
+            select,
+            dirs: Vec::new(),
+            open: None,
+            out: Restored::default(),
         }
+    }
+}
+
+impl<D: DerefMut<Target = Destination>> Sink for DirSink<'_, D> {
+    fn prepare(&mut self, m: &Manifest, _: Vec<VmConfig>) -> Result<()> {
+        self.dirs = output_dirs(m, self.select)?;
+        Ok(())
+    }
+
+    fn begin(&mut self, b: &Begin) -> Result<()> {
+        self.open = Some(begin(&mut self.dest, &self.dirs, b, &mut self.out.notes)?);
+        Ok(())
+    }
+
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        if let Some(Open::Regular { file, .. }) = self.open.as_mut() {
+            file.write_at(offset, bytes)?;
+            self.out.bytes = self.out.bytes.saturating_add(bytes.len() as u64);
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        // The decoder compared the digest with its own (PROTO-7): commit (RST-4).
+        let created = match self.open.take() {
+            Some(Open::Regular {
+                mut file,
+                size,
+                mode,
+            }) => {
+                file.finish(size, mode)?;
+                self.dest.commit(vec![file])?;
+                true
+            }
+            Some(Open::Directory(path)) => {
+                self.dest.create_dir_all(&path)?;
+                true
+            }
+            Some(Open::Symlink { link, target }) => {
+                self.dest.symlink(&link, &target)?;
+                true
+            }
+            Some(Open::Skip | Open::SkippedLink) | None => false,
+        };
+        self.out.files = self.out.files.saturating_add(u64::from(created));
+        Ok(())
+    }
+
+    fn vm_end(&mut self, _: u32, _: VmEnd) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -255,10 +346,13 @@ mod tests {
         e.hello().unwrap();
         e.manifest(&Manifest {
             vms: vec![vm("work", "AppVM", Layout::Volumes)],
+            others: Vec::new(),
         })
         .unwrap();
+        e.config(0, &VmConfig::default()).unwrap();
         file(&mut e, 0, "private.img", b"one");
         file(&mut e, 0, "root.img", b"two");
+        e.vm_end(0, &VmEnd::default()).unwrap();
         e.summary().unwrap();
         let stream = e.into_inner();
 
@@ -290,6 +384,7 @@ mod tests {
                 vm("dom0", "AdminVM", Layout::Dom0Home),
                 vm("dom0-home", "AppVM", Layout::Volumes),
             ],
+            others: Vec::new(),
         };
         let err = output_dirs(&m, None).unwrap_err();
         assert_eq!(err.class(), ErrorClass::UnsafePath);
@@ -298,6 +393,7 @@ mod tests {
                 vm("dom0", "AdminVM", Layout::Dom0Home),
                 vm("work", "AppVM", Layout::Volumes),
             ],
+            others: Vec::new(),
         };
         let dirs = output_dirs(&ok, Some(&["work".to_string()])).unwrap();
         assert_eq!(dirs[0].0, None);
