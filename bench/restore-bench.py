@@ -10,8 +10,14 @@ Builds (once, cached under bench/out/, by verify-bench.py's builder) a realistic
   restore: `qbackup-pack restore ARCHIVE --to DIR` (the privileged consumer plus its
            sandboxed `qbackup-verify emit -` child, SPEC.md §21/§23);
 
+  into-qubes: `qbackup-pack restore ARCHIVE --into-qubes --yes` against the mock qubesd
+           (tests' `mock-qubesd` binary, a fresh host per run): the VM created through the
+           Admin API socket and its volume streamed into the import script, which writes it
+           to a file as dd writes an LVM volume (SPEC.md §27);
+
 and prints the best wall time of each, CPU, peak RSS (restore: of the consumer and of the
-verifier child, measured separately) and the ratio restore / extract. Target: <= 1.15.
+verifier child, measured separately) and the ratios restore / extract and into-qubes /
+extract. Targets: <= 1.15 each.
 
 Usage: bench/restore-bench.py [--version 4|3] [--log-n 12] [--size-mib 1024] [--runs 3]
 """
@@ -39,6 +45,20 @@ def timed(argv, env=None):
     return elapsed, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, err
 
 
+def mock_env():
+    """Start a mock qubesd; returns (process, environment pointing at it)."""
+    p = subprocess.Popen([os.path.join(ROOT, "target", "release", "mock-qubesd")],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    env = {}
+    for line in p.stdout:
+        line = line.strip()
+        if line == "ready":
+            break
+        k, _, v = line.partition("=")
+        env[k] = v
+    return p, env
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--version", type=int, choices=(3, 4), default=4)
@@ -47,7 +67,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
-    sh(f"cd {ROOT} && cargo build -q --release -p qbackup-verify -p qbackup-pack")
+    sh(f"cd {ROOT} && cargo build -q --release -p qbackup-verify -p qbackup-pack "
+       "-p qbackup-tests --bin mock-qubesd")
     rel = os.path.join(ROOT, "target", "release")
     verifier, packer = os.path.join(rel, "qbackup-verify"), os.path.join(rel, "qbackup-pack")
     arch = verify_bench.build(args.version, args.log_n, args.size_mib)
@@ -60,10 +81,19 @@ def main():
     # The default child, wrapped by GNU time to measure its own peak RSS.
     wrapped = (f"/usr/bin/time -f %M -o {child_rss} {verifier} emit -")
     env = dict(os.environ, QBACKUP_PASSPHRASE=PASS)
-    results = {"extract": [], "restore": [], "restore (child measured)": []}
+    results = {"extract": [], "restore": [], "restore (child measured)": [], "into-qubes": []}
     for _ in range(args.runs):
         for kind in results:
             shutil.rmtree(dest, ignore_errors=True)
+            if kind == "into-qubes":
+                mock, menv = mock_env()
+                os.makedirs(dest)
+                argv = [packer, "restore", arch, "--into-qubes", "--yes", "--json",
+                        "--ignore-missing", "--home-dir", dest, "--passphrase-file", passfile]
+                results[kind].append(timed(argv, env=dict(env, **menv)))
+                mock.stdin.close()
+                mock.wait()
+                continue
             if kind == "extract":
                 argv = [verifier, "extract", "--no-progress", "--passphrase-file", passfile,
                         "--to", dest, arch]
@@ -85,7 +115,12 @@ def main():
           f"(largest process); verifier child alone {child_kib / 1024:.0f} MiB")
     print(f"all runs (wall s): extract {[round(r[0], 2) for r in results['extract']]}, "
           f"restore {[round(r[0], 2) for r in results['restore']]}")
+    q = best["into-qubes"]
+    print(f"restore --into-qubes:    {q[0]:6.2f} s  cpu {q[1]:6.2f} s  peak RSS {q[2] / 1024:6.0f} MiB "
+          f"(CPU includes the import script, not the mock qubesd)")
+    print(f"all runs (wall s): into-qubes {[round(r[0], 2) for r in results['into-qubes']]}")
     print(f"restore / extract: {rst[0] / ext[0]:.2f}x wall (target <= 1.15), {rst[1] / ext[1]:.2f}x CPU")
+    print(f"into-qubes / extract: {q[0] / ext[0]:.2f}x wall (target <= 1.15)")
 
 
 if __name__ == "__main__":

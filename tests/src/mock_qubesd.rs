@@ -383,8 +383,16 @@ impl MockQubesd {
     }
 
     /// Every volume import begun so far, in order.
+    /// The imports so far; a succeeded one carries the SHA-256 of its volume's data file
+    /// (computed here, from the data the last import of that volume committed).
     pub fn imports(&self) -> Vec<Import> {
-        self.lock().imports.clone()
+        let mut list = self.lock().imports.clone();
+        for i in &mut list {
+            if i.state == ImportState::Succeeded && i.sha256.is_none() {
+                i.sha256 = self.volume_file(&i.vm, &i.volume).map(|p| sha256_file(&p));
+            }
+        }
+        list
     }
 
     /// The file holding the data last imported into `vm`'s `volume`, if any.
@@ -493,4 +501,20 @@ fn serve(mut stream: UnixStream, api: Api, state: &Mutex<State>) {
     drop(state);
     let _ = stream.write_all(&outcome.encode());
     let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Hex SHA-256 of a file's content.
+fn sha256_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(path).expect("opening the volume data");
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("reading the volume data");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
