@@ -182,7 +182,7 @@ impl Rule {
         if let Some(c) = comment {
             rule.comment = Some(c.to_owned());
         }
-        rule.check().map_err(|why| bad(why))?;
+        rule.check().map_err(&bad)?;
         if rule.line() != untrusted {
             return Err(bad("not in canonical form"));
         }

@@ -225,35 +225,32 @@ fn with_child<T>(
     };
     // The archive: a file, stdin, or a file inside a VM read by qvm-run.
     let mut source = None;
-    let file_or_stream: Result<(Option<std::fs::File>, Option<Box<dyn Read + Send>>), Failure> =
-        match (&r.dest_vm, r.archive == Path::new("-")) {
-            (Some(vm), _) => {
-                let mut cmd = std::process::Command::new(qvm_run());
-                cmd.args(["--pass-io", "--no-gui", "--", vm])
-                    .arg(format!(
-                        "cat -- {}",
-                        shell_quote(&r.archive.to_string_lossy())
-                    ))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped());
-                let mut child = cmd
-                    .spawn()
-                    .map_err(|e| Failure::io(format!("running qvm-run for VM {vm}: {e}")))?;
-                let out = child.stdout.take();
-                source = Some(child);
-                Ok((None, out.map(|o| Box::new(o) as Box<dyn Read + Send>)))
-            }
-            (None, true) => Ok((None, Some(Box::new(std::io::stdin())))),
-            (None, false) => {
-                Ok((
-                    Some(std::fs::File::open(&r.archive).map_err(|e| {
-                        Failure::io(format!("opening {}: {e}", r.archive.display()))
-                    })?),
-                    None,
+    let archive = match (&r.dest_vm, r.archive == Path::new("-")) {
+        (Some(vm), _) => {
+            let mut cmd = std::process::Command::new(qvm_run());
+            cmd.args(["--pass-io", "--no-gui", "--", vm])
+                .arg(format!(
+                    "cat -- {}",
+                    shell_quote(&r.archive.to_string_lossy())
                 ))
-            }
-        };
-    let (file, stream) = file_or_stream?;
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| Failure::io(format!("running qvm-run for VM {vm}: {e}")))?;
+            let out = child
+                .stdout
+                .take()
+                .ok_or_else(|| Failure::io("qvm-run has no stdout"))?;
+            source = Some(child);
+            Archive::Stream(Box::new(out))
+        }
+        (None, true) => Archive::Stream(Box::new(std::io::stdin())),
+        (None, false) => Archive::File(
+            std::fs::File::open(&r.archive)
+                .map_err(|e| Failure::io(format!("opening {}: {e}", r.archive.display())))?,
+        ),
+    };
     // RST-5: the passphrase goes into the child's environment, or on its stdin ahead of
     // the archive; never on a command line.
     let mut prefix = zeroize::Zeroizing::new(Vec::new());
@@ -264,11 +261,10 @@ fn with_child<T>(
     // An archive file with nothing to send ahead of it becomes the child's stdin: the
     // child reads it directly, read-only, with no path access and no copy through here.
     // Otherwise a thread pumps it into a pipe.
-    let (stdin, input): (Stdio, Option<Box<dyn Read + Send>>) = match (file, stream) {
-        (Some(f), _) if !on_stdin => (Stdio::from(f), None),
-        (Some(f), _) => (Stdio::piped(), Some(Box::new(f))),
-        (None, Some(s)) => (Stdio::piped(), Some(s)),
-        (None, None) => return Err(Failure::io("no archive to read")),
+    let (stdin, input): (Stdio, Option<Box<dyn Read + Send>>) = match archive {
+        Archive::File(f) if !on_stdin => (Stdio::from(f), None),
+        Archive::File(f) => (Stdio::piped(), Some(Box::new(f))),
+        Archive::Stream(s) => (Stdio::piped(), Some(s)),
     };
     let env_pass = (!on_stdin).then_some(&pass[..]);
     let mut verifier = Verifier::spawn(program, env_pass, stdin)?;
@@ -348,6 +344,14 @@ fn with_child<T>(
         (Ok(_), Err(read)) => Err(read.into()),
         (Ok(done), Ok(_)) => Ok(done),
     }
+}
+
+/// Where the archive bytes come from.
+enum Archive {
+    /// A file the child can read directly.
+    File(std::fs::File),
+    /// Stdin, or `qvm-run`'s output: copied into the child's stdin.
+    Stream(Box<dyn Read + Send>),
 }
 
 /// `s` as one single-quoted shell word.
