@@ -116,7 +116,10 @@ impl Rule {
             ))
         };
         if untrusted.len() > MAX_FIREWALL_RULE_LEN {
-            return Err(bad("too long (LIM-55)"));
+            return Err(Error::limit(format!(
+                "firewall rule {:?}… longer than LIM-55 (FW-2)",
+                truncate(untrusted)
+            )));
         }
         let (opts, comment) = match untrusted.split_once(" comment=") {
             Some((o, c)) => (o, Some(c)),

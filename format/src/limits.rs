@@ -199,7 +199,7 @@ pub const MAX_PROTO_EXPECTED_FILES: u32 = 64;
 pub const MAX_PROTO_EXPECTED_NAME_LEN: usize = 68;
 
 /// LIM-52: most properties, features, tags or device assignments of one VM in a protocol
-/// `config` record, and most options of one device (PROTO-13, CFG-1). Real VMs have a
+/// `config` record (PROTO-14, CFG-1; a device's options: `vm_config::MAX_DEVICE_OPTIONS`). Real VMs have a
 /// few dozen features; qubes.xml (LIM-24) could hold more, which the verifier reports.
 pub const MAX_CONFIG_ENTRIES: usize = 1024;
 

@@ -11,8 +11,22 @@
 use crate::error::{Error, Result};
 use crate::limits::{
     MAX_CONFIG_ENTRIES, MAX_CONFIG_VALUE_LEN, MAX_FIREWALL_RULES, MAX_MENU_ITEMS, MAX_NOTES_LEN,
+    MAX_PROTO_MESSAGE_LEN, MAX_VM_NAME_LEN,
 };
 use crate::qubes_xml::{truncate, validate_vm_name};
+
+/// CFG-1 field lengths, shared by the checks here and the protocol's grammar (PROTO-14,
+/// PROTO-15), so that both refuse a longer field as `limit-exceeded`.
+pub const MAX_PROPERTY_NAME_LEN: usize = 64;
+pub const MAX_FEATURE_NAME_LEN: usize = 128;
+pub const MAX_TAG_LEN: usize = 128;
+pub const MAX_BUS_LEN: usize = 32;
+pub const MAX_PORT_LEN: usize = 128;
+pub const MAX_OPTION_NAME_LEN: usize = 64;
+/// Options of one device assignment.
+pub const MAX_DEVICE_OPTIONS: usize = 64;
+/// CFG-2: a menu item (a desktop file name).
+pub const MAX_MENU_ITEM_LEN: usize = 255;
 
 /// CFG-1: one device assignment (`<devices class=BUS><device backend-domain= id=>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +107,18 @@ fn malformed(what: &str, value: &str) -> Error {
     Error::malformed(format!("{what} {:?} (CFG-1)", truncate(value)))
 }
 
+/// A field longer than its bound → `limit-exceeded`, as the protocol's grammar says.
+fn bounded(what: &str, value: &str, max: usize) -> Result<()> {
+    if value.len() > max {
+        return Err(Error::limit(format!(
+            "{what} {:?}… of {} bytes exceeds {max} (CFG-1)",
+            truncate(value),
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 fn bytes_in(s: &str, min: usize, max: usize, ok: impl Fn(u8) -> bool) -> bool {
     (min..=max).contains(&s.len()) && s.bytes().all(ok)
 }
@@ -105,6 +131,10 @@ fn printable(b: u8) -> bool {
 /// CFG-1: a property name is `[a-z][a-z0-9_]*` (≤ 64 bytes) and not reserved; a value
 /// is printable ASCII of at most LIM-53 bytes.
 pub fn check_property(name: &str, value: Option<&str>) -> Result<()> {
+    bounded("property name", name, MAX_PROPERTY_NAME_LEN)?;
+    if let Some(v) = value {
+        bounded("property value", v, MAX_CONFIG_VALUE_LEN)?;
+    }
     let name_ok = name.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
         && bytes_in(name, 1, 64, |b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'
@@ -123,6 +153,8 @@ pub fn check_property(name: &str, value: Option<&str>) -> Result<()> {
 /// CFG-1: a feature name is `[A-Za-z0-9_.-]` (1 … 128 bytes, not starting with `.` or
 /// `-`) and not reserved; a value is printable ASCII of at most LIM-53 bytes.
 pub fn check_feature(name: &str, value: &str) -> Result<()> {
+    bounded("feature name", name, MAX_FEATURE_NAME_LEN)?;
+    bounded("feature value", value, MAX_CONFIG_VALUE_LEN)?;
     let name_ok = name
         .as_bytes()
         .first()
@@ -142,6 +174,7 @@ pub fn check_feature(name: &str, value: &str) -> Result<()> {
 /// CFG-1: a tag is `[A-Za-z0-9_-]` (1 … 128 bytes, qubesd's alphabet) without a reserved
 /// prefix.
 pub fn check_tag(tag: &str) -> Result<()> {
+    bounded("tag", tag, MAX_TAG_LEN)?;
     let ok = bytes_in(tag, 1, 128, |b| {
         b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')
     }) && !RESERVED_TAG_PREFIXES.iter().any(|p| tag.starts_with(p));
@@ -153,6 +186,9 @@ pub fn check_tag(tag: &str) -> Result<()> {
 
 /// CFG-1: a device assignment's bus, backend, port and options.
 pub fn check_device(d: &Device) -> Result<()> {
+    bounded("device bus", &d.bus, MAX_BUS_LEN)?;
+    bounded("device backend", &d.backend, MAX_VM_NAME_LEN)?;
+    bounded("device port", &d.port, MAX_PORT_LEN)?;
     if !bytes_in(&d.bus, 1, 32, |b| {
         b.is_ascii_lowercase() || b.is_ascii_digit()
     }) {
@@ -164,15 +200,17 @@ pub fn check_device(d: &Device) -> Result<()> {
     }) {
         return Err(malformed("device port", &d.port));
     }
-    if d.options.len() > 64 {
+    if d.options.len() > MAX_DEVICE_OPTIONS {
         return Err(Error::limit(format!(
-            "device {}:{} has more than 64 options",
+            "device {}:{} has more than {MAX_DEVICE_OPTIONS} options",
             d.bus,
             truncate(&d.port)
         )));
     }
     let mut seen = std::collections::HashSet::new();
     for (k, v) in &d.options {
+        bounded("device option name", k, MAX_OPTION_NAME_LEN)?;
+        bounded("device option value", v, MAX_CONFIG_VALUE_LEN)?;
         let name_ok = bytes_in(k, 1, 64, |b| {
             b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')
         }) && k != "required";
@@ -232,9 +270,12 @@ pub fn check_config(c: &VmConfig) -> Result<()> {
     Ok(())
 }
 
-/// CFG-2: notes are UTF-8 text of at most LIM-57 bytes whose only control characters are
-/// tab and newline.
+/// CFG-2: notes are UTF-8 text of 1 … LIM-57 bytes whose only control characters are tab
+/// and newline (qubesd refuses empty notes).
 pub fn check_notes(notes: &str) -> Result<()> {
+    if notes.is_empty() {
+        return Err(Error::malformed("empty notes (CFG-2)"));
+    }
     if notes.len() > MAX_NOTES_LEN {
         return Err(Error::limit(format!(
             "notes of {} bytes exceed LIM-57 ({MAX_NOTES_LEN})",
@@ -252,7 +293,8 @@ pub fn check_notes(notes: &str) -> Result<()> {
 
 /// CFG-2: a menu item is a desktop file name: `[A-Za-z0-9_.+@-]`, 1 … 255 bytes.
 pub fn check_menu_item(item: &str) -> Result<()> {
-    if !bytes_in(item, 1, 255, |b| {
+    bounded("menu item", item, MAX_MENU_ITEM_LEN)?;
+    if !bytes_in(item, 1, MAX_MENU_ITEM_LEN, |b| {
         b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'@' | b'-')
     }) {
         return Err(malformed("menu item", item));
@@ -276,6 +318,9 @@ pub fn check_vm_end(e: &VmEnd) -> Result<()> {
             }
         }
         Firewall::Unreadable(why) => {
+            if why.len() > MAX_PROTO_MESSAGE_LEN {
+                return Err(Error::limit("firewall reason longer than LIM-31"));
+            }
             if why.chars().any(char::is_control) {
                 return Err(Error::malformed("firewall reason with control characters"));
             }
@@ -362,6 +407,7 @@ mod tests {
         assert!(parse_menu_list(b"a b.desktop\n").is_err());
         assert!(check_menu_item("x\0y").is_err());
         check_notes("line one\n\tline two").unwrap();
+        assert!(check_notes("").is_err());
         assert!(check_notes("bell\u{7}").is_err());
         assert!(check_notes(&"x".repeat(MAX_NOTES_LEN + 1)).is_err());
     }

@@ -2,7 +2,7 @@
 
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
-use qbackup_format::protocol::{Begin, FileKind, Manifest, ManifestVm, Record};
+use qbackup_format::protocol::{Begin, FileKind, Manifest, ManifestVm, Record, VmConfig, VmEnd};
 use qbackup_format::qubes_xml::NetVm;
 use sha2::{Digest, Sha256};
 
@@ -12,7 +12,13 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// PROTO-2, PROTO-3, PROTO-5 … PROTO-8: the SPEC example, encoded and decoded.
+/// The file digest of the example (PROTO-7), and the transcript of its summary (PROTO-8):
+/// pinned, so that a change of either is a change of the example SPEC.md shows.
+const FILE_DIGEST: &str = "4f54e96d3de2d56b56e0187791a0c744b11e38b9e6212ad6bef7b46a7d4c1e88";
+const TRANSCRIPT: &str = "6b299343b6ee3bb2f29973f78aa6cdf03e7e3fb6a315439f0c850b4a2690b5d7";
+
+/// PROTO-2, PROTO-3, PROTO-5 … PROTO-8, PROTO-14, PROTO-15: the SPEC example, encoded and
+/// decoded.
 #[test]
 fn documented_example() {
     let mut e = Encoder::new(Vec::new());
@@ -23,8 +29,10 @@ fn documented_example() {
             netvm: NetVm::Default,
             ..common::work_vm(&["private.img"])
         }],
+        others: Vec::new(),
     })
     .unwrap();
+    e.config(0, &VmConfig::default()).unwrap();
     e.begin(&Begin {
         vm: 0,
         name: "private.img".into(),
@@ -36,6 +44,7 @@ fn documented_example() {
     .unwrap();
     e.data(4096, b"abc").unwrap();
     let digest = e.end().unwrap();
+    e.vm_end(0, &VmEnd::default()).unwrap();
     let summary = e.summary().unwrap();
     let s = e.into_inner();
 
@@ -51,8 +60,8 @@ fn documented_example() {
     let mut want = String::new();
     want += "010000000a";
     want += &hex(b"QBKPSTRM");
-    want += "0003";
-    want += "020000003300000001";
+    want += "0004";
+    want += "020000003700000001";
     want += &format!(
         "0004{}0005{}010003{}000000",
         hex(b"work"),
@@ -60,19 +69,30 @@ fn documented_example() {
         hex(b"red")
     );
     want += &format!("000000000000000000000001000b{}", hex(b"private.img"));
+    want += "00000000"; // no other VMs
+    want += "080000000c"; // config of VM 0: no properties, features, tags or devices
+    want += "00000000 0000 0000 0000 0000";
     want += &format!(
         "030000002600000000000b{}00000001a400000000004000000000000000000003",
         hex(b"private.img")
     );
     want += &format!("040000000b0000000000001000{}", hex(b"abc"));
     want += &format!("0500000020{}", hex(&digest));
+    want += "0900000007"; // vmend of VM 0: no firewall, notes or menu items
+    want += "00000000 00 00 00";
     want += "060000003c";
     want += "00000001";
     want += "0000000000000001";
     want += "0000000000400000";
     want += "0000000000000003";
     want += &hex(&summary.transcript);
-    assert_eq!(hex(&s), want);
+    assert_eq!(hex(&s), want.replace(' ', ""));
+    assert_eq!(hex(&digest), FILE_DIGEST);
+    assert_eq!(hex(&summary.transcript), TRANSCRIPT);
+    // The layout SPEC.md shows, one record a line (`--nocapture` prints it).
+    let lines = spec_lines(&s);
+    println!("{lines}");
+    assert_eq!(lines.lines().count(), 8);
 
     // The transcript covers everything before the summary except data file bytes.
     let mut t = Sha256::new();
@@ -86,7 +106,15 @@ fn documented_example() {
     while let Some(r) = d.read_record().unwrap() {
         kinds.push(match r {
             Record::Hello { version } => format!("hello {version}"),
-            Record::Manifest(m) => format!("manifest {}", m.vms.len()),
+            Record::Manifest(m) => format!("manifest {} + {}", m.vms.len(), m.others.len()),
+            Record::Config { vm, config } => {
+                assert_eq!(config, VmConfig::default());
+                format!("config {vm}")
+            }
+            Record::VmEnd { vm, end } => {
+                assert_eq!(end, VmEnd::default());
+                format!("vmend {vm}")
+            }
             Record::Begin(b) => format!("begin {}", b.name),
             Record::Data { offset, bytes } => format!("data {offset} {}", bytes.len()),
             Record::End { .. } => "end".into(),
@@ -97,12 +125,31 @@ fn documented_example() {
     assert_eq!(
         kinds,
         [
-            "hello 3",
-            "manifest 1",
+            "hello 4",
+            "manifest 1 + 0",
+            "config 0",
             "begin private.img",
             "data 4096 3",
             "end",
+            "vmend 0",
             "summary 1"
         ]
     );
+}
+
+/// Each record as `type length payload` in hex (for SPEC.md).
+fn spec_lines(s: &[u8]) -> String {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < s.len() {
+        let len = u32::from_be_bytes(s[at + 1..at + 5].try_into().unwrap()) as usize;
+        out.push(format!(
+            "{} {}  {}",
+            hex(&s[at..at + 1]),
+            hex(&s[at + 1..at + 5]),
+            hex(&s[at + 5..at + 5 + len])
+        ));
+        at += 5 + len;
+    }
+    out.join("\n")
 }

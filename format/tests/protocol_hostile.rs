@@ -1,15 +1,18 @@
 //! PROTO-*: the decoder against hostile streams. Every byte flip, truncation or extension
-//! of a valid stream is an error (never a panic); every state-machine rule has a test
-//! that checks its error class.
+//! of a valid stream (with non-empty config and vmend records) is an error (never a
+//! panic); every state-machine rule has a test that checks its error class. The metadata
+//! of config and vmend records (CFG-1, CFG-2) is attacked in `protocol_config_hostile.rs`.
 
 use proptest::prelude::*;
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
 use qbackup_format::protocol::{
-    record_type as t, Begin, FileKind, Layout, Manifest, ManifestVm, Record,
+    record_type as t, Begin, Device, FileKind, Firewall, Layout, Manifest, ManifestVm, OtherVm,
+    Record, VmConfig, VmEnd,
 };
 use qbackup_format::qubes_xml::NetVm;
 use qbackup_format::{Error, ErrorClass, Result};
+use sha2::Digest as _;
 
 fn vm(name: &str, class: &str, layout: Layout, expected: &[&str]) -> ManifestVm {
     ManifestVm {
@@ -24,6 +27,15 @@ fn vm(name: &str, class: &str, layout: Layout, expected: &[&str]) -> ManifestVm 
     }
 }
 
+fn other(name: &str, class: &str, in_backup: bool) -> OtherVm {
+    OtherVm {
+        name: name.into(),
+        class: class.into(),
+        in_backup,
+    }
+}
+
+/// Three carried VMs (one of each layout) and two the stream does not carry.
 fn manifest() -> Manifest {
     Manifest {
         vms: vec![
@@ -31,6 +43,58 @@ fn manifest() -> Manifest {
             vm("tpl", "TemplateVM", Layout::TemplateDir, &[]),
             vm("dom0", "AdminVM", Layout::Dom0Home, &[]),
         ],
+        others: vec![
+            other("sys-net", "AppVM", false),
+            other("fedora-41", "TemplateVM", true),
+        ],
+    }
+}
+
+/// A config using every part of the grammar (PROTO-14, CFG-1).
+fn rich_config() -> VmConfig {
+    VmConfig {
+        properties: vec![
+            ("memory".into(), Some("400".into())),
+            ("kernelopts".into(), Some("nopat swiotlb=2048".into())),
+            ("default_dispvm".into(), None),
+        ],
+        features: vec![
+            ("service.meminfo-writer".into(), "1".into()),
+            ("gui".into(), String::new()),
+        ],
+        tags: vec!["audiovm-dom0".into(), "my_tag".into()],
+        devices: vec![
+            Device {
+                bus: "pci".into(),
+                backend: "dom0".into(),
+                port: "00_1f.3".into(),
+                required: true,
+                options: vec![
+                    ("no-strict-reset".into(), "True".into()),
+                    ("permissive".into(), "False".into()),
+                ],
+            },
+            Device {
+                bus: "usb".into(),
+                backend: "sys-usb".into(),
+                port: "2-1".into(),
+                required: false,
+                options: Vec::new(),
+            },
+        ],
+    }
+}
+
+/// A vmend using every part of the grammar (PROTO-15, CFG-2).
+fn rich_end() -> VmEnd {
+    VmEnd {
+        firewall: Firewall::Rules(vec![
+            "action=accept dsthost=qubes-os.org".into(),
+            "action=accept proto=tcp dst4=1.2.3.0/24 dstports=443-445 comment=web and more".into(),
+            "action=drop".into(),
+        ]),
+        notes: Some("line one\n\tline two".into()),
+        menu_items: Some(vec!["firefox.desktop".into(), "xterm.desktop".into()]),
     }
 }
 
@@ -49,10 +113,24 @@ fn reg(vm: u32, name: &str, size: u64, data_bytes: u64) -> Begin {
     begin(vm, name, FileKind::Regular, size, data_bytes)
 }
 
-fn prefix_with(m: &Manifest) -> Encoder<Vec<u8>> {
+fn dir(vm: u32, name: &str) -> Begin {
+    begin(vm, name, FileKind::Directory, 0, 0)
+}
+
+/// Hello and manifest, no config yet.
+fn manifest_only(m: &Manifest) -> Encoder<Vec<u8>> {
     let mut e = Encoder::new(Vec::new());
     e.hello().unwrap();
     e.manifest(m).unwrap();
+    e
+}
+
+/// Hello, manifest and an empty config per VM (PROTO-14): ready for files.
+fn prefix_with(m: &Manifest) -> Encoder<Vec<u8>> {
+    let mut e = manifest_only(m);
+    for i in 0..m.vms.len() {
+        e.config(i as u32, &VmConfig::default()).unwrap();
+    }
     e
 }
 
@@ -60,9 +138,26 @@ fn prefix() -> Encoder<Vec<u8>> {
     prefix_with(&manifest())
 }
 
-/// A complete valid stream with holes, several records per file and every kind.
+/// PROTO-15: closes VM `vm` with an empty vmend.
+fn close(e: &mut Encoder<Vec<u8>>, vm: u32) {
+    e.vm_end(vm, &VmEnd::default()).unwrap();
+}
+
+/// A complete valid stream with holes, several records per file, every kind, non-empty
+/// configs and vmends, and every VM closed.
 fn valid() -> Vec<u8> {
-    let mut e = prefix();
+    let mut e = manifest_only(&manifest());
+    e.config(0, &rich_config()).unwrap();
+    e.config(
+        1,
+        &VmConfig {
+            features: vec![("os".into(), "Linux".into())],
+            tags: vec!["t".into()],
+            ..VmConfig::default()
+        },
+    )
+    .unwrap();
+    e.config(2, &VmConfig::default()).unwrap();
     e.begin(&reg(0, "private.img", 9000, 300)).unwrap();
     e.data(100, &[1u8; 100]).unwrap();
     e.data(4096, &[2u8; 200]).unwrap();
@@ -70,8 +165,8 @@ fn valid() -> Vec<u8> {
     e.begin(&reg(0, "firewall.xml", 5, 5)).unwrap();
     e.data(0, b"<fw/>").unwrap();
     e.end().unwrap();
-    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
-        .unwrap();
+    e.vm_end(0, &rich_end()).unwrap();
+    e.begin(&dir(1, "apps")).unwrap();
     e.end().unwrap();
     e.begin(&reg(1, "apps/x.desktop", 3, 3)).unwrap();
     e.data(0, b"abc").unwrap();
@@ -81,12 +176,25 @@ fn valid() -> Vec<u8> {
     };
     e.begin(&begin(1, "apps/l", link, 0, 0)).unwrap();
     e.end().unwrap();
-    e.begin(&begin(2, "user", FileKind::Directory, 0, 0))
-        .unwrap();
+    e.vm_end(
+        1,
+        &VmEnd {
+            firewall: Firewall::Unreadable("firewall.xml: rule 1: invalid proto".into()),
+            notes: None,
+            menu_items: Some(Vec::new()),
+        },
+    )
+    .unwrap();
+    e.begin(&dir(2, "user")).unwrap();
     e.end().unwrap();
+    close(&mut e, 2);
     e.summary().unwrap();
     e.into_inner()
 }
+
+/// Records of a valid stream: hello, manifest, 3 configs; VM 0: 4 + 3 + vmend; VM 1:
+/// 2 + 3 + 2 + vmend; VM 2: 2 + vmend; summary.
+const VALID_RECORDS: usize = 2 + 3 + (4 + 3 + 1) + (2 + 3 + 2 + 1) + (2 + 1) + 1;
 
 /// Decodes to the end; the decoder itself checks digests (PROTO-7).
 fn consume(bytes: &[u8]) -> Result<usize> {
@@ -101,6 +209,19 @@ fn consume(bytes: &[u8]) -> Result<usize> {
     // A clean end stays clean.
     assert!(d.read_record()?.is_none());
     Ok(records)
+}
+
+/// Every record decoded (as `Debug` text) and how decoding ended.
+fn records(bytes: &[u8]) -> (Vec<String>, Result<()>) {
+    let mut d = Decoder::new(bytes);
+    let mut seen = Vec::new();
+    loop {
+        match d.read_record() {
+            Ok(Some(r)) => seen.push(format!("{r:?}")),
+            Ok(None) => return (seen, Ok(())),
+            Err(e) => return (seen, Err(e)),
+        }
+    }
 }
 
 fn class(bytes: &[u8]) -> ErrorClass {
@@ -139,7 +260,28 @@ fn data_payload(offset: u64, bytes: &[u8]) -> Vec<u8> {
 /// PROTO-10: the grammar accepts a complete stream; records are counted as sent.
 #[test]
 fn valid_stream_is_accepted() {
-    assert_eq!(consume(&valid()).unwrap(), 2 + 4 + 3 + 2 + 3 + 2 + 2 + 1);
+    assert_eq!(consume(&valid()).unwrap(), VALID_RECORDS);
+    // The configs and vmends come back as sent, in place.
+    let s = valid();
+    let mut d = Decoder::new(&s[..]);
+    let mut configs = Vec::new();
+    let mut ends = Vec::new();
+    let mut others = Vec::new();
+    while let Some(r) = d.read_record().unwrap() {
+        match r {
+            Record::Manifest(m) => others.clone_from(&m.others),
+            Record::Config { vm, config } => configs.push((vm, config)),
+            Record::VmEnd { vm, end } => ends.push((vm, end)),
+            _ => {}
+        }
+    }
+    assert_eq!(others, manifest().others);
+    assert_eq!(configs.len(), 3);
+    assert_eq!(configs[0], (0, rich_config()));
+    assert_eq!(configs[2], (2, VmConfig::default()));
+    assert_eq!(ends.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(ends[0].1, rich_end());
+    assert_eq!(ends[2].1, VmEnd::default());
 }
 
 /// PROTO-7, PROTO-8: every single-byte change of a stream is detected.
@@ -177,19 +319,20 @@ fn every_truncation_and_extension_is_an_error() {
 /// PROTO-1: version and magic; PROTO-2: unknown types, fixed lengths, trailing bytes.
 #[test]
 fn hello_and_framing_rules() {
-    for version in [1u16, 2, 4, u16::MAX] {
+    // Earlier versions (3: no config or vmend records) and later ones.
+    for version in [1u16, 2, 3, 5, u16::MAX] {
         let mut p = b"QBKPSTRM".to_vec();
         p.extend_from_slice(&version.to_be_bytes());
         assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Unsupported);
     }
     let mut p = b"QBKPSTRX".to_vec();
-    p.extend_from_slice(&3u16.to_be_bytes());
+    p.extend_from_slice(&4u16.to_be_bytes());
     assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Malformed);
     assert_eq!(class(&raw(t::MANIFEST, &[0; 4])), ErrorClass::Malformed);
     assert_eq!(class(&[]), ErrorClass::Truncated);
     // Hello with a trailing payload byte: a fixed-size record of the wrong length.
     let mut p = b"QBKPSTRM".to_vec();
-    p.extend_from_slice(&[0, 2, 0]);
+    p.extend_from_slice(&[0, 4, 0]);
     assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Malformed);
     let hello = prefix_hello();
     assert_eq!(
@@ -226,7 +369,34 @@ fn hello_and_framing_rules() {
     let mut b = begin_payload(0, "private.img", 0, 0o644, 10, 0);
     b[6] = 0xff;
     assert_eq!(
-        class(&with(good, &raw(t::BEGIN, &b))),
+        class(&with(good.clone(), &raw(t::BEGIN, &b))),
+        ErrorClass::Malformed
+    );
+    // Config and vmend lengths: below the minimum (vm and four counts; vm and three
+    // tags) → malformed, above LIM-59 / LIM-60 → limit-exceeded, from the header alone.
+    let configs = manifest_only(&manifest()).into_inner();
+    assert_eq!(
+        class(&with(configs.clone(), &raw(t::CONFIG, &[0; 11]))),
+        ErrorClass::Malformed
+    );
+    let mut huge = vec![t::CONFIG];
+    huge.extend_from_slice(&((4u32 << 20) + 1).to_be_bytes());
+    assert_eq!(class(&with(configs, &huge)), ErrorClass::LimitExceeded);
+    assert_eq!(
+        class(&with(good.clone(), &raw(t::VM_END, &[0; 6]))),
+        ErrorClass::Malformed
+    );
+    let mut huge = vec![t::VM_END];
+    huge.extend_from_slice(&((8u32 << 20) + 1).to_be_bytes());
+    assert_eq!(class(&with(good.clone(), &huge)), ErrorClass::LimitExceeded);
+    // The smallest vmend (VM 2, nothing carried) is accepted; with a trailing byte not.
+    let end2 = [0, 0, 0, 2, 0, 0, 0];
+    let (seen, rest) = records(&with(good.clone(), &raw(t::VM_END, &end2)));
+    assert_eq!(seen.len(), 5 + 1, "{seen:?}");
+    assert!(seen[5].starts_with("VmEnd { vm: 2,"), "{seen:?}");
+    assert_eq!(rest.unwrap_err().class(), ErrorClass::Truncated);
+    assert_eq!(
+        class(&with(good, &raw(t::VM_END, &[0, 0, 0, 2, 0, 0, 0, 0]))),
         ErrorClass::Malformed
     );
 }
@@ -290,12 +460,34 @@ fn manifest_rules() {
     let mut m = manifest();
     m.vms[0].netvm = NetVm::Named("-bad".into());
     assert_eq!(bad(m), ErrorClass::Malformed);
+    // The other VMs: valid names and classes, unique across the whole manifest.
+    for (name, class) in [
+        ("work", "AppVM"),
+        ("sys-net", "AppVM"),
+        ("a b", "AppVM"),
+        ("none", "AppVM"),
+        ("x", "App VM"),
+        ("x", ""),
+    ] {
+        let mut m = manifest();
+        m.others.push(other(name, class, true));
+        assert_eq!(bad(m), ErrorClass::Malformed, "{name:?} {class:?}");
+    }
+    // VMs and others together at most LIM-14.
+    let max = qbackup_format::limits::MAX_VMS;
+    let mut m = manifest();
+    m.others = (0..max - 3)
+        .map(|i| other(&format!("o{i}"), "AppVM", false))
+        .collect();
+    let ok = manifest_only(&m).into_inner();
+    m.others.push(other("one-more", "AppVM", false));
+    assert_eq!(bad(m), ErrorClass::LimitExceeded);
 
     // Decoder side, raw bytes: a second manifest; a huge VM count; bad tags; a huge
     // expected-file count; a trailing byte.
     let good = prefix().into_inner();
     assert_eq!(
-        class(&with(good, &raw(t::MANIFEST, &0u32.to_be_bytes()))),
+        class(&with(good, &raw(t::MANIFEST, &[0; 8]))),
         ErrorClass::Malformed
     );
     let hello = prefix_hello();
@@ -306,7 +498,8 @@ fn manifest_rules() {
         )),
         ErrorClass::LimitExceeded
     );
-    let vm_payload = |label_tag: u8, netvm: u8, layout: u8, nfiles: u32| {
+    // The manifest VM `vm` (AppVM, volumes), with no other VMs.
+    let vm_only = |label_tag: u8, netvm: u8, layout: u8, nfiles: u32| {
         let mut p = 1u32.to_be_bytes().to_vec();
         p.extend_from_slice(&[0, 2, b'v', b'm', 0, 5]);
         p.extend_from_slice(b"AppVM");
@@ -315,11 +508,82 @@ fn manifest_rules() {
         p.extend_from_slice(&nfiles.to_be_bytes());
         p
     };
+    let vm_payload = |label_tag: u8, netvm: u8, layout: u8, nfiles: u32| {
+        let mut p = vm_only(label_tag, netvm, layout, nfiles);
+        p.extend_from_slice(&0u32.to_be_bytes());
+        p
+    };
     assert!(consume(&with(
         hello.clone(),
         &raw(t::MANIFEST, &vm_payload(0, 0, 0, 0))
     ))
     .is_err_and(|e| e.class() == ErrorClass::Truncated));
+    // Version 3's manifest (no others count) is cut short.
+    assert_eq!(
+        class(&with(
+            hello.clone(),
+            &raw(t::MANIFEST, &vm_only(0, 0, 0, 0))
+        )),
+        ErrorClass::Malformed
+    );
+    // Other VMs on the wire: `name ‖ class ‖ in_backup` (0 or 1), after the VMs.
+    let with_others = |others: &[(&str, &str, u8)]| {
+        let mut p = vm_only(0, 0, 0, 0);
+        p.extend_from_slice(&(others.len() as u32).to_be_bytes());
+        for (name, class, flag) in others {
+            for s in [name, class] {
+                p.extend_from_slice(&(s.len() as u16).to_be_bytes());
+                p.extend_from_slice(s.as_bytes());
+            }
+            p.push(*flag);
+        }
+        raw(t::MANIFEST, &p)
+    };
+    let (seen, end) = records(&with(
+        hello.clone(),
+        &with_others(&[("sys-net", "AppVM", 0), ("fedora-41", "TemplateVM", 1)]),
+    ));
+    assert_eq!(end.unwrap_err().class(), ErrorClass::Truncated);
+    assert!(
+        seen[1].contains(r#"others: [OtherVm { name: "sys-net", class: "AppVM", in_backup: false }, OtherVm { name: "fedora-41", class: "TemplateVM", in_backup: true }]"#),
+        "{seen:?}"
+    );
+    for (others, want) in [
+        (&[("sys-net", "AppVM", 2u8)][..], ErrorClass::Malformed),
+        (&[("vm", "AppVM", 0)][..], ErrorClass::Malformed),
+        (
+            &[("sys-net", "AppVM", 0), ("sys-net", "AppVM", 1)][..],
+            ErrorClass::Malformed,
+        ),
+        (&[("sys net", "AppVM", 0)][..], ErrorClass::Malformed),
+        (&[("sys-net", "App\nVM", 0)][..], ErrorClass::Malformed),
+        (
+            &[(&*"x".repeat(32), "AppVM", 0)][..],
+            ErrorClass::LimitExceeded,
+        ),
+    ] {
+        assert_eq!(
+            class(&with(hello.clone(), &with_others(others))),
+            want,
+            "{others:?}"
+        );
+    }
+    // An others count that, with the VMs, exceeds LIM-14: refused before any other VM
+    // is read (the record holds none).
+    let mut p = vm_only(0, 0, 0, 0);
+    p.extend_from_slice(&(max as u32).to_be_bytes());
+    assert_eq!(
+        class(&with(hello.clone(), &raw(t::MANIFEST, &p))),
+        ErrorClass::LimitExceeded
+    );
+    let mut p = vm_only(0, 0, 0, 0);
+    p.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(
+        class(&with(hello.clone(), &raw(t::MANIFEST, &p))),
+        ErrorClass::LimitExceeded
+    );
+    // Exactly LIM-14 VMs and others is accepted (the stream then lacks its configs).
+    assert_eq!(class(&ok), ErrorClass::Truncated);
     for p in [
         vm_payload(2, 0, 0, 0),
         vm_payload(0, 3, 0, 0),
@@ -345,7 +609,26 @@ fn manifest_rules() {
     );
 }
 
-/// PROTO-4: VM indices, contiguity of a VM's files, expected files before a VM closes.
+/// The raw payload of an empty vmend for VM `vm` (PROTO-15).
+fn end_payload(vm: u32) -> Vec<u8> {
+    let mut p = vm.to_be_bytes().to_vec();
+    p.extend_from_slice(&[0, 0, 0]);
+    p
+}
+
+/// A raw summary with the given totals and the right transcript of `stream`, which must
+/// hold no data record (the transcript is then the SHA-256 of all of it, PROTO-8).
+fn summary_for(stream: &[u8], vms: u32, files: u64, logical: u64) -> Vec<u8> {
+    let mut p = vms.to_be_bytes().to_vec();
+    p.extend_from_slice(&files.to_be_bytes());
+    p.extend_from_slice(&logical.to_be_bytes());
+    p.extend_from_slice(&0u64.to_be_bytes());
+    p.extend_from_slice(&sha2::Sha256::digest(stream));
+    raw(t::SUMMARY, &p)
+}
+
+/// PROTO-4, PROTO-15: VM indices, contiguity of a VM's files (closed by its vmend), each
+/// VM closed exactly once, expected files checked at the vmend.
 #[test]
 fn vm_order_rules() {
     let good = prefix().into_inner();
@@ -356,43 +639,148 @@ fn vm_order_rules() {
         &begin_payload(u32::MAX, "private.img", 0, 0o644, 10, 0),
     );
     assert_eq!(class(&with(good.clone(), &b)), ErrorClass::Malformed);
-    // Back to a VM whose files ended.
+    for vm in [3, u32::MAX] {
+        let b = raw(t::VM_END, &end_payload(vm));
+        assert_eq!(class(&with(good.clone(), &b)), ErrorClass::Malformed);
+        assert_eq!(
+            prefix().vm_end(vm, &VmEnd::default()).unwrap_err().class(),
+            ErrorClass::Malformed
+        );
+    }
+    // Another VM while VM 0's files are open (no vmend yet): neither its begin nor its
+    // vmend; the encoder writes nothing for either.
     let mut e = prefix();
     e.begin(&reg(0, "private.img", 10, 0)).unwrap();
     e.end().unwrap();
-    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
-        .unwrap();
+    let len = e.get_mut().len();
+    assert_eq!(
+        e.begin(&dir(1, "apps")).unwrap_err().class(),
+        ErrorClass::OrderFailure
+    );
+    assert_eq!(
+        e.vm_end(1, &VmEnd::default()).unwrap_err().class(),
+        ErrorClass::OrderFailure
+    );
+    assert_eq!(e.get_mut().len(), len);
+    let s = e.into_inner();
+    let b = raw(t::BEGIN, &begin_payload(1, "apps", 1, 0o755, 0, 0));
+    assert_eq!(class(&with(s.clone(), &b)), ErrorClass::OrderFailure);
+    let b = raw(t::VM_END, &end_payload(1));
+    assert_eq!(class(&with(s.clone(), &b)), ErrorClass::OrderFailure);
+    // Its own vmend is fine there.
+    let (seen, rest) = records(&with(s, &raw(t::VM_END, &end_payload(0))));
+    assert!(seen.last().unwrap().starts_with("VmEnd { vm: 0,"));
+    assert_eq!(rest.unwrap_err().class(), ErrorClass::Truncated);
+    // Back to a VM whose files ended: a begin or a second vmend.
+    let mut e = prefix();
+    e.begin(&reg(0, "private.img", 10, 0)).unwrap();
     e.end().unwrap();
+    close(&mut e, 0);
+    e.begin(&dir(1, "apps")).unwrap();
+    e.end().unwrap();
+    close(&mut e, 1);
     assert_eq!(
         e.begin(&reg(0, "root.img", 1, 0)).unwrap_err().class(),
         ErrorClass::OrderFailure
     );
+    for vm in [0, 1] {
+        assert_eq!(
+            e.vm_end(vm, &VmEnd::default()).unwrap_err().class(),
+            ErrorClass::OrderFailure
+        );
+    }
     let s = e.into_inner();
     let b = raw(t::BEGIN, &begin_payload(0, "root.img", 0, 0o644, 10, 0));
-    assert_eq!(class(&with(s, &b)), ErrorClass::OrderFailure);
-    // Leaving VM 0 without its expected private.img.
+    assert_eq!(class(&with(s.clone(), &b)), ErrorClass::OrderFailure);
+    for vm in [0, 1] {
+        let b = raw(t::VM_END, &end_payload(vm));
+        assert_eq!(class(&with(s.clone(), &b)), ErrorClass::OrderFailure);
+    }
+    // A VM that sent no file, ended twice or visited after its end.
     let mut e = prefix();
-    e.begin(&reg(0, "root.img", 10, 0)).unwrap();
-    e.end().unwrap();
+    close(&mut e, 2);
+    assert_eq!(
+        e.vm_end(2, &VmEnd::default()).unwrap_err().class(),
+        ErrorClass::OrderFailure
+    );
+    assert_eq!(
+        e.begin(&dir(2, "user")).unwrap_err().class(),
+        ErrorClass::OrderFailure
+    );
     let s = e.into_inner();
-    let b = raw(t::BEGIN, &begin_payload(1, "apps", 1, 0o755, 0, 0));
-    assert_eq!(class(&with(s, &b)), ErrorClass::MissingData);
-    // Summary while VM 0 never sent its expected file, and while it is current.
+    let b = raw(t::BEGIN, &begin_payload(2, "user", 1, 0o755, 0, 0));
+    assert_eq!(class(&with(s.clone(), &b)), ErrorClass::OrderFailure);
+    let b = raw(t::VM_END, &end_payload(2));
+    assert_eq!(class(&with(s, &b)), ErrorClass::OrderFailure);
+    // A vmend inside a file.
     let mut e = prefix();
-    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::MissingData);
+    e.begin(&reg(0, "private.img", 10, 0)).unwrap();
+    assert_eq!(
+        e.vm_end(0, &VmEnd::default()).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
+    let s = with(e.into_inner(), &raw(t::VM_END, &end_payload(0)));
+    assert_eq!(class(&s), ErrorClass::Malformed);
+    // Ending VM 0 without its expected private.img: after another file, or with none.
     let mut e = prefix();
     e.begin(&reg(0, "root.img", 10, 0)).unwrap();
     e.end().unwrap();
-    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::MissingData);
-    // VMs in any order, some with no file at all, is fine.
+    assert_eq!(
+        e.vm_end(0, &VmEnd::default()).unwrap_err().class(),
+        ErrorClass::MissingData
+    );
+    let s = with(e.into_inner(), &raw(t::VM_END, &end_payload(0)));
+    assert_eq!(class(&s), ErrorClass::MissingData);
     let mut e = prefix();
-    e.begin(&begin(2, "user", FileKind::Directory, 0, 0))
-        .unwrap();
-    e.end().unwrap();
+    assert_eq!(
+        e.vm_end(0, &VmEnd::default()).unwrap_err().class(),
+        ErrorClass::MissingData
+    );
+    let s = with(e.into_inner(), &raw(t::VM_END, &end_payload(0)));
+    assert_eq!(class(&s), ErrorClass::MissingData);
+    // Summary before every VM's vmend: none ended, VM 0 open, dom0 never ended.
+    let mut e = prefix();
+    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::Malformed);
+    let mut e = prefix();
     e.begin(&reg(0, "private.img", 10, 0)).unwrap();
     e.end().unwrap();
+    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::Malformed);
+    let open = e.get_mut().clone();
+    close(&mut e, 0);
+    close(&mut e, 1);
+    let len = e.get_mut().len();
+    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::Malformed);
+    assert_eq!(e.get_mut().len(), len);
+    // The decoder too, with a summary whose totals and transcript are right, so only
+    // the missing vmend refuses it; with dom0 ended the same kind of summary passes.
+    let s = e.into_inner();
+    assert_eq!(
+        class(&with(s.clone(), &summary_for(&s, 3, 1, 10))),
+        ErrorClass::Malformed
+    );
+    assert_eq!(
+        class(&with(open.clone(), &summary_for(&open, 3, 1, 10))),
+        ErrorClass::Malformed
+    );
+    let s = with(s, &raw(t::VM_END, &end_payload(2)));
+    assert_eq!(
+        consume(&with(s.clone(), &summary_for(&s, 3, 1, 10))).unwrap(),
+        2 + 3 + 2 + 3 + 1
+    );
+    // VMs in any order, some with no file at all, is fine.
+    let mut e = prefix();
+    e.begin(&dir(2, "user")).unwrap();
+    e.end().unwrap();
+    close(&mut e, 2);
+    close(&mut e, 1);
+    e.begin(&reg(0, "private.img", 10, 0)).unwrap();
+    e.end().unwrap();
+    close(&mut e, 0);
     e.summary().unwrap();
-    assert_eq!(consume(&e.into_inner()).unwrap(), 2 + 4 + 1);
+    assert_eq!(
+        consume(&e.into_inner()).unwrap(),
+        2 + 3 + (2 + 1) + 1 + (2 + 1) + 1
+    );
 }
 
 /// PROTO-5: names, kinds, modes and sizes of a begin record.
@@ -456,13 +844,10 @@ fn begin_rules() {
     }
     // The same name twice in a VM.
     let mut e = prefix();
-    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
-        .unwrap();
+    e.begin(&dir(1, "apps")).unwrap();
     e.end().unwrap();
     assert_eq!(
-        e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
-            .unwrap_err()
-            .class(),
+        e.begin(&dir(1, "apps")).unwrap_err().class(),
         ErrorClass::OrderFailure
     );
     let s = e.into_inner();
@@ -483,15 +868,25 @@ fn begin_rules() {
     e.end().unwrap();
     e.begin(&reg(0, "private.img", 1, 0)).unwrap();
     e.end().unwrap();
+    for vm in 0..3 {
+        close(&mut e, vm);
+    }
     e.summary().unwrap();
-    assert_eq!(consume(&e.into_inner()).unwrap(), 2 + 8 + 1);
+    assert_eq!(consume(&e.into_inner()).unwrap(), 2 + 3 + 8 + 3 + 1);
     // The same name in two VMs is fine.
     let mut e = prefix();
     e.begin(&reg(1, "private.img", 1, 0)).unwrap();
     e.end().unwrap();
+    close(&mut e, 1);
     e.begin(&reg(0, "private.img", 1, 0)).unwrap();
     e.end().unwrap();
+    close(&mut e, 0);
+    close(&mut e, 2);
     e.summary().unwrap();
+    assert_eq!(
+        consume(&e.into_inner()).unwrap(),
+        2 + 3 + 2 + 1 + 2 + 1 + 1 + 1
+    );
 }
 
 /// PROTO-3, VER-4: a VM's declared backup-size is advisory, not a bound of the stream
@@ -506,9 +901,12 @@ fn declared_backup_size_is_not_a_bound() {
     e.end().unwrap();
     e.begin(&reg(0, "private.img", 1 << 30, 0)).unwrap();
     e.end().unwrap();
+    for vm in 0..3 {
+        close(&mut e, vm);
+    }
     e.summary().unwrap();
     let s = e.into_inner();
-    consume(&s).unwrap();
+    assert_eq!(consume(&s).unwrap(), 2 + 3 + 3 + 2 + 3 + 1);
 }
 
 /// PROTO-6: offsets strictly increase, stay inside the size, and data matches the begin.
@@ -537,8 +935,7 @@ fn data_rules() {
     assert_eq!(class(&with(open(), &huge)), ErrorClass::LimitExceeded);
     // Data for a directory.
     let mut e = prefix();
-    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
-        .unwrap();
+    e.begin(&dir(1, "apps")).unwrap();
     assert!(e.data(0, b"x").is_err());
     let s = e.into_inner();
     assert_eq!(class(&with(s, &d(0, 1))), ErrorClass::Malformed);
@@ -559,9 +956,16 @@ fn end_rules() {
     e.data(0, &[1; 300]).unwrap();
     let s = with(e.into_inner(), &raw(t::END, &[0; 32]));
     assert_eq!(class(&s), ErrorClass::MacFailure);
-    // End outside a file.
+    // End outside a file, and before the configs.
     assert_eq!(
         class(&with(prefix().into_inner(), &raw(t::END, &[0; 32]))),
+        ErrorClass::Malformed
+    );
+    assert_eq!(
+        class(&with(
+            manifest_only(&manifest()).into_inner(),
+            &raw(t::END, &[0; 32])
+        )),
         ErrorClass::Malformed
     );
 }
@@ -623,9 +1027,22 @@ fn error_record_ends_the_stream() {
         class(&raw(t::ERROR, &[12, 0, 1, b'a'])),
         ErrorClass::Malformed
     );
-    // Right after hello and inside a manifest-less stream it is allowed.
+    // Right after hello and inside a manifest-less stream it is allowed, and between the
+    // manifest and the configs, and between a VM's files and its vmend.
     let s = with(prefix_hello(), &raw(t::ERROR, &[12, 0, 1, b'a']));
     assert_eq!(class(&s), ErrorClass::MacFailure);
+    let mut e = manifest_only(&manifest());
+    e.config(0, &rich_config()).unwrap();
+    e.error(ErrorClass::Malformed, "qubes.xml: bad feature")
+        .unwrap();
+    assert!(e.config(1, &VmConfig::default()).is_err());
+    assert_eq!(class(&e.into_inner()), ErrorClass::Malformed);
+    let mut e = prefix();
+    e.begin(&reg(0, "private.img", 1, 0)).unwrap();
+    e.end().unwrap();
+    e.error(ErrorClass::Unsupported, "firewall").unwrap();
+    assert!(e.vm_end(0, &VmEnd::default()).is_err());
+    assert_eq!(class(&e.into_inner()), ErrorClass::Unsupported);
     // A long message is cut to LIM-31.
     let mut e = prefix();
     e.error(ErrorClass::Io, &"é".repeat(5000)).unwrap();
@@ -641,7 +1058,25 @@ fn encoder_refuses_what_the_decoder_would() {
     let mut e = Encoder::new(Vec::new());
     assert!(e.manifest(&manifest()).is_err());
     assert!(e.error(ErrorClass::Io, "x").is_err());
+    assert!(e.config(0, &VmConfig::default()).is_err());
+    assert!(e.vm_end(0, &VmEnd::default()).is_err());
+    assert!(e.get_mut().is_empty());
+    // Files, vmends and the summary wait for every config.
+    let mut e = manifest_only(&manifest());
+    e.config(0, &VmConfig::default()).unwrap();
+    let len = e.get_mut().len();
+    assert_eq!(
+        e.begin(&reg(0, "private.img", 1, 0)).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
+    assert_eq!(
+        e.vm_end(0, &VmEnd::default()).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
+    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::Malformed);
+    assert_eq!(e.get_mut().len(), len);
     let mut e = prefix();
+    assert!(e.config(0, &VmConfig::default()).is_err());
     assert_eq!(
         e.begin(&reg(0, "kernel/../x", 5, 0)).unwrap_err().class(),
         ErrorClass::UnsafePath
@@ -716,7 +1151,7 @@ fn short_and_interrupted_reads_change_nothing() {
     while d.read_record().unwrap().is_some() {
         n += 1;
     }
-    assert_eq!(n, 19);
+    assert_eq!(n, VALID_RECORDS);
 }
 
 /// PROTO-7: holes cost the decoder nothing: a 16 TiB file with one byte at its end
@@ -728,9 +1163,12 @@ fn huge_sparse_files_are_cheap() {
     e.begin(&reg(0, "private.img", size, 1)).unwrap();
     e.data(size - 1, b"x").unwrap();
     e.end().unwrap();
+    for vm in 0..3 {
+        close(&mut e, vm);
+    }
     e.summary().unwrap();
     // Hashing 16 TiB of zeros would take hours: this returning at all is the check.
-    assert_eq!(consume(&e.into_inner()).unwrap(), 2 + 3 + 1);
+    assert_eq!(consume(&e.into_inner()).unwrap(), 2 + 3 + 3 + 3 + 1);
 }
 
 /// PROTO-5, LIM-33: one VM's file names are bounded in total (the checker remembers
@@ -742,6 +1180,9 @@ fn name_bytes_of_a_vm_are_bounded() {
     let mut c = Checker::new();
     c.hello(qbackup_format::protocol::VERSION).unwrap();
     c.accept_manifest(manifest()).unwrap();
+    for vm in 0..3 {
+        c.config(vm, &VmConfig::default()).unwrap();
+    }
     let long = "a".repeat(4000);
     let mut total = 0usize;
     let mut i = 0u32;
@@ -759,46 +1200,110 @@ fn name_bytes_of_a_vm_are_bounded() {
     };
     assert_eq!(err.class(), ErrorClass::LimitExceeded);
     assert!(total <= MAX_PROTO_NAME_BYTES && total + 4007 > MAX_PROTO_NAME_BYTES);
-    // Another VM starts afresh.
-    c.begin(&begin(2, "user", FileKind::Directory, 0, 0))
-        .unwrap();
+    // Another VM starts afresh once this one ended.
+    c.vm_end(1, &VmEnd::default()).unwrap();
+    // The name VM 1 could not send any more (4007 bytes) is fine for VM 2.
+    c.begin(&dir(2, &format!("{i:06}/{long}"))).unwrap();
+    c.end().unwrap();
+    c.begin(&dir(2, "user")).unwrap();
 }
 
-/// PROTO-10: a refused record changes nothing: a begin for another VM that fails its
-/// checks neither closes the current VM nor writes bytes.
+/// PROTO-10: a refused record changes nothing: a refused config, begin or vmend neither
+/// advances nor closes anything, and writes no byte.
 #[test]
 fn refused_records_leave_the_state_alone() {
-    let mut e = prefix();
+    // A refused config: the same VM's config is still the one expected.
+    let mut e = manifest_only(&manifest());
+    let len = e.get_mut().len();
+    let bad = VmConfig {
+        tags: vec!["created-by-dom0".into()],
+        ..rich_config()
+    };
+    assert_eq!(
+        e.config(0, &bad).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
+    assert_eq!(e.get_mut().len(), len);
+    assert_eq!(
+        e.config(1, &VmConfig::default()).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
+    e.config(0, &rich_config()).unwrap();
+    e.config(1, &VmConfig::default()).unwrap();
+    // dom0 carries no settings; refused, then its empty config passes.
+    let len = e.get_mut().len();
+    assert_eq!(
+        e.config(2, &rich_config()).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
+    assert_eq!(e.get_mut().len(), len);
+    e.config(2, &VmConfig::default()).unwrap();
+
     e.begin(&reg(0, "root.img", 1, 0)).unwrap();
     e.end().unwrap();
     let len = e.get_mut().len();
-    // VM 0 still misses private.img, so switching to VM 1 is refused.
+    // VM 0 still misses private.img: its vmend is refused, it stays open (so VM 1 may
+    // not begin) and the summary is refused.
     assert_eq!(
-        e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
-            .unwrap_err()
-            .class(),
+        e.vm_end(0, &rich_end()).unwrap_err().class(),
         ErrorClass::MissingData
     );
-    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::MissingData);
+    assert_eq!(
+        e.begin(&dir(1, "apps")).unwrap_err().class(),
+        ErrorClass::OrderFailure
+    );
+    assert_eq!(e.summary().unwrap_err().class(), ErrorClass::Malformed);
     assert_eq!(e.get_mut().len(), len);
     e.begin(&reg(0, "private.img", 1, 0)).unwrap();
     e.end().unwrap();
-    e.begin(&begin(1, "apps", FileKind::Directory, 0, 0))
-        .unwrap();
+    // A vmend with a smuggled firewall rule is refused; VM 0 stays open.
+    let smuggle = VmEnd {
+        firewall: Firewall::Rules(vec!["action=accept dsthost=a.b action=drop".into()]),
+        ..rich_end()
+    };
+    let len = e.get_mut().len();
+    assert_eq!(
+        e.vm_end(0, &smuggle).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
+    assert_eq!(e.get_mut().len(), len);
+    e.begin(&reg(0, "volatile.img", 1, 0)).unwrap();
+    e.end().unwrap();
+    e.vm_end(0, &rich_end()).unwrap();
+    e.begin(&dir(1, "apps")).unwrap();
     e.end().unwrap();
     let len = e.get_mut().len();
-    // A bad name for VM 2 is refused; VM 1 stays open and VM 2 unvisited.
+    // A begin for VM 2 while VM 1 is open is refused; VM 1 stays open, VM 2 unvisited.
+    assert_eq!(
+        e.begin(&dir(2, "user")).unwrap_err().class(),
+        ErrorClass::OrderFailure
+    );
+    assert_eq!(e.get_mut().len(), len);
+    e.begin(&dir(1, "apps/y")).unwrap();
+    e.end().unwrap();
+    close(&mut e, 1);
+    // A bad name for VM 2 is refused; VM 2 stays unvisited and may still come.
+    let len = e.get_mut().len();
     assert_eq!(
         e.begin(&reg(2, "../x", 1, 0)).unwrap_err().class(),
         ErrorClass::UnsafePath
     );
+    // dom0 carries no notes.
+    let notes = VmEnd {
+        notes: Some("n".into()),
+        ..VmEnd::default()
+    };
+    assert_eq!(
+        e.vm_end(2, &notes).unwrap_err().class(),
+        ErrorClass::Malformed
+    );
     assert_eq!(e.get_mut().len(), len);
-    e.begin(&begin(1, "apps/y", FileKind::Directory, 0, 0))
-        .unwrap();
+    e.begin(&dir(2, "user")).unwrap();
     e.end().unwrap();
-    e.begin(&begin(2, "user", FileKind::Directory, 0, 0))
-        .unwrap();
-    e.end().unwrap();
+    close(&mut e, 2);
     e.summary().unwrap();
-    consume(&e.into_inner()).unwrap();
+    assert_eq!(
+        consume(&e.into_inner()).unwrap(),
+        2 + 3 + (2 + 2 + 2 + 1) + (2 + 2 + 1) + (2 + 1) + 1
+    );
 }

@@ -1,12 +1,16 @@
-//! PROTO-*: streams the encoder writes decode to the same records (proptest), and the
-//! digest a consumer computes with [`RecordDigest`] agrees with the encoder's and the
-//! decoder's own check (PROTO-7).
+//! PROTO-*: streams the encoder writes decode to the same records (proptest), configs
+//! and vmends included (PROTO-14, PROTO-15), and the digest a consumer computes with
+//! [`RecordDigest`] agrees with the encoder's and the decoder's own check (PROTO-7).
+
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use qbackup_format::firewall::{Action, Host, Proto, Rule};
 use qbackup_format::protocol::read::Decoder;
 use qbackup_format::protocol::write::Encoder;
 use qbackup_format::protocol::{
-    Begin, FileHasher, FileKind, Layout, Manifest, ManifestVm, Record, RecordDigest,
+    Begin, Device, FileHasher, FileKind, Firewall, Layout, Manifest, ManifestVm, OtherVm, Record,
+    RecordDigest, VmConfig, VmEnd,
 };
 use qbackup_format::qubes_xml::NetVm;
 use qbackup_format::ErrorClass;
@@ -27,7 +31,153 @@ struct TestFile {
 #[derive(Debug, Clone)]
 struct TestVm {
     vm: ManifestVm,
+    config: VmConfig,
+    end: VmEnd,
     files: Vec<TestFile>,
+}
+
+// ---- CFG-1 / CFG-2 values (each valid; the encoder would refuse anything else) ---------
+
+fn printable(max: usize) -> impl Strategy<Value = String> {
+    prop::collection::vec(0x20u8..0x7f, 0..=max).prop_map(|b| String::from_utf8(b).unwrap())
+}
+
+/// Entries with distinct keys (a map), in the generated order of first appearance.
+fn distinct<K: Ord + Clone, V>(entries: Vec<(K, V)>) -> Vec<(K, V)> {
+    let mut seen = BTreeMap::new();
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        if seen.insert(k.clone(), ()).is_none() {
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+fn device_strategy() -> impl Strategy<Value = Device> {
+    (
+        "[a-z0-9]{1,6}",
+        "sys-[a-z]{1,5}|dom0",
+        "[A-Za-z0-9_.-]{1,10}",
+        any::<bool>(),
+        prop::collection::vec(("[A-Za-z0-9_-]{1,8}", "[!#-&(-\\[\\]-~]{0,10}"), 0..4),
+    )
+        .prop_map(|(bus, backend, port, required, options)| Device {
+            bus,
+            backend,
+            port,
+            required,
+            options: distinct(options)
+                .into_iter()
+                .filter(|(k, _)| k != "required")
+                .collect(),
+        })
+}
+
+fn config_strategy() -> impl Strategy<Value = VmConfig> {
+    (
+        prop::collection::vec(
+            ("[a-z][a-z0-9_]{0,12}", prop::option::of(printable(30))),
+            0..5,
+        ),
+        prop::collection::vec(("[A-Za-z0-9][A-Za-z0-9_.-]{0,12}", printable(30)), 0..5),
+        prop::collection::vec("[A-Za-z0-9_-]{1,12}", 0..5),
+        prop::collection::vec(device_strategy(), 0..3),
+    )
+        .prop_map(|(properties, features, tags, devices)| {
+            let reserved = ["name", "qid", "uuid", "klass", "label", "template", "netvm"];
+            VmConfig {
+                properties: distinct(properties)
+                    .into_iter()
+                    .filter(|(k, _)| !reserved.contains(&k.as_str()))
+                    .collect(),
+                features: distinct(features)
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with("backup-"))
+                    .collect(),
+                tags: distinct(tags.into_iter().map(|t| (t, ())).collect())
+                    .into_iter()
+                    .map(|(t, ())| t)
+                    .filter(|t| !t.starts_with("created-by-") && !t.starts_with("backup-restore-"))
+                    .collect(),
+                devices: {
+                    let keyed = devices
+                        .into_iter()
+                        .map(|d| ((d.bus.clone(), d.backend.clone(), d.port.clone()), d))
+                        .collect();
+                    distinct(keyed).into_iter().map(|(_, d)| d).collect()
+                },
+            }
+        })
+}
+
+/// FW-1: a consistent rule; its canonical line is what travels.
+fn rule_strategy() -> impl Strategy<Value = String> {
+    (
+        any::<bool>(),
+        0u8..4,
+        0u8..4,
+        (any::<[u8; 4]>(), 1u8..=32, any::<[u16; 8]>(), 1u8..=128),
+        "[a-z0-9][a-z0-9.-]{0,15}",
+        (any::<u16>(), any::<u16>(), any::<u8>()),
+        any::<bool>(),
+        prop::option::of(any::<u32>()),
+        prop::option::of("[ -~]{1,20}"),
+    )
+        .prop_map(
+            |(
+                accept,
+                proto,
+                host,
+                (v4, l4, v6, l6),
+                name,
+                (p1, p2, icmp),
+                dns,
+                expire,
+                comment,
+            )| {
+                let proto = [None, Some(Proto::Tcp), Some(Proto::Udp), Some(Proto::Icmp)]
+                    [usize::from(proto)];
+                Rule {
+                    action: if accept { Action::Accept } else { Action::Drop },
+                    proto,
+                    dsthost: match host {
+                        0 => None,
+                        1 => Some(Host::V4(v4.into(), l4)),
+                        2 => Some(Host::V6(v6.into(), l6)),
+                        _ => Some(Host::Name(name)),
+                    },
+                    dstports: matches!(proto, Some(Proto::Tcp | Proto::Udp))
+                        .then_some((p1.min(p2), p1.max(p2))),
+                    icmptype: (proto == Some(Proto::Icmp)).then_some(icmp),
+                    dns,
+                    expire: expire.map(u64::from),
+                    comment,
+                }
+                .line()
+            },
+        )
+        // A DNS name that reads as an address is not a `dsthost`.
+        .prop_filter("canonical", |l| Rule::parse_line(l).is_ok())
+}
+
+fn end_strategy() -> impl Strategy<Value = VmEnd> {
+    (
+        0u8..3,
+        prop::collection::vec(rule_strategy(), 0..5),
+        printable(40),
+        prop::option::of("(\\PC|\n|\t){0,40}"),
+        prop::option::of(prop::collection::vec("[A-Za-z0-9_.+@-]{1,20}", 0..4)),
+    )
+        .prop_map(|(fw, rules, why, notes, menu_items)| VmEnd {
+            firewall: match fw {
+                0 => Firewall::Absent,
+                1 => Firewall::Rules(rules),
+                _ => Firewall::Unreadable(why),
+            },
+            notes,
+            menu_items,
+        })
 }
 
 /// Runs: sorted, non-overlapping, inside `size`.
@@ -89,8 +239,16 @@ fn file_strategy(layout: Layout, idx: usize) -> impl Strategy<Value = TestFile> 
 }
 
 fn vm_strategy(i: usize) -> impl Strategy<Value = TestVm> {
-    (0u8..3, 0usize..5, any::<bool>(), 0u8..3, 0usize..3).prop_flat_map(
-        move |(l, n, lab, net, exp)| {
+    (
+        0u8..3,
+        0usize..5,
+        any::<bool>(),
+        0u8..3,
+        0usize..3,
+        config_strategy(),
+        end_strategy(),
+    )
+        .prop_flat_map(move |(l, n, lab, net, exp, config, end)| {
             let (layout, name, class) = match l {
                 0 => (Layout::Volumes, format!("vm{i}"), "AppVM"),
                 1 => (Layout::TemplateDir, format!("tpl{i}"), "TemplateVM"),
@@ -102,8 +260,16 @@ fn vm_strategy(i: usize) -> impl Strategy<Value = TestVm> {
             } else {
                 n
             };
+            // dom0 carries no settings (PROTO-14, PROTO-15).
+            let (config, end) = if layout == Layout::Dom0Home {
+                (VmConfig::default(), VmEnd::default())
+            } else {
+                (config, end)
+            };
             let files: Vec<_> = (0..n).map(|k| file_strategy(layout, k)).collect();
             files.prop_map(move |files| TestVm {
+                config: config.clone(),
+                end: end.clone(),
                 vm: ManifestVm {
                     name: name.clone(),
                     class: class.to_string(),
@@ -129,16 +295,31 @@ fn vm_strategy(i: usize) -> impl Strategy<Value = TestVm> {
                 },
                 files,
             })
-        },
-    )
+        })
 }
 
 fn stream_strategy() -> impl Strategy<Value = Vec<TestVm>> {
     (0usize..4).prop_flat_map(|n| (0..n).map(vm_strategy).collect::<Vec<_>>())
 }
 
+/// The VMs of the backup the stream does not carry (names distinct from `vmN`, `tplN`,
+/// `saN`, `dom0`).
+fn others_strategy() -> impl Strategy<Value = Vec<OtherVm>> {
+    prop::collection::vec((any::<bool>(), any::<bool>()), 0..4).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (tpl, in_backup))| OtherVm {
+                name: format!("other-{i}"),
+                class: if tpl { "TemplateVM" } else { "DispVM" }.into(),
+                in_backup,
+            })
+            .collect()
+    })
+}
+
 /// The order VMs are sent in: manifest order, or reversed for odd `split` (PROTO-4
-/// allows any order as long as each VM's files are contiguous).
+/// allows any order as long as each VM's files are contiguous and closed by its vmend;
+/// configs always come in manifest order, PROTO-14).
 fn order(n: usize, split: usize) -> Vec<usize> {
     if split % 2 == 1 {
         (0..n).rev().collect()
@@ -147,14 +328,21 @@ fn order(n: usize, split: usize) -> Vec<usize> {
     }
 }
 
+fn manifest_of(vms: &[TestVm], others: &[OtherVm]) -> Manifest {
+    Manifest {
+        vms: vms.iter().map(|v| v.vm.clone()).collect(),
+        others: others.to_vec(),
+    }
+}
+
 /// Encodes `vms`, splitting each run at `split` to exercise record boundaries.
-fn encode(vms: &[TestVm], split: usize) -> Vec<u8> {
+fn encode(vms: &[TestVm], others: &[OtherVm], split: usize) -> Vec<u8> {
     let mut e = Encoder::new(Vec::new());
     e.hello().unwrap();
-    e.manifest(&Manifest {
-        vms: vms.iter().map(|v| v.vm.clone()).collect(),
-    })
-    .unwrap();
+    e.manifest(&manifest_of(vms, others)).unwrap();
+    for (i, vm) in vms.iter().enumerate() {
+        e.config(i as u32, &vm.config).unwrap();
+    }
     for i in order(vms.len(), split) {
         let vm = &vms[i];
         for f in &vm.files {
@@ -174,6 +362,7 @@ fn encode(vms: &[TestVm], split: usize) -> Vec<u8> {
             }
             e.end().unwrap();
         }
+        e.vm_end(i as u32, &vm.end).unwrap();
     }
     e.summary().unwrap();
     e.into_inner()
@@ -185,20 +374,27 @@ type Runs = Vec<(u64, Vec<u8>)>;
 #[derive(Debug, PartialEq)]
 struct Seen {
     manifest: Manifest,
+    configs: Vec<(u32, VmConfig)>,
     files: Vec<(Begin, Runs)>,
+    /// Per vmend: the VM and how many files had been seen before it.
+    ends: Vec<(u32, VmEnd, usize)>,
 }
 
 fn consume(bytes: &[u8]) -> qbackup_format::Result<Seen> {
     let mut d = Decoder::new(bytes);
     let mut seen = Seen {
         manifest: Manifest::default(),
+        configs: Vec::new(),
         files: Vec::new(),
+        ends: Vec::new(),
     };
     let mut hasher = None;
     while let Some(r) = d.read_record()? {
         match r {
             Record::Hello { version } => assert_eq!(version, qbackup_format::protocol::VERSION),
             Record::Manifest(m) => seen.manifest = m.clone(),
+            Record::Config { vm, config } => seen.configs.push((vm, config)),
+            Record::VmEnd { vm, end } => seen.ends.push((vm, end, seen.files.len())),
             Record::Begin(b) => {
                 hasher = Some(RecordDigest::new(b.size, b.data_bytes));
                 seen.files.push((b, Vec::new()));
@@ -234,10 +430,21 @@ proptest! {
 
     /// PROTO-2 … PROTO-8: what the encoder writes decodes to what it was given.
     #[test]
-    fn round_trip(vms in stream_strategy(), split in 0usize..4000) {
-        let bytes = encode(&vms, split);
+    fn round_trip(vms in stream_strategy(), others in others_strategy(), split in 0usize..4000) {
+        let bytes = encode(&vms, &others, split);
         let seen = consume(&bytes).unwrap();
-        prop_assert_eq!(&seen.manifest.vms, &vms.iter().map(|v| v.vm.clone()).collect::<Vec<_>>());
+        prop_assert_eq!(&seen.manifest, &manifest_of(&vms, &others));
+        // PROTO-14: one config per VM, in manifest order, as sent.
+        let configs: Vec<_> = vms.iter().enumerate().map(|(i, v)| (i as u32, v.config.clone())).collect();
+        prop_assert_eq!(&seen.configs, &configs);
+        // PROTO-15: one vmend per VM, right after its files, as sent.
+        let mut ends = Vec::new();
+        let mut files = 0;
+        for i in order(vms.len(), split) {
+            files += vms[i].files.len();
+            ends.push((i as u32, vms[i].end.clone(), files));
+        }
+        prop_assert_eq!(&seen.ends, &ends);
         let want: Vec<_> = order(vms.len(), split).into_iter().flat_map(|i| vms[i].files.iter()).collect();
         prop_assert_eq!(seen.files.len(), want.len());
         for ((b, runs), f) in seen.files.iter().zip(want) {
@@ -257,7 +464,12 @@ fn large_runs_are_split_into_bounded_records() {
     let vm = common::work_vm(&["private.img"]);
     let mut e = Encoder::new(Vec::new());
     e.hello().unwrap();
-    e.manifest(&Manifest { vms: vec![vm] }).unwrap();
+    e.manifest(&Manifest {
+        vms: vec![vm],
+        others: Vec::new(),
+    })
+    .unwrap();
+    e.config(0, &VmConfig::default()).unwrap();
     e.begin(&Begin {
         vm: 0,
         name: "private.img".into(),
@@ -270,6 +482,7 @@ fn large_runs_are_split_into_bounded_records() {
     let data = vec![7u8; (size - 5) as usize];
     e.data(5, &data).unwrap();
     let sent = e.end().unwrap();
+    e.vm_end(0, &VmEnd::default()).unwrap();
     e.summary().unwrap();
     let bytes = e.into_inner();
     let mut d = Decoder::new(&bytes[..]);

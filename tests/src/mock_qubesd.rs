@@ -516,5 +516,9 @@ fn sha256_file(path: &Path) -> String {
         }
         hasher.update(&buf[..n]);
     }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

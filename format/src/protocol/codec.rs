@@ -10,7 +10,10 @@ use crate::limits::{
     MAX_PROTO_MESSAGE_LEN, MAX_PROTO_VMEND_LEN,
 };
 use crate::qubes_xml::NetVm;
-use crate::vm_config::{Device, Firewall, VmConfig, VmEnd};
+use crate::vm_config::{
+    Device, Firewall, VmConfig, VmEnd, MAX_BUS_LEN, MAX_DEVICE_OPTIONS, MAX_FEATURE_NAME_LEN,
+    MAX_MENU_ITEM_LEN, MAX_OPTION_NAME_LEN, MAX_PORT_LEN, MAX_PROPERTY_NAME_LEN, MAX_TAG_LEN,
+};
 
 /// Length of the record header: type byte and big-endian length.
 pub(crate) const HEADER_LEN: usize = 5;
@@ -450,26 +453,26 @@ pub(crate) fn get_config(c: &mut Cursor<'_>) -> Result<(u32, VmConfig)> {
     let vm = c.u32()?;
     let mut cfg = VmConfig::default();
     for _ in 0..c.count("properties", MAX_CONFIG_ENTRIES)? {
-        let k = c.string("property name", 64)?;
+        let k = c.string("property name", MAX_PROPERTY_NAME_LEN)?;
         let v = c.opt_string("property value", MAX_CONFIG_VALUE_LEN)?;
         cfg.properties.push((k, v));
     }
     for _ in 0..c.count("features", MAX_CONFIG_ENTRIES)? {
-        let k = c.string("feature name", 128)?;
+        let k = c.string("feature name", MAX_FEATURE_NAME_LEN)?;
         let v = c.string("feature value", MAX_CONFIG_VALUE_LEN)?;
         cfg.features.push((k, v));
     }
     for _ in 0..c.count("tags", MAX_CONFIG_ENTRIES)? {
-        cfg.tags.push(c.string("tag", 128)?);
+        cfg.tags.push(c.string("tag", MAX_TAG_LEN)?);
     }
     for _ in 0..c.count("devices", MAX_CONFIG_ENTRIES)? {
-        let bus = c.string("device bus", 32)?;
+        let bus = c.string("device bus", MAX_BUS_LEN)?;
         let backend = c.string("device backend", crate::limits::MAX_VM_NAME_LEN)?;
-        let port = c.string("device port", 128)?;
+        let port = c.string("device port", MAX_PORT_LEN)?;
         let required = flag(c, "device required")?;
         let mut options = Vec::new();
-        for _ in 0..c.count("device options", 64)? {
-            let k = c.string("device option name", 64)?;
+        for _ in 0..c.count("device options", MAX_DEVICE_OPTIONS)? {
+            let k = c.string("device option name", MAX_OPTION_NAME_LEN)?;
             let v = c.string("device option value", MAX_CONFIG_VALUE_LEN)?;
             options.push((k, v));
         }
@@ -507,7 +510,7 @@ pub(crate) fn get_vm_end(c: &mut Cursor<'_>) -> Result<(u32, VmEnd)> {
     let menu_items = if flag(c, "menu items")? {
         let mut items = Vec::new();
         for _ in 0..c.count("menu items", MAX_MENU_ITEMS)? {
-            items.push(c.string("menu item", 255)?);
+            items.push(c.string("menu item", MAX_MENU_ITEM_LEN)?);
         }
         Some(items)
     } else {

@@ -506,8 +506,17 @@ pub fn validate_manifest(m: &Manifest) -> Result<()> {
                 "expected files listed for a directory layout",
             )));
         }
+        if vm.expected_files.len() > crate::limits::MAX_PROTO_EXPECTED_FILES as usize {
+            return Err(ctx(Error::limit("more than LIM-51 expected files")));
+        }
         let mut files = HashSet::new();
         for f in vm.expected_files.iter() {
+            if f.len() > crate::limits::MAX_PROTO_EXPECTED_NAME_LEN {
+                return Err(ctx(Error::limit(format!(
+                    "expected file name of {} bytes",
+                    f.len()
+                ))));
+            }
             if !regular_only(f) {
                 return Err(ctx(Error::unsafe_path(format!(
                     "expected file {:?} is not a file of the VM's directory",

@@ -204,11 +204,30 @@ impl Qubesd {
 
     /// `admin.vm.property.Get`: the value (after `default=… type=… `).
     pub fn property_get(&self, vm: &str, name: &str) -> CallResult<String> {
-        let text = self.call_text(vm, "admin.vm.property.Get", name, b"")?;
-        let mut parts = text.splitn(3, ' ');
-        let (_, _, value) = (parts.next(), parts.next(), parts.next());
-        Ok(value.unwrap_or_default().to_owned())
+        Ok(value_of(&self.call_text(
+            vm,
+            "admin.vm.property.Get",
+            name,
+            b"",
+        )?))
     }
+
+    /// `admin.property.Get`: a global property's value (`default_template`, …).
+    pub fn global_property_get(&self, name: &str) -> CallResult<String> {
+        Ok(value_of(&self.call_text(
+            "dom0",
+            "admin.property.Get",
+            name,
+            b"",
+        )?))
+    }
+}
+
+/// The value of a property Get reply, `default=… type=… VALUE`.
+fn value_of(reply: &str) -> String {
+    let mut parts = reply.splitn(3, ' ');
+    let (_, _, value) = (parts.next(), parts.next(), parts.next());
+    value.unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 
-
 use super::host::{Assignment, Driver, PoolChoice, Release, VmClass, Volume, VOLUME_ORDER};
 use super::{properties, Api, Fail, Import, ImportState, Outcome, State};
 
@@ -56,6 +55,7 @@ const Y: Option<bool> = Some(true);
 const N: Option<bool> = Some(false);
 
 enum Method {
+    GlobalPropertyGet,
     VmList,
     LabelList,
     PoolList,
@@ -85,6 +85,23 @@ enum Method {
     ImportEnd,
 }
 
+/// `admin.property.Get` (qubes-core-admin `qubes/api/admin.py` `property_get` on the app):
+/// the global VM references and pool names, `default=… type=… VALUE`.
+fn global_property(host: &super::Host, arg: &str) -> Result<String, Fail> {
+    let vm = |v: &Option<String>| format!("default=False type=vm {}", v.as_deref().unwrap_or(""));
+    match arg {
+        "default_template" => Ok(vm(&host.default_template)),
+        "default_netvm" => Ok(vm(&host.default_netvm)),
+        "default_dispvm" => Ok(vm(&host.default_dispvm)),
+        "default_pool" => Ok(format!("default=False type=str {}", host.default_pool)),
+        "default_kernel" => Ok(format!("default=False type=str {}", host.default_kernel)),
+        _ => Err(Fail::exc(
+            "QubesNoSuchPropertyError",
+            format!("Invalid property '{arg}' of dom0"),
+        )),
+    }
+}
+
 /// Device classes (`qubes.devices` entry points of a typical dom0).
 const BUSES: &[&str] = &["block", "mic", "pci", "usb"];
 
@@ -101,6 +118,7 @@ fn lookup(api: Api, release: Release, name: &str) -> Option<(Method, Spec)> {
     let found = match name {
         "admin.vm.List" => (VmList, spec(N, N, None)),
         "admin.label.List" => (LabelList, spec(N, N, Y)),
+        "admin.property.Get" => (GlobalPropertyGet, spec(Y, N, Y)),
         "admin.pool.List" => (PoolList, spec(N, N, Y)),
         "admin.vm.Remove" => (Remove, spec(N, N, None)),
         "admin.vm.property.List" => (PropertyList, spec(N, N, None)),
@@ -453,6 +471,7 @@ impl State {
         match method {
             Method::VmList => Ok(self.vm_list(dest)),
             Method::LabelList => Ok(host.labels.iter().map(|l| format!("{l}\n")).collect()),
+            Method::GlobalPropertyGet => global_property(host, arg),
             Method::PoolList => Ok(host.pools.keys().map(|p| format!("{p}\n")).collect()),
             Method::Create { class, in_pool } => {
                 self.create(class, in_pool, req.src, arg, payload).map(done)

@@ -205,8 +205,17 @@ impl QubesSink {
         configs: &[VmConfig],
     ) -> std::result::Result<plan::Host, CallError> {
         let vms = self.q.vm_list()?;
+        // An empty value is no default; a refusal (an older qubesd) likewise.
+        let global = |name: &str| {
+            self.q
+                .global_property_get(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+        };
         let mut host = plan::Host {
             vms,
+            default_template: global("default_template"),
+            default_dispvm: global("default_dispvm"),
             ..plan::Host::default()
         };
         let mut nets = BTreeSet::new();
@@ -473,7 +482,15 @@ impl Sink for QubesSink {
             options.skip_conflicting = false;
             options.rename_conflicting = false;
         }
-        let plan = plan::plan(m, &configs, &host, &options);
+        let mut plan = plan::plan(m, &configs, &host, &options);
+        if self.s.verify_only {
+            // Verification does not depend on the host: every selected VM is verified.
+            for v in &mut plan.vms {
+                if matches!(v.action, Action::Broken(_)) {
+                    v.action = Action::Create;
+                }
+            }
+        }
         self.manifest = Some(m.clone());
         self.by_manifest = plan
             .vms

@@ -31,6 +31,9 @@ pub struct Host {
     pub netvms: BTreeSet<String>,
     /// Host VMs whose `template_for_dispvms` is true.
     pub dispvm_templates: BTreeSet<String>,
+    /// The host's `default_template` and `default_dispvm` (for `--ignore-missing`).
+    pub default_template: Option<String>,
+    pub default_dispvm: Option<String>,
 }
 
 /// A VM reference property to set once every VM exists (QRS-4).
@@ -256,11 +259,20 @@ fn resolve_references(vms: &mut [VmPlan], host: &Host, o: &Options) {
                     if let Some((name, ..)) = from_backup {
                         v.template = Some(name.clone());
                     } else if !on_host {
-                        if o.ignore_missing {
-                            v.template = None;
+                        // As upstream: the host's default, named in the Create call.
+                        let default = if dispvm {
+                            &host.default_dispvm
                         } else {
-                            problems
-                                .push(format!("template {t} is neither restored nor on the host"));
+                            &host.default_template
+                        };
+                        match default {
+                            Some(d) if o.ignore_missing => v.template = Some(d.clone()),
+                            None if o.ignore_missing => problems.push(format!(
+                                "template {t} is neither restored nor on the host, which has \
+                                 no default to use instead"
+                            )),
+                            _ => problems
+                                .push(format!("template {t} is neither restored nor on the host")),
                         }
                     }
                 }
@@ -408,6 +420,8 @@ mod tests {
                 .collect(),
             netvms: ["sys-firewall".to_owned()].into(),
             dispvm_templates: BTreeSet::new(),
+            default_template: Some("fedora".to_owned()),
+            default_dispvm: None,
         }
     }
 
@@ -472,7 +486,7 @@ mod tests {
         assert_eq!(p.vms[0].action, Action::Create);
         assert_eq!(
             (p.vms[0].template.as_deref(), &p.vms[0].netvm),
-            (None, &Reference::Default)
+            (Some("fedora"), &Reference::Default)
         );
         let p = plan(
             &m,
