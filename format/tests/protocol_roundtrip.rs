@@ -166,7 +166,7 @@ fn end_strategy() -> impl Strategy<Value = VmEnd> {
         0u8..3,
         prop::collection::vec(rule_strategy(), 0..5),
         printable(40),
-        prop::option::of("(\\PC|\n|\t){0,40}"),
+        prop::option::of("(\\PC|\n|\t){1,40}"),
         prop::option::of(prop::collection::vec("[A-Za-z0-9_.+@-]{1,20}", 0..4)),
     )
         .prop_map(|(fw, rules, why, notes, menu_items)| VmEnd {
@@ -408,7 +408,7 @@ fn consume(bytes: &[u8]) -> qbackup_format::Result<Seen> {
                     _ => runs.push((offset, bytes.to_vec())),
                 }
             }
-            Record::End { sha256 } => {
+            Record::End { digest: sha256 } => {
                 if hasher.take().unwrap().finish() != sha256 {
                     return Err(qbackup_format::Error::new(
                         ErrorClass::MacFailure,
@@ -498,7 +498,7 @@ fn large_runs_are_split_into_bounded_records() {
                 logical.extend_from_slice(bytes);
                 data_records += 1;
             }
-            Record::End { sha256 } => {
+            Record::End { digest: sha256 } => {
                 assert_eq!(sha256, sent);
                 // The logical SHA-256 (holes as zeros) is a different digest.
                 let mut full = vec![0u8; 5];

@@ -110,7 +110,7 @@ impl<W: Write + Send> Emitter<W> {
             configs.push(if is_dom0 {
                 VmConfig::default()
             } else {
-                self.sanitize(vm)
+                self.sanitize(vm, xml.flavor)
             });
         }
         // R2 wrote no dom0 entry, yet its archives may hold dom0-home/<user> (ORD-7).
@@ -127,7 +127,7 @@ impl<W: Write + Send> Emitter<W> {
             });
             if self.select.is_none() || self.selected(&t.name) || named {
                 vms.push(manifest_vm(t, Layout::Volumes, 0, Vec::new()));
-                configs.push(self.sanitize(t));
+                configs.push(self.sanitize(t, xml.flavor));
             }
         }
         let others = xml
@@ -146,11 +146,21 @@ impl<W: Write + Send> Emitter<W> {
     /// CFG-1: the settings of `vm` that can be sent; the rest is named in a note. Also
     /// left out, as upstream's restore does: `dispid` (never settable) and
     /// `installed_by_rpm` (meaningless after a restore).
-    fn sanitize(&mut self, vm: &Vm) -> VmConfig {
+    fn sanitize(&mut self, vm: &Vm, flavor: Flavor) -> VmConfig {
         let mut out = VmConfig::default();
         let mut dropped: Vec<String> = Vec::new();
         let c = &vm.config;
-        for (k, v) in &c.properties {
+        // XML-5: the model keeps these two apart; R3 sets `virt_mode` only for HVMs.
+        let mut own = Vec::new();
+        if let Some(v) = &vm.virt_mode {
+            if flavor == Flavor::Core3 || v == "hvm" {
+                own.push(("virt_mode".to_owned(), Some(v.clone())));
+            }
+        }
+        if vm.provides_network {
+            own.push(("provides_network".to_owned(), Some("True".to_owned())));
+        }
+        for (k, v) in own.iter().chain(&c.properties) {
             if matches!(k.as_str(), "dispid" | "installed_by_rpm") {
                 continue;
             }

@@ -157,7 +157,7 @@ pub enum Record<'a> {
     /// The file is complete and its digest ([`RecordDigest`]) matched what the decoder
     /// computed itself (PROTO-7): the consumer may commit it now.
     End {
-        sha256: [u8; 32],
+        digest: [u8; 32],
     },
     /// Manifest VM `vm` is complete: all its files were sent (PROTO-15); what the
     /// restore sets last, checked against CFG-2.

@@ -205,16 +205,16 @@ impl<R: Read> Decoder<R> {
                 Pending::Data(offset)
             }
             t::END => {
-                let sha256 = c.digest()?;
+                let digest = c.digest()?;
                 c.finish()?;
                 self.checker.end()?;
                 let got = self.hasher.take().map(RecordDigest::finish);
-                if got != Some(sha256) {
+                if got != Some(digest) {
                     return Err(Error::mac(
                         "protocol: file digest in end record differs from the data received",
                     ));
                 }
-                Pending::End(sha256)
+                Pending::End(digest)
             }
             t::SUMMARY => {
                 let s = codec::get_summary(&mut c)?;
@@ -254,7 +254,7 @@ impl<R: Read> Decoder<R> {
                 offset,
                 bytes: self.buf.get(DATA_PREFIX..).unwrap_or(&[]),
             },
-            Pending::End(sha256) => Record::End { sha256 },
+            Pending::End(digest) => Record::End { digest },
             Pending::Summary(s) => Record::Summary(s),
             Pending::Error(class, message) => Record::Error { class, message },
         })

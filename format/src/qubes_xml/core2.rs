@@ -328,14 +328,11 @@ fn config(el: &Node, kind: &str, no_template: bool) -> Result<VmConfig> {
             c.properties.push((attr.to_owned(), v));
         }
     }
+    // `virt_mode=hvm` and `provides_network` are the model's own fields.
     if hvm {
-        c.properties.push(("virt_mode".into(), Some("hvm".into())));
-        c.properties.push(("kernel".into(), Some(String::new())));
+        // Upstream sets an empty kernel; sent as an empty value, as None is (CFG-1).
+        c.properties.push(("kernel".into(), None));
         c.features.push(("linux-stubdom".into(), String::new()));
-    }
-    if kind == "QubesNetVm" || kind == "QubesProxyVm" {
-        c.properties
-            .push(("provides_network".into(), Some("True".into())));
     }
     if kind == "QubesTemplateVm" || (kind == "QubesAppVm" && no_template) {
         c.features.push(("qrexec".into(), "1".into()));

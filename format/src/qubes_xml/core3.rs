@@ -252,7 +252,9 @@ fn config(dom: &Node) -> Result<VmConfig> {
         .flat_map(|n| n.children_named("property"))
     {
         let name = p.attr("name").unwrap_or("");
-        if !RESERVED_PROPERTIES.contains(&name) {
+        // `virt_mode` and `provides_network` are the model's own fields.
+        if !RESERVED_PROPERTIES.contains(&name) && !matches!(name, "virt_mode" | "provides_network")
+        {
             c.properties.push((name.to_owned(), p.text.clone()));
         }
     }

@@ -115,9 +115,10 @@ pub struct Vm {
     pub virt_mode: Option<String>,
     /// R2/R3: NetVM/ProxyVM; R4: the `provides_network` property.
     pub provides_network: bool,
-    /// Properties, features, tags and devices as written (CFG-1), not yet checked
-    /// against CFG-1's grammar (the verifier does that before sending them). R2/R3
-    /// attributes are translated as upstream's core2 reader does (XML-5).
+    /// Properties (but `virt_mode` and `provides_network`, the fields above), features,
+    /// tags and devices as written (CFG-1), not yet checked against CFG-1's grammar (the
+    /// verifier does that before sending them). R2/R3 attributes are translated as
+    /// upstream's core2 reader does (XML-5).
     pub config: VmConfig,
 }
 

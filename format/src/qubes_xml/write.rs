@@ -234,11 +234,10 @@ pub fn write_r4(vms: &[Vm], globals: &[(String, String)], out: &mut Vec<u8>) -> 
             NetVm::None => property(out, "netvm", None),
             NetVm::Named(n) => property(out, "netvm", Some(n)),
         }
-        let in_config = |n: &str| vm.config.properties.iter().any(|(k, _)| k == n);
-        if let Some(v) = vm.virt_mode.as_deref().filter(|_| !in_config("virt_mode")) {
+        if let Some(v) = &vm.virt_mode {
             property(out, "virt_mode", Some(v));
         }
-        if vm.provides_network && !in_config("provides_network") {
+        if vm.provides_network {
             property(out, "provides_network", Some("True"));
         }
         for (k, v) in &vm.config.properties {

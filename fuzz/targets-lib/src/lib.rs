@@ -593,7 +593,7 @@ fn owned(r: &Record<'_>) -> ProtoRecord {
         Record::VmEnd { vm, end } => ProtoRecord::VmEnd(*vm, end.clone()),
         Record::Begin(b) => ProtoRecord::Begin(b.clone()),
         Record::Data { offset, bytes } => ProtoRecord::Data(*offset, bytes.to_vec()),
-        Record::End { sha256 } => ProtoRecord::End(*sha256),
+        Record::End { digest } => ProtoRecord::End(*digest),
         Record::Summary(s) => ProtoRecord::Summary(*s),
         Record::Error { class, message } => ProtoRecord::Error(*class, message.clone()),
     }
