@@ -15,15 +15,8 @@ mod space;
 use space::SpaceGuard;
 pub use space::{parse_size, SpaceLimits};
 
-/// `eprintln!` without its panic when stderr is a pipe whose reader went away (EPIPE): a
-/// message nobody reads must not change the exit code or stop a cancellation.
-#[macro_export]
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
+/// A line on stderr (a JSON `message` event in JSON mode): see `qbackup_console::say!`.
+pub use qbackup_console::say;
 
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 /// usage or plan error; 10-20 by error class (`restore`, and `create --verify` when the
 /// verifier rejects the archive; 20 also I/O errors); 130 cancelled.
 #[derive(Debug, Parser)]
-#[command(name = "qbackup-pack", version)]
+#[command(name = "qbackup-pack", version = qbackup_console::VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -63,6 +63,10 @@ pub struct Restore {
     /// Only these VMs (default: all). Use `dom0` for dom0's home.
     #[arg(value_name = "VM")]
     pub vms: Vec<String>,
+    /// Progress and the outcome as JSON lines on stderr (README "JSON output"); the
+    /// default verifier child reports the archive's progress (`emit --progress-json`).
+    #[arg(long)]
+    pub progress_json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,9 +121,14 @@ pub struct Create {
     /// The verifier binary (default: qbackup-verify next to this program).
     #[arg(long, value_name = "PATH", requires = "verify")]
     pub verifier: Option<PathBuf>,
-    /// Progress as one JSON object per line on stderr.
+    /// Progress and the outcome as JSON lines on stderr; nothing else goes there
+    /// (README "JSON output").
     #[arg(long, conflicts_with = "no_progress")]
     pub progress_json: bool,
+    /// Print what would be backed up, the estimated archive size and time, and the free
+    /// space at --out; write nothing (README "Size and space").
+    #[arg(long)]
+    pub dry_run: bool,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,

@@ -2,6 +2,8 @@
 //! The binary (`main.rs`) is a thin shell around [`run`] and [`restore::run`] (the
 //! privileged restore through a verifier child, SPEC.md RST).
 
+/// Progress counters and reporter, shared with `qbackup-verify`.
+pub use qbackup_console::progress;
 pub use qbackup_destination::say;
 
 pub mod cancel;
@@ -12,7 +14,6 @@ pub mod output;
 pub mod params;
 pub mod pipeline;
 pub mod plan;
-pub mod progress;
 pub mod restore;
 pub mod source;
 
@@ -30,7 +31,7 @@ pub fn trace(what: std::fmt::Arguments<'_>) {
     }
 }
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,6 +59,18 @@ pub enum Failure {
 impl Failure {
     pub fn io(msg: impl Into<String>) -> Failure {
         Failure::Error(Error::new(ErrorClass::Io, msg))
+    }
+    /// The class of a `failed` JSON event: `usage`, or the error class (the verifier's,
+    /// from its exit code, when it rejected the archive).
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Failure::Usage(_) => "usage",
+            Failure::Error(e) => e.class().as_str(),
+            Failure::Verify { code, .. } => ErrorClass::ALL
+                .into_iter()
+                .find(|c| c.exit_code() == *code)
+                .map_or("verifier-failed", ErrorClass::as_str),
+        }
     }
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -261,14 +274,8 @@ pub fn run(c: Create) -> Result<(), Failure> {
         dest,
         verifier: child.as_mut().and_then(|ch| ch.stdin.take()),
     };
-    let progress = Arc::new(progress::Progress::default());
-    let mode = if c.progress_json {
-        progress::Mode::Json
-    } else if !c.no_progress && std::io::stderr().is_terminal() {
-        progress::Mode::Bar
-    } else {
-        progress::Mode::Off
-    };
+    let progress = Arc::new(progress::Progress::writer());
+    let mode = progress::Mode::choose(c.progress_json, c.no_progress);
     let reporter = progress::Reporter::start(progress.clone(), mode);
     let result = pipeline::write_archive(layout, &settings, Box::new(tee), progress.clone());
     reporter.finish();
@@ -333,22 +340,17 @@ pub fn run(c: Create) -> Result<(), Failure> {
             *guard = None;
         }
     }
-    if c.progress_json {
-        let line = match &outcome {
-            Ok(()) => serde_json::json!({
-                "event": "done",
+    // The `failed` event is main's, for every error.
+    if c.progress_json && outcome.is_ok() {
+        qbackup_console::event(
+            "done",
+            serde_json::json!({
                 "out": c.out.display().to_string(),
                 "written_bytes": progress.written(),
             }),
-            Err(e) => serde_json::json!({
-                "event": "failed",
-                "exit_code": e.exit_code(),
-                "message": e.to_string(),
-            }),
-        };
-        say!("{line}");
+        );
     }
-    if outcome.is_ok() {
+    if outcome.is_ok() && !c.progress_json {
         let kdf = match format {
             Format::V4 => format!(
                 ", scrypt logN {} r {} p {}",
