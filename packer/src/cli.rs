@@ -129,6 +129,13 @@ pub struct Create {
     /// space at --out; write nothing (README "Size and space").
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: the estimate as one JSON document on stdout.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+    /// Write even when --out's file system seems to lack the space for the estimated
+    /// archive (checked before the passphrase prompt).
+    #[arg(long)]
+    pub no_space_check: bool,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,

@@ -107,6 +107,12 @@ fn run(cli: Cli) -> Result<i32, Error> {
         .map(|(dir, space)| extract::Extractor::open_limited(dir, space.limits()))
         .transpose()?;
     let extract_to = extract_to.map(|(dir, _)| dir);
+    if let (Some(dir), Some(ex)) = (&extract_to, &extractor) {
+        // Say what DIR offers before writing; the archive's size is a rough lower bound of
+        // the data it restores (EXT-6 stops at the reserve in any case).
+        let expected = total.map(|t| (t, "the archive"));
+        ex.space().announce("qbackup-verify", dir, expected);
+    }
     if let Some(code) = enter_sandbox(cli.no_sandbox, name, extract_to.as_deref(), &settings) {
         if common.progress_json {
             qbackup_console::failed(

@@ -45,18 +45,36 @@ pub fn run(r: Restore) -> Result<(), Failure> {
     };
     let pass = crate::passphrase(r.passphrase_file.as_deref())?;
     let mut dest = Destination::open(&r.to)?;
-    dest.limit_space(qbackup_destination::SpaceLimits {
+    let space = dest.limit_space(qbackup_destination::SpaceLimits {
         reserve: r.reserve,
         max_total: r.max_size,
     })?;
+    // Say what DIR offers before anything is written (the archive's size: a rough lower
+    // bound of the data it restores).
+    let archive_len = file
+        .as_ref()
+        .and_then(|f| f.metadata().ok())
+        .map(|m| m.len());
+    space.announce(
+        "qbackup-pack",
+        &r.to,
+        archive_len.map(|n| (n, "the archive")),
+    );
 
     let default_verifier;
+    let child_args;
     let program = match &r.verifier_cmd {
         Some(cmd) => Program::Shell(cmd),
         None => {
             default_verifier = crate::output::default_verifier();
             // The child selects too (less work); the consumer still filters (RST-1).
-            Program::Verifier(&default_verifier, &r.vms)
+            // With --progress-json it reports the archive's progress as JSON lines on the
+            // stderr it shares with this process.
+            child_args = std::iter::once("--progress-json".to_string())
+                .filter(|_| r.progress_json)
+                .chain(r.vms.iter().cloned())
+                .collect::<Vec<_>>();
+            Program::Verifier(&default_verifier, &child_args)
         }
     };
     // RST-5: the passphrase goes into the child's environment, or on its stdin ahead of
@@ -140,12 +158,23 @@ pub fn run(r: Restore) -> Result<(), Failure> {
     for n in &restored.notes {
         crate::say!("qbackup-pack: note: {n}");
     }
-    crate::say!(
-        "qbackup-pack: restored {} files ({} bytes of data) to {}",
-        restored.files,
-        restored.bytes,
-        r.to.display()
-    );
+    if r.progress_json {
+        qbackup_console::event(
+            "done",
+            serde_json::json!({
+                "files": restored.files,
+                "data_bytes": restored.bytes,
+                "to": r.to.display().to_string(),
+            }),
+        );
+    } else {
+        crate::say!(
+            "qbackup-pack: restored {} files ({} bytes of data) to {}",
+            restored.files,
+            restored.bytes,
+            r.to.display()
+        );
+    }
     Ok(())
 }
 
