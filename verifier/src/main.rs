@@ -85,7 +85,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
     qbackup_destination::cancel::install("qbackup-verify");
     let on_stdin = common.archive == Path::new("-");
     let (input, total): (Box<dyn Read + Send>, Option<u64>) = if on_stdin {
-        (Box::new(std::io::stdin()), None)
+        (Box::new(std::io::stdin()), stdin_file_len())
     } else {
         let f = File::open(&common.archive).map_err(|e| {
             Error::new(
@@ -176,6 +176,15 @@ fn outcome(report: &Report, json: bool) -> i32 {
             class.exit_code()
         }
     }
+}
+
+/// The size of stdin when it is a regular file (`restore` hands the archive file over as
+/// the child's stdin): the progress total. `None` for a pipe.
+fn stdin_file_len() -> Option<u64> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let md = File::from(fd).metadata().ok()?;
+    md.is_file().then_some(md.len())
 }
 
 /// SBX-2: confine this process once the archive, the destination and the passphrase are
