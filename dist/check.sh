@@ -7,7 +7,8 @@
 #   command, run here too);
 # - the .deb installs into an empty directory root with every file it must hold, and the
 #   installed binary verifies the example;
-# - the RPM (built offline from vendored crates) holds the same files.
+# - the RPM (built offline from vendored crates) holds the same files;
+# - the README's recipes work (dist/recipes.py).
 #
 # Speed and memory of static against dynamic are measured by bench/static-bench.py.
 set -euo pipefail
@@ -78,6 +79,9 @@ for f in expect["files"]:
 assert n >= 4, n
 PY
 pass "static extract matches $ARCHIVE.expect.json"
+
+# The README's recipes, run with the static binaries.
+python3 dist/recipes.py "$S" || fail "README recipes"
 
 # The files both packages must hold.
 expected_files() {
