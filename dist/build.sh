@@ -11,8 +11,10 @@
 #   target/$TRIPLE/debian/qbackup-tools_*.deb;
 # - --rpm: the RPM for dom0, built by rpmbuild from a source tarball and a tarball of
 #   vendored crates with `cargo build --offline --frozen` and an empty CARGO_HOME
-#   (dist/qbackup-tools.spec): target/rpm/RPMS/x86_64/qbackup-tools-*.rpm. It shares
-#   this tree's target directory, so only the workspace crates are compiled again.
+#   (dist/qbackup-tools.spec): target/rpm/RPMS/x86_64/qbackup-tools-*.rpm. It compiles
+#   everything again in its own target directory: sharing this tree's saves nothing, as
+#   cargo fingerprints a crate by its source path (vendor/ there, the registry here) and
+#   would rebuild each one, over this tree's artefacts (measured: 7 min 20 s here, 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deb=0 rpm=0
@@ -60,6 +62,5 @@ if [ "$rpm" = 1 ]; then
         --define "_topdir $top" \
         --define "version_ $version" \
         --define "gitrev $rev" \
-        --define "cargo_target_dir $PWD/target" \
         --define "rust_triple $TRIPLE"
 fi
