@@ -38,7 +38,7 @@ grep -q '^OK: ' "$tmp/readme.out" || fail "README's first command did not verify
 pass "README's first command"
 
 for b in qbackup-verify qbackup-pack; do
-    file -L "$S/$b" | grep -q 'statically linked' || fail "$S/$b is not static: $(file -L "$S/$b")"
+    file -L "$S/$b" | grep -qE 'static-pie linked|statically linked' || fail "$S/$b is not static: $(file -L "$S/$b")"
     "$S/$b" --version | grep -qF "(git $REV)" || fail "$b --version lacks the revision $REV"
 done
 pass "static binaries, --version names git $REV"
@@ -122,7 +122,12 @@ pass "$deb installs into an empty root"
 rpmfile=$(ls target/rpm/RPMS/*/qbackup-tools-*.rpm)
 root="$tmp/rpm-root"
 mkdir -p "$root"
-rpm --root "$root" --initdb
-rpm --root "$root" --dbpath /var/lib/rpm -i --nodeps --noscripts "$rpmfile" || fail "rpm -i $rpmfile"
-check_tree "$root" /usr/share/zsh/site-functions /usr/share/doc/qbackup-tools /usr/share/licenses/qbackup-tools
+rpm --root "$root" --dbpath /var/lib/rpm --initdb
+rpm --root "$root" --dbpath /var/lib/rpm -i --nodeps --noscripts "$rpmfile" 2> "$tmp/rpm.err" ||
+    fail "rpm -i $rpmfile: $(cat "$tmp/rpm.err")"
+rpm --root "$root" --dbpath /var/lib/rpm -q qbackup-tools > /dev/null || fail "rpm does not list qbackup-tools"
+# Fedora's %doc directory is NAME, Debian's rpm macros make it NAME-VERSION.
+doc=$(cd "$root" && ls -d usr/share/doc/qbackup-tools*) || fail "the RPM has no doc directory"
+lic=$(cd "$root" && ls -d usr/share/licenses/qbackup-tools*) || fail "the RPM has no licence directory"
+check_tree "$root" /usr/share/zsh/site-functions "/$doc" "/$lic"
 pass "$rpmfile installs into an empty root"
