@@ -13,17 +13,10 @@ pub mod cancel;
 mod space;
 
 use space::SpaceGuard;
-pub use space::{parse_size, SpaceLimits};
+pub use space::{human_bytes, parse_size, space_at, Space, SpaceLimits};
 
-/// `eprintln!` without its panic when stderr is a pipe whose reader went away (EPIPE): a
-/// message nobody reads must not change the exit code or stop a cancellation.
-#[macro_export]
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
+/// A line on stderr (a JSON `message` event in JSON mode): see `qbackup_console::say!`.
+pub use qbackup_console::say;
 
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -85,10 +78,12 @@ impl Destination {
 
     /// EXT-6: from now on, refuse data that would exceed `limits.max_total` in total or
     /// leave less than the reserve free on DIR's file system (`limit-exceeded`).
-    pub fn limit_space(&mut self, limits: SpaceLimits) -> Result<()> {
+    /// Returns the space found, for the caller to say what DIR offers ([`Space::announce`]).
+    pub fn limit_space(&mut self, limits: SpaceLimits) -> Result<Space> {
         let guard = SpaceGuard::new(&*self.root, limits)?;
         self.space = Some(Arc::new(Mutex::new(guard)));
-        Ok(())
+        space::space_of(&*self.root, limits)
+            .map_err(|e| Error::new(ErrorClass::Io, format!("reading free space: {e}")))
     }
 
     /// `path` (relative to DIR) as shown in messages.

@@ -51,6 +51,111 @@ fn statvfs(fd: i32) -> std::io::Result<(u64, u64)> {
     ))
 }
 
+impl SpaceLimits {
+    /// The reserve on a file system of `total` bytes: `--reserve`, else the smaller of
+    /// LIM-50 and 5 % of it.
+    pub fn reserve_for(&self, total: u64) -> u64 {
+        self.reserve
+            .unwrap_or_else(|| DEFAULT_SPACE_RESERVE.min(total / 20))
+    }
+}
+
+/// A file system's space, read before writing starts, so that a command can say what it
+/// may use (`extract`, `restore`, `create --out`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes available to this process.
+    pub available: u64,
+    /// The file system's size.
+    pub total: u64,
+    /// What must stay free (EXT-6); 0 for `create`.
+    pub reserve: u64,
+    /// `--max-size`, if any.
+    pub max_total: Option<u64>,
+}
+
+impl Space {
+    /// Bytes that may be written: the available space above the reserve, within
+    /// `--max-size`.
+    pub fn usable(&self) -> u64 {
+        let usable = self.available.saturating_sub(self.reserve);
+        self.max_total.map_or(usable, |m| usable.min(m))
+    }
+
+    /// Say what `dir` offers, on stderr (a `space` event in JSON mode); `expected`: bytes
+    /// the command expects to write, with what they are. A warning when they do not fit.
+    pub fn announce(&self, program: &str, dir: &std::path::Path, expected: Option<(u64, &str)>) {
+        let fits = expected.is_none_or(|(n, _)| n <= self.usable());
+        if qbackup_console::json_stderr() {
+            qbackup_console::event(
+                "space",
+                serde_json::json!({
+                    "path": dir.display().to_string(),
+                    "available_bytes": self.available,
+                    "reserve_bytes": self.reserve,
+                    "max_bytes": self.max_total,
+                    "usable_bytes": self.usable(),
+                    "expected_bytes": expected.map(|e| e.0),
+                    "fits": fits,
+                }),
+            );
+            return;
+        }
+        let mut line = format!(
+            "{program}: {} has {} free",
+            dir.display(),
+            human_bytes(self.available)
+        );
+        if self.reserve > 0 {
+            line += &format!(
+                ", {} kept in reserve (--reserve)",
+                human_bytes(self.reserve)
+            );
+        }
+        if let Some(m) = self.max_total {
+            line += &format!(", at most {} written (--max-size)", human_bytes(m));
+        }
+        if let Some((n, what)) = expected {
+            line += &format!("; {what}: {}", human_bytes(n));
+            if !fits {
+                line += &format!(" (more than the {} usable)", human_bytes(self.usable()));
+            }
+        }
+        qbackup_console::say!("{line}");
+    }
+}
+
+/// `1.5 GiB`, `512 B`: for messages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// The space of the file system holding `dir` (a directory), with `limits` resolved.
+pub fn space_at(dir: &std::path::Path, limits: SpaceLimits) -> std::io::Result<Space> {
+    let d = std::fs::File::open(dir)?;
+    space_of(&d, limits)
+}
+
+pub(crate) fn space_of(dir: &impl AsRawFd, limits: SpaceLimits) -> std::io::Result<Space> {
+    let (available, total) = statvfs(dir.as_raw_fd())?;
+    Ok(Space {
+        available,
+        total,
+        reserve: limits.reserve_for(total),
+        max_total: limits.max_total,
+    })
+}
+
 impl SpaceGuard {
     /// Resolve the defaults against the file system of `dir`.
     pub(crate) fn new(dir: &impl AsRawFd, limits: SpaceLimits) -> Result<SpaceGuard> {
@@ -58,9 +163,7 @@ impl SpaceGuard {
         let (_, total) = statvfs(fd)
             .map_err(|e| Error::new(ErrorClass::Io, format!("reading free space: {e}")))?;
         Ok(SpaceGuard {
-            reserve: limits
-                .reserve
-                .unwrap_or_else(|| DEFAULT_SPACE_RESERVE.min(total / 20)),
+            reserve: limits.reserve_for(total),
             max_total: limits.max_total.unwrap_or(u64::MAX),
             written: 0,
             headroom: 0,
@@ -128,6 +231,32 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usable_space_leaves_the_reserve_and_keeps_max_size() {
+        let s = Space {
+            available: 100,
+            total: 1000,
+            reserve: 30,
+            max_total: None,
+        };
+        assert_eq!(s.usable(), 70);
+        assert_eq!(
+            Space {
+                max_total: Some(10),
+                ..s
+            }
+            .usable(),
+            10
+        );
+        assert_eq!(Space { reserve: 200, ..s }.usable(), 0);
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+        let dir = tempfile::tempdir().unwrap();
+        let got = space_at(dir.path(), SpaceLimits::default()).unwrap();
+        assert!(got.total >= got.available && got.total > 0);
+        assert_eq!(got.reserve, DEFAULT_SPACE_RESERVE.min(got.total / 20));
+    }
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {

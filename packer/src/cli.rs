@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 /// error class (`restore`, and `create --verify` when the verifier rejects the archive;
 /// 20 also I/O errors); 130 cancelled.
 #[derive(Debug, Parser)]
-#[command(name = "qbackup-pack", version)]
+#[command(name = "qbackup-pack", version = qbackup_console::VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -81,6 +81,10 @@ pub struct Restore {
     /// Only these VMs (default: all). Use `dom0` for dom0's home.
     #[arg(value_name = "VM")]
     pub vms: Vec<String>,
+    /// Progress and the outcome as JSON lines on stderr (README "JSON output"); the
+    /// default verifier child reports the archive's progress (`emit --progress-json`).
+    #[arg(long)]
+    pub progress_json: bool,
 }
 
 /// Options of `restore --into-qubes` (SPEC.md QRS-2 … QRS-7), as `qvm-backup-restore`
@@ -196,9 +200,21 @@ pub struct Create {
     /// The verifier binary (default: qbackup-verify next to this program).
     #[arg(long, value_name = "PATH", requires = "verify")]
     pub verifier: Option<PathBuf>,
-    /// Progress as one JSON object per line on stderr.
+    /// Progress and the outcome as JSON lines on stderr; nothing else goes there
+    /// (README "JSON output").
     #[arg(long, conflicts_with = "no_progress")]
     pub progress_json: bool,
+    /// Print what would be backed up, the estimated archive size and time, and the free
+    /// space at --out; write nothing (README "Size and space").
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: the estimate as one JSON document on stdout.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+    /// Write even when --out's file system seems to lack the space for the estimated
+    /// archive (checked before the passphrase prompt).
+    #[arg(long)]
+    pub no_space_check: bool,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,

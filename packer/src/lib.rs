@@ -2,17 +2,19 @@
 //! The binary (`main.rs`) is a thin shell around [`run`] and [`restore::run`] (the
 //! privileged restore through a verifier child, SPEC.md RST).
 
+/// Progress counters and reporter, shared with `qbackup-verify`.
+pub use qbackup_console::progress;
 pub use qbackup_destination::say;
 
 pub mod cancel;
 pub mod cli;
 pub mod compress;
+pub mod estimate;
 pub mod kdf;
 pub mod output;
 pub mod params;
 pub mod pipeline;
 pub mod plan;
-pub mod progress;
 pub mod qubesd;
 pub mod restore;
 pub mod source;
@@ -31,7 +33,7 @@ pub fn trace(what: std::fmt::Arguments<'_>) {
     }
 }
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -61,6 +63,19 @@ pub enum Failure {
 impl Failure {
     pub fn io(msg: impl Into<String>) -> Failure {
         Failure::Error(Error::new(ErrorClass::Io, msg))
+    }
+    /// The class of a `failed` JSON event: `usage`, or the error class (the verifier's,
+    /// from its exit code, when it rejected the archive).
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Failure::Usage(_) => "usage",
+            Failure::Error(e) => e.class().as_str(),
+            Failure::Verify { code, .. } => ErrorClass::ALL
+                .into_iter()
+                .find(|c| c.exit_code() == *code)
+                .map_or("verifier-failed", ErrorClass::as_str),
+            Failure::Incomplete(_) => "incomplete",
+        }
     }
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -210,21 +225,41 @@ pub fn run(c: Create) -> Result<(), Failure> {
             "--chunk-size must be 1 .. 128 MiB - 128".into(),
         ));
     }
-    if c.out != Path::new("-") && c.out.exists() {
+    let level = c.compression_level.unwrap_or(filter.default_level());
+    let ram = params::physical_memory();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let by_memory = usize::try_from((ram / 2) / params.memory_bytes().max(1)).unwrap_or(usize::MAX);
+    let kdf_threads = c.jobs.unwrap_or(cpus).min(by_memory).max(1);
+    let to_stdout = c.out == Path::new("-");
+    if c.dry_run || (!to_stdout && !c.no_space_check) {
+        check_space(
+            &c,
+            &layout,
+            &estimate::Setup {
+                filter,
+                level,
+                params: &params,
+                format,
+                chunk_size: c.chunk_size,
+                kdf_threads,
+                compress_threads: cpus,
+            },
+        )?;
+        if c.dry_run {
+            return Ok(());
+        }
+    }
+    if !to_stdout && c.out.exists() {
         return Err(Failure::Usage(format!(
             "{} exists; not overwriting a backup",
             c.out.display()
         )));
     }
     let pass = passphrase(c.passphrase_file.as_deref())?;
-    let ram = params::physical_memory();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let by_memory = usize::try_from((ram / 2) / params.memory_bytes().max(1)).unwrap_or(usize::MAX);
-    let kdf_threads = c.jobs.unwrap_or(cpus).min(by_memory).max(1);
     let settings = Settings {
         format,
         filter,
-        level: c.compression_level.unwrap_or(filter.default_level()),
+        level,
         chunk_size: c.chunk_size,
         params,
         kdf_threads,
@@ -235,7 +270,6 @@ pub fn run(c: Create) -> Result<(), Failure> {
     };
 
     cancel::install();
-    let to_stdout = c.out == Path::new("-");
     let partial = output::partial_name(&c.out);
     let dest: Box<dyn Write + Send> = if to_stdout {
         Box::new(std::io::stdout())
@@ -266,14 +300,8 @@ pub fn run(c: Create) -> Result<(), Failure> {
         dest,
         verifier: child.as_mut().and_then(|ch| ch.stdin.take()),
     };
-    let progress = Arc::new(progress::Progress::default());
-    let mode = if c.progress_json {
-        progress::Mode::Json
-    } else if !c.no_progress && std::io::stderr().is_terminal() {
-        progress::Mode::Bar
-    } else {
-        progress::Mode::Off
-    };
+    let progress = Arc::new(progress::Progress::writer());
+    let mode = progress::Mode::choose(c.progress_json, c.no_progress);
     let reporter = progress::Reporter::start(progress.clone(), mode);
     let result = pipeline::write_archive(layout, &settings, Box::new(tee), progress.clone());
     reporter.finish();
@@ -338,22 +366,17 @@ pub fn run(c: Create) -> Result<(), Failure> {
             *guard = None;
         }
     }
-    if c.progress_json {
-        let line = match &outcome {
-            Ok(()) => serde_json::json!({
-                "event": "done",
+    // The `failed` event is main's, for every error.
+    if c.progress_json && outcome.is_ok() {
+        qbackup_console::event(
+            "done",
+            serde_json::json!({
                 "out": c.out.display().to_string(),
                 "written_bytes": progress.written(),
             }),
-            Err(e) => serde_json::json!({
-                "event": "failed",
-                "exit_code": e.exit_code(),
-                "message": e.to_string(),
-            }),
-        };
-        say!("{line}");
+        );
     }
-    if outcome.is_ok() {
+    if outcome.is_ok() && !c.progress_json {
         let kdf = match format {
             Format::V4 => format!(
                 ", scrypt logN {} r {} p {}",
@@ -369,6 +392,65 @@ pub fn run(c: Create) -> Result<(), Failure> {
         );
     }
     outcome
+}
+
+/// `--dry-run`: print the estimate (and the space at `--out`). Otherwise (`--out FILE`):
+/// say how much space the archive needs and `--out`'s file system has, and refuse when the
+/// estimate does not fit (`limit-exceeded`; `--no-space-check` writes anyway).
+fn check_space(
+    c: &Create,
+    layout: &pipeline::Layout<'_>,
+    setup: &estimate::Setup<'_>,
+) -> Result<(), Failure> {
+    let est = estimate::estimate(layout, setup)?;
+    let est = if c.dry_run && setup.format == Format::V4 {
+        est.with_kdf_time(setup, estimate::measure_kdf(setup.params))
+    } else {
+        est
+    };
+    let dir = estimate::out_dir(&c.out);
+    let space = if c.out == Path::new("-") {
+        None
+    } else {
+        Some(
+            qbackup_destination::space_at(
+                dir,
+                qbackup_destination::SpaceLimits {
+                    reserve: Some(0),
+                    max_total: None,
+                },
+            )
+            .map_err(|e| {
+                Failure::io(format!("reading the free space of {}: {e}", dir.display()))
+            })?,
+        )
+    };
+    if c.dry_run {
+        let text = if c.json {
+            format!("{:#}\n", est.to_json(space.as_ref()))
+        } else {
+            est.human(space.as_ref().map(|s| (dir, s)))
+        };
+        return std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .map_err(|e| Failure::io(format!("writing the estimate: {e}")));
+    }
+    let Some(space) = space else { return Ok(()) };
+    space.announce(
+        "qbackup-pack",
+        dir,
+        Some((est.archive_bytes, "the archive, estimated")),
+    );
+    if est.archive_bytes > space.usable() {
+        return Err(Failure::Error(Error::limit(format!(
+            "{} has {} bytes free, the archive is estimated at {} bytes (--dry-run shows why; --no-space-check writes anyway)",
+            dir.display(),
+            space.available,
+            est.archive_bytes
+        ))));
+    }
+    Ok(())
 }
 
 /// The destination half of the output, remembering whether a write to it failed, so

@@ -49,10 +49,13 @@ impl Write for Tee {
     }
 }
 
-/// Start `verifier verify --no-progress -` with the passphrase in its environment.
+/// Start `verifier verify --no-progress -` with the passphrase in its environment. In JSON
+/// mode (`--progress-json`) its stderr lines are passed on as `message` events, so that
+/// stderr stays JSON.
 pub fn spawn_verifier(path: &Path, passphrase: &[u8]) -> Result<Child, Failure> {
     use std::os::unix::ffi::OsStrExt;
-    Command::new(path)
+    let json = qbackup_console::json_stderr();
+    let mut child = Command::new(path)
         .args(["verify", "--no-progress", "-"])
         .env(
             "QBACKUP_PASSPHRASE",
@@ -60,9 +63,22 @@ pub fn spawn_verifier(path: &Path, passphrase: &[u8]) -> Result<Child, Failure> 
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(if json {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
-        .map_err(|e| Failure::Usage(format!("starting verifier {}: {e}", path.display())))
+        .map_err(|e| Failure::Usage(format!("starting verifier {}: {e}", path.display())))?;
+    if let Some(err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in io::BufReader::new(err).lines().map_while(Result::ok) {
+                crate::say!("{line}");
+            }
+        });
+    }
+    Ok(child)
 }
 
 /// The verifier next to this executable.

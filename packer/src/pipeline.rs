@@ -299,6 +299,34 @@ pub struct Layout<'p> {
     notes: Vec<String>,
 }
 
+/// What one archive file reads, for `create --dry-run` (`estimate.rs`).
+pub enum Reads<'a> {
+    /// Bytes made in memory (qubes.xml).
+    Inline(usize),
+    /// Volumes and small files, `None` for the empty placeholder.
+    Sources(Vec<Option<&'a std::path::Path>>),
+    /// dom0's home directory, whole.
+    Tree(&'a std::path::Path),
+}
+
+impl<'p> Layout<'p> {
+    /// The archive files in order: (archive path, VM, what it reads).
+    pub fn planned(&self) -> Vec<(&str, &str, Reads<'_>)> {
+        self.files
+            .iter()
+            .map(|f| {
+                let reads = match &f.what {
+                    What::Xml(x) => Reads::Inline(x.len()),
+                    What::Source(s) => Reads::Sources(vec![s.path.as_deref()]),
+                    What::Dir(v) => Reads::Sources(v.iter().map(|s| s.path.as_deref()).collect()),
+                    What::Home(home, _) => Reads::Tree(home),
+                };
+                (f.path.as_str(), f.vm.as_str(), reads)
+            })
+            .collect()
+    }
+}
+
 /// Lay out the archive for `plan` before its first byte is written: everything the
 /// writers can refuse (a class format 3 cannot hold, a qubes.xml the writer refuses such
 /// as two VMs with one qid, WRT-6, XML-3) is found here, so a refused plan creates no
@@ -529,6 +557,8 @@ fn file_stream(
     progress: &Progress,
 ) -> Result<Vec<String>, Failure> {
     progress.set_vm(&f.vm);
+    // `vm3/private.img` → `private.img`; dom0's home and qubes.xml as they are.
+    progress.set_file(f.path.split_once('/').map_or(&f.path[..], |(_, rest)| rest));
     let ctx = |e: io::Error| -> Failure {
         // A classified error from the chunker (writer gone) keeps its class.
         Failure::Error(Error::from_read(e, &f.path).reclass(ErrorClass::Io))

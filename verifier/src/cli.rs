@@ -1,4 +1,5 @@
-//! Command line, as typed (clap) and as validated.
+//! Command line, as typed (clap) and as validated. A library module so that `dist` can
+//! generate the man pages and completions from it.
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 /// Every byte is authenticated before anything parses it. Exit codes: 0 verified,
 /// 2 usage, 10–20 by error class, 21 sandbox unavailable (see README "Exit codes").
 #[derive(Debug, Parser)]
-#[command(name = "qbackup-verify", version)]
+#[command(name = "qbackup-verify", version = qbackup_console::VERSION)]
 pub struct Cli {
     /// Run without the sandbox (SPEC.md SBX-7): only for kernels where it cannot be
     /// enforced (no seccomp; for `extract`, neither Landlock nor a mount namespace), where
@@ -86,6 +87,10 @@ pub struct Common {
     /// Never show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Progress and the outcome as JSON lines on stderr, and nothing else there (README
+    /// "JSON output"); `emit`'s report becomes one `report` event.
+    #[arg(long, conflicts_with = "no_progress")]
+    pub progress_json: bool,
     /// The archive file, or `-` for stdin.
     #[arg(value_name = "ARCHIVE")]
     pub archive: PathBuf,

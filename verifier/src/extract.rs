@@ -20,6 +20,8 @@ pub struct Extractor {
     staged: Vec<TempFile>,
     links: Vec<(PathBuf, PathBuf)>,
     notes: Vec<String>,
+    /// DIR's file system when opened, for the caller to say so.
+    space: qbackup_destination::Space,
 }
 
 impl Extractor {
@@ -34,13 +36,19 @@ impl Extractor {
     pub fn open_limited(dir: &Path, space: SpaceLimits) -> Result<Extractor> {
         qbackup_destination::cancel::install("qbackup-verify");
         let mut dest = Destination::open(dir)?;
-        dest.limit_space(space)?;
+        let space = dest.limit_space(space)?;
         Ok(Extractor {
             dest,
             staged: Vec::new(),
             links: Vec::new(),
             notes: Vec::new(),
+            space,
         })
+    }
+
+    /// DIR's free space, reserve and `--max-size` when it was opened.
+    pub fn space(&self) -> qbackup_destination::Space {
+        self.space
     }
 
     fn write_regular(

@@ -1,22 +1,22 @@
 //! `qbackup-verify`: the unprivileged reader of Qubes OS backups. Thin: parse arguments,
 //! run, map the outcome to an exit code (SPEC.md ERR-3; README "Exit codes").
 
-mod cli;
-
 #[global_allocator]
 static ALLOCATOR: qbackup_bigalloc::BigAlloc = qbackup_bigalloc::BigAlloc;
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
-use clap::Parser;
+use qbackup_console::progress::{Mode, Progress, Reporter};
 use qbackup_format::archive::authenticate::Credentials;
 use qbackup_format::crypto::scrypt_container::KdfLimit;
 use qbackup_format::{Error, ErrorClass};
 
-use cli::{Cli, Command, Common};
+use qbackup_verify::cli::{Cli, Command, Common};
 use qbackup_verify::output::{Output, VerifyOnly};
+use qbackup_verify::progress::Tracked;
 use qbackup_verify::report::Report;
 use qbackup_verify::{driver, emit, extract, passphrase, sandbox};
 
@@ -31,9 +31,15 @@ const EXIT_SANDBOX: i32 = 21;
 
 fn main() {
     qbackup_bigalloc::configure();
-    let cli = Cli::parse();
+    let cli: Cli = qbackup_console::parse_args();
     let code = match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(code)) => code,
+        // JSON mode (--progress-json): the failure is one `failed` event with its class.
+        Ok(Err(e)) if qbackup_console::json_stderr() => {
+            let class = e.class();
+            qbackup_console::failed(class.as_str(), class.exit_code(), e.message());
+            class.exit_code()
+        }
         Ok(Err(e)) => {
             qbackup_destination::say!("qbackup-verify: {e}");
             e.class().exit_code()
@@ -79,7 +85,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
     qbackup_destination::cancel::install("qbackup-verify");
     let on_stdin = common.archive == Path::new("-");
     let (input, total): (Box<dyn Read + Send>, Option<u64>) = if on_stdin {
-        (Box::new(std::io::stdin()), None)
+        (Box::new(std::io::stdin()), stdin_file_len())
     } else {
         let f = File::open(&common.archive).map_err(|e| {
             Error::new(
@@ -91,30 +97,94 @@ fn run(cli: Cli) -> Result<i32, Error> {
         (Box::new(f), len)
     };
     let pass = passphrase::obtain(common.passphrase_file.as_deref(), on_stdin)?;
-    let settings = settings(&common, pass.to_vec(), name == "list", vms, total);
+    let progress = Arc::new(Progress::default());
+    if let Some(t) = total {
+        progress.set_total(t);
+    }
+    let settings = settings(&common, pass.to_vec(), name == "list", vms, &progress);
     let mut extractor = extract_to
         .as_ref()
         .map(|(dir, space)| extract::Extractor::open_limited(dir, space.limits()))
         .transpose()?;
     let extract_to = extract_to.map(|(dir, _)| dir);
+    if let (Some(dir), Some(ex)) = (&extract_to, &extractor) {
+        // Say what DIR offers before writing; the archive's size is a rough lower bound of
+        // the data it restores (EXT-6 stops at the reserve in any case).
+        let expected = total.map(|t| (t, "the archive"));
+        ex.space().announce("qbackup-verify", dir, expected);
+    }
     if let Some(code) = enter_sandbox(cli.no_sandbox, name, extract_to.as_deref(), &settings) {
+        if common.progress_json {
+            qbackup_console::failed(
+                "sandbox-unavailable",
+                code,
+                "the sandbox cannot be enforced",
+            );
+        }
         return Ok(code);
     }
+    // After the sandbox (SBX-2): the reporter is a thread.
+    let reporter = Reporter::start(
+        progress.clone(),
+        Mode::choose(common.progress_json, common.no_progress),
+    );
     if name == "emit" {
-        return run_emit(input, settings, &common);
+        return run_emit(input, settings, &common, reporter, progress);
     }
     let mut report = match (extract_to, extractor.as_mut()) {
         (Some(dir), Some(out)) => {
-            let mut r = driver::run(input, settings, out);
+            let mut tracked = Tracked {
+                inner: out,
+                progress: progress.clone(),
+            };
+            let mut r = driver::run(input, settings, &mut tracked);
             r.notes.extend(Output::take_notes(out));
             r.extracted_to = Some(dir.display().to_string());
             r
         }
-        _ => driver::run(input, settings, &mut VerifyOnly),
+        _ => {
+            let mut tracked = Tracked {
+                inner: &mut VerifyOnly,
+                progress: progress.clone(),
+            };
+            driver::run(input, settings, &mut tracked)
+        }
     };
-    finish_progress();
+    reporter.finish();
     emit(&mut report, name, common.json)?;
-    Ok(report.first_class().map_or(EXIT_OK, ErrorClass::exit_code))
+    Ok(outcome(&report, common.progress_json))
+}
+
+/// The exit code of a finished run; with `--progress-json`, also its `done` or `failed`
+/// event (class and message of the first finding).
+fn outcome(report: &Report, json: bool) -> i32 {
+    match report.findings.first() {
+        None => {
+            if json {
+                qbackup_console::event(
+                    "done",
+                    serde_json::json!({"bytes_read": report.bytes_read}),
+                );
+            }
+            EXIT_OK
+        }
+        Some(f) => {
+            let class = f.error.class();
+            if json {
+                qbackup_console::failed(class.as_str(), class.exit_code(), f.error.message());
+            }
+            class.exit_code()
+        }
+    }
+}
+
+/// The size of stdin when it is a regular file (`restore` hands the archive file over as
+/// the child's stdin): the progress total. `None` for a pipe.
+fn stdin_file_len() -> Option<u64> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let md = File::from(fd).metadata().ok()?;
+    md.is_file().then_some(md.len())
 }
 
 /// SBX-2: confine this process once the archive, the destination and the passphrase are
@@ -180,10 +250,16 @@ fn run_emit(
     input: Box<dyn Read + Send>,
     settings: driver::Settings,
     common: &Common,
+    reporter: Reporter,
+    progress: Arc<Progress>,
 ) -> Result<i32, Error> {
     let stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
     let mut out = emit::Emitter::new(stdout, settings.select.clone());
-    let mut report = driver::run(input, settings, &mut out);
+    let mut tracked = Tracked {
+        inner: &mut out,
+        progress,
+    };
+    let mut report = driver::run(input, settings, &mut tracked);
     report.notes.extend(Output::take_notes(&mut out));
     if let Err(e) = out.finish(&report) {
         if report.findings.is_empty() {
@@ -191,22 +267,19 @@ fn run_emit(
             report.fail(e, None, None);
         }
     }
-    finish_progress();
-    report_to(
-        &mut report,
-        "emit",
-        common.json,
-        &mut std::io::stderr().lock(),
-    )?;
-    Ok(report.first_class().map_or(EXIT_OK, ErrorClass::exit_code))
-}
-
-static PROGRESS: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
-
-fn finish_progress() {
-    if let Some(bar) = PROGRESS.get() {
-        bar.finish_and_clear();
+    reporter.finish();
+    if common.progress_json {
+        // JSON lines on stderr: the report is one `report` event.
+        qbackup_console::event("report", report.to_json("emit"));
+    } else {
+        report_to(
+            &mut report,
+            "emit",
+            common.json,
+            &mut std::io::stderr().lock(),
+        )?;
     }
+    Ok(outcome(&report, common.progress_json))
 }
 
 fn settings(
@@ -214,7 +287,7 @@ fn settings(
     pass: Vec<u8>,
     list_only: bool,
     vms: Vec<String>,
-    total: Option<u64>,
+    shown: &Arc<Progress>,
 ) -> driver::Settings {
     let ram = physical_memory();
     let budget = common
@@ -225,23 +298,9 @@ fn settings(
         ..KdfLimit::default()
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shown = shown.clone();
     let progress: Option<Box<dyn Fn(u64) + Send + Sync>> =
-        if !common.no_progress && std::io::stderr().is_terminal() {
-            let bar = match total {
-                Some(t) => indicatif::ProgressBar::new(t),
-                None => indicatif::ProgressBar::no_length(),
-            };
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let bar = PROGRESS.get_or_init(|| bar);
-            Some(Box::new(move |n| bar.set_position(n)))
-        } else {
-            None
-        };
+        Some(Box::new(move |n| shown.set_done(n)));
     driver::Settings {
         credentials: Credentials::new(pass, limit),
         jobs: common.jobs.unwrap_or(cpus),

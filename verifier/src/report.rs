@@ -139,6 +139,7 @@ impl Report {
             .map(|f| json!({"class": f.error.class().as_str(), "message": f.error.message(), "vm": f.vm, "file": f.file}))
             .collect();
         let mut doc = json!({
+            "schema": qbackup_console::SCHEMA,
             "ok": self.ok(),
             "command": command,
             "archive": archive,

@@ -39,23 +39,39 @@ pub fn run(r: Restore) -> Result<(), Failure> {
     match &r.to {
         Some(to) => {
             let mut dest = Destination::open(to)?;
-            dest.limit_space(qbackup_destination::SpaceLimits {
+            let space = dest.limit_space(qbackup_destination::SpaceLimits {
                 reserve: r.reserve,
                 max_total: r.max_size,
             })?;
+            // Say what DIR offers before anything is written (the archive's size: a rough
+            // lower bound of the data it restores).
+            let archive_len = (r.dest_vm.is_none() && r.archive != Path::new("-"))
+                .then(|| std::fs::metadata(&r.archive).ok().map(|m| m.len()))
+                .flatten();
+            space.announce("qbackup-pack", to, archive_len.map(|n| (n, "the archive")));
             let select = (!r.vms.is_empty()).then_some(r.vms.as_slice());
-            let restored = with_child(&r, pass, &r.vms, |input| {
-                consume::consume(input, &mut dest, select)
-            })?;
+            let restored =
+                with_child(&r, pass, |input| consume::consume(input, &mut dest, select))?;
             for n in &restored.notes {
                 crate::say!("qbackup-pack: note: {n}");
             }
-            crate::say!(
-                "qbackup-pack: restored {} files ({} bytes of data) to {}",
-                restored.files,
-                restored.bytes,
-                to.display()
-            );
+            if r.progress_json {
+                qbackup_console::event(
+                    "done",
+                    serde_json::json!({
+                        "files": restored.files,
+                        "data_bytes": restored.bytes,
+                        "to": to.display().to_string(),
+                    }),
+                );
+            } else {
+                crate::say!(
+                    "qbackup-pack: restored {} files ({} bytes of data) to {}",
+                    restored.files,
+                    restored.bytes,
+                    to.display()
+                );
+            }
             Ok(())
         }
         None => qubes_run(&r, pass),
@@ -69,7 +85,7 @@ fn qubes_run(r: &Restore, pass: zeroize::Zeroizing<Vec<u8>>) -> Result<(), Failu
     let json = r.qubes.json;
     let mut sink = qubes::QubesSink::new(crate::qubesd::Qubesd::from_env(), settings);
     // The child selects too (less work); the plan decides what is restored.
-    let result = with_child(r, pass, &r.vms, |input| {
+    let result = with_child(r, pass, |input| {
         consume::consume_into(input, &mut sink, qbackup_format::limits::MAX_RESTORE_FILES)
     });
     if let Some(why) = sink.refused.take() {
@@ -204,13 +220,13 @@ fn qvm_run() -> std::ffi::OsString {
 fn with_child<T>(
     r: &Restore,
     pass: zeroize::Zeroizing<Vec<u8>>,
-    select: &[String],
     consume: impl FnOnce(TimedReader) -> qbackup_format::Result<T>,
 ) -> Result<T, Failure> {
     let timeout = Duration::from_secs(r.timeout);
     let dispvm_cmd;
     let default_verifier;
     let on_stdin = r.passphrase_on_stdin || r.dispvm.is_some();
+    let child_args;
     let program = match (&r.verifier_cmd, &r.dispvm) {
         (Some(cmd), _) => Program::Shell(cmd),
         (None, Some(name)) => {
@@ -220,7 +236,13 @@ fn with_child<T>(
         (None, None) => {
             default_verifier = crate::output::default_verifier();
             // The child selects too (less work); the consumer still filters (RST-1).
-            Program::Verifier(&default_verifier, select)
+            // With --progress-json it reports the archive's progress as JSON lines on the
+            // stderr it shares with this process.
+            child_args = std::iter::once("--progress-json".to_string())
+                .filter(|_| r.progress_json)
+                .chain(r.vms.iter().cloned())
+                .collect::<Vec<_>>();
+            Program::Verifier(&default_verifier, &child_args)
         }
     };
     // The archive: a file, stdin, or a file inside a VM read by qvm-run.

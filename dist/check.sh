@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# CI test of the release artefacts, run by .ci/run after `dist/build.sh --deb --rpm`:
+#
+# - the static binaries are static, name the git revision, enforce the sandbox
+#   (`sandbox-check` exits 0: the seccomp allowlist fits the static libc) and verify and
+#   extract the example archive with the same output as the dynamic build (README's first
+#   command, run here too);
+# - the .deb installs into an empty directory root with every file it must hold, and the
+#   installed binary verifies the example;
+# - the RPM (built offline from vendored crates) holds the same files;
+# - the README's recipes work (dist/recipes.py).
+#
+# Speed and memory of static against dynamic are measured by bench/static-bench.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v cargo > /dev/null; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+S="target/$TRIPLE/release"
+D="target/release"
+ARCHIVE=examples/example-v4.bin
+PASSFILE=examples/example.passphrase
+REV=$(git rev-parse --short=12 HEAD)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() {
+    echo "dist/check.sh: FAIL: $*" >&2
+    exit 1
+}
+pass() { echo "dist/check.sh: ok: $*"; }
+
+# The README's first command (after .ci/setup): builds the dynamic verifier.
+cargo run --release -p qbackup-verify -- verify --passphrase-file "$PASSFILE" "$ARCHIVE" > "$tmp/readme.out" ||
+    fail "README's first command"
+grep -q '^OK: ' "$tmp/readme.out" || fail "README's first command did not verify"
+pass "README's first command"
+
+for b in qbackup-verify qbackup-pack; do
+    file -L "$S/$b" | grep -qE 'static-pie linked|statically linked' || fail "$S/$b is not static: $(file -L "$S/$b")"
+    "$S/$b" --version | grep -qF "(git $REV)" || fail "$b --version lacks the revision $REV"
+done
+pass "static binaries, --version names git $REV"
+
+# The sandbox, enforced by the static binary: both policies tried in children.
+"$S/qbackup-verify" sandbox-check > "$tmp/sbx.txt" || fail "static sandbox-check exited $?: $(cat "$tmp/sbx.txt")"
+grep -q '^confinement: ' "$tmp/sbx.txt" || fail "sandbox-check names no confinement"
+pass "static sandbox-check: $(grep '^confinement: ' "$tmp/sbx.txt")"
+
+# Same output, static and dynamic, human and JSON, sandbox on (no --no-sandbox: a
+# sandbox that cannot be applied is exit 21).
+for json in "" --json; do
+    for kind in static dynamic; do
+        bin="$S/qbackup-verify"
+        [ "$kind" = dynamic ] && bin="$D/qbackup-verify"
+        code=0
+        "$bin" verify --passphrase-file "$PASSFILE" $json "$ARCHIVE" > "$tmp/$kind.out" 2> "$tmp/$kind.err" || code=$?
+        [ "$code" = 0 ] || fail "$kind verify $json exited $code: $(cat "$tmp/$kind.err")"
+    done
+    cmp -s "$tmp/static.out" "$tmp/dynamic.out" || fail "static and dynamic verify $json differ: $(diff "$tmp/static.out" "$tmp/dynamic.out")"
+done
+pass "static and dynamic verify print the same report"
+
+# Extract, confined to DIR, with the static binary: every file as expect.json says.
+"$S/qbackup-verify" extract --passphrase-file "$PASSFILE" --to "$tmp/x" "$ARCHIVE" > /dev/null ||
+    fail "static extract exited $?"
+python3 - "$tmp/x" "$ARCHIVE.expect.json" << 'PY' || fail "static extract: files differ from expect.json"
+import hashlib, json, os, sys
+root, expect = sys.argv[1], json.load(open(sys.argv[2]))
+n = 0
+for f in expect["files"]:
+    if f["vm"] == "qubes.xml":
+        continue
+    path = os.path.join(root, f["vm"], f["path"])
+    data = open(path, "rb").read()
+    assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"], path
+    n += 1
+assert n >= 4, n
+PY
+pass "static extract matches $ARCHIVE.expect.json"
+
+# The README's recipes, run with the static binaries.
+python3 dist/recipes.py "$S" || fail "README recipes"
+
+# The files both packages must hold.
+expected_files() {
+    echo /usr/bin/qbackup-verify
+    echo /usr/bin/qbackup-pack
+    for sub in "" -verify -list -extract -emit -sandbox-check; do echo "/usr/share/man/man1/qbackup-verify$sub.1"; done
+    for sub in "" -create -restore; do echo "/usr/share/man/man1/qbackup-pack$sub.1"; done
+    for b in qbackup-verify qbackup-pack; do
+        echo "/usr/share/bash-completion/completions/$b"
+        echo "/usr/share/fish/vendor_completions.d/$b.fish"
+    done
+}
+# $1 root; $2 zsh completion directory; $3 documentation, $4 licence directory
+check_tree() {
+    local root=$1 zsh=$2 doc=$3 lic=$4 f
+    { expected_files; for b in qbackup-verify qbackup-pack; do echo "$zsh/_$b"; done
+      echo "$doc/README.md"; echo "$lic/LICENSE-MIT"; echo "$lic/LICENSE-APACHE"; } |
+    while read -r f; do
+        # Packagers may compress man pages and documentation.
+        [ -e "$root$f" ] || [ -e "$root$f.gz" ] || fail "missing in $root: $f"
+    done
+    "$root/usr/bin/qbackup-verify" verify --passphrase-file "$PASSFILE" "$ARCHIVE" > /dev/null ||
+        fail "$root/usr/bin/qbackup-verify does not verify the example"
+    "$root/usr/bin/qbackup-pack" --version | grep -qF "(git $REV)" || fail "$root: qbackup-pack --version"
+}
+
+# Debian: install into an empty root with its own dpkg database.
+deb=$(ls target/"$TRIPLE"/debian/qbackup-tools_*.deb)
+root="$tmp/deb-root"
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
+: > "$root/var/lib/dpkg/status"
+dpkg --root="$root" --log=/dev/null --force-script-chrootless -i "$deb" > /dev/null || fail "dpkg -i $deb"
+dpkg --root="$root" -s qbackup-tools | grep -q '^Status: install ok installed' || fail "dpkg does not list qbackup-tools"
+check_tree "$root" /usr/share/zsh/vendor-completions /usr/share/doc/qbackup-tools /usr/share/doc/qbackup-tools
+pass "$deb installs into an empty root"
+
+# RPM: install into an empty root with its own rpm database.
+rpmfile=$(ls target/rpm/RPMS/*/qbackup-tools-*.rpm)
+root="$tmp/rpm-root"
+mkdir -p "$root"
+rpm --root "$root" --dbpath /var/lib/rpm --initdb
+rpm --root "$root" --dbpath /var/lib/rpm -i --nodeps --noscripts "$rpmfile" 2> "$tmp/rpm.err" ||
+    fail "rpm -i $rpmfile: $(cat "$tmp/rpm.err")"
+rpm --root "$root" --dbpath /var/lib/rpm -q qbackup-tools > /dev/null || fail "rpm does not list qbackup-tools"
+# Fedora's %doc directory is NAME, Debian's rpm macros make it NAME-VERSION.
+doc=$(cd "$root" && ls -d usr/share/doc/qbackup-tools*) || fail "the RPM has no doc directory"
+lic=$(cd "$root" && ls -d usr/share/licenses/qbackup-tools*) || fail "the RPM has no licence directory"
+check_tree "$root" /usr/share/zsh/site-functions "/$doc" "/$lic"
+pass "$rpmfile installs into an empty root"
