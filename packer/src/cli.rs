@@ -92,59 +92,59 @@ pub struct Restore {
 #[derive(Debug, Args, Default)]
 pub struct IntoQubes {
     /// Verify the whole archive (every byte, every inner tar) and create nothing.
-    #[arg(long, requires = "into_qubes")]
+    #[arg(long, conflicts_with = "to")]
     pub verify_only: bool,
     /// Skip VMs that cannot be restored as asked (missing template or netvm, name taken)
     /// instead of stopping before acting.
-    #[arg(long, requires = "into_qubes")]
+    #[arg(long, conflicts_with = "to")]
     pub skip_broken: bool,
     /// Use the host's default template and netvm where the backup's are missing.
-    #[arg(long, requires = "into_qubes")]
+    #[arg(long, conflicts_with = "to")]
     pub ignore_missing: bool,
     /// Skip VMs whose name exists on the host.
-    #[arg(long, requires = "into_qubes", conflicts_with = "rename_conflicting")]
+    #[arg(long, conflicts_with = "to", conflicts_with = "rename_conflicting")]
     pub skip_conflicting: bool,
     /// Restore VMs whose name exists on the host under a new name (NAME-1, NAME-2, …).
-    #[arg(long, requires = "into_qubes")]
+    #[arg(long, conflicts_with = "to")]
     pub rename_conflicting: bool,
     /// Do not restore this VM (repeatable).
     #[arg(
         short = 'x',
         long = "exclude",
         value_name = "VM",
-        requires = "into_qubes"
+        conflicts_with = "to"
     )]
     pub exclude: Vec<String>,
     /// Do not restore dom0's home.
-    #[arg(long, requires = "into_qubes")]
+    #[arg(long, conflicts_with = "to")]
     pub skip_dom0_home: bool,
     /// Restore dom0's home even when the backup's user differs from this host's.
-    #[arg(long, requires = "into_qubes")]
+    #[arg(long, conflicts_with = "to")]
     pub ignore_username_mismatch: bool,
     /// Create every volume in this storage pool (admin.vm.CreateInPool).
     #[arg(
         long,
         value_name = "POOL",
-        requires = "into_qubes",
+        conflicts_with = "to",
         conflicts_with = "pool_for"
     )]
     pub pool: Option<String>,
     /// Create this volume (root, private, volatile, kernel) in this pool (repeatable).
-    #[arg(long, value_name = "VOLUME=POOL", requires = "into_qubes")]
+    #[arg(long, value_name = "VOLUME=POOL", conflicts_with = "to")]
     pub pool_for: Vec<String>,
     /// Also restore PCI/USB/block device assignments (off by default: a hostile backup
     /// must not take a controller).
-    #[arg(long, requires = "into_qubes")]
+    #[arg(long, conflicts_with = "to")]
     pub restore_devices: bool,
     /// Act without showing the plan for confirmation.
-    #[arg(short = 'y', long, requires = "into_qubes")]
+    #[arg(short = 'y', long, conflicts_with = "to")]
     pub yes: bool,
     /// Print the per-VM report as JSON on stdout.
-    #[arg(long, requires = "into_qubes")]
+    #[arg(long, conflicts_with = "to")]
     pub json: bool,
     /// The home directory dom0's home is restored into (default: that of $SUDO_USER or
     /// the current user).
-    #[arg(long, value_name = "DIR", requires = "into_qubes")]
+    #[arg(long, value_name = "DIR", conflicts_with = "to")]
     pub home_dir: Option<PathBuf>,
 }
 

@@ -85,9 +85,11 @@ pub fn parse_reply(reply: &[u8]) -> CallResult<Vec<u8>> {
         let kind = fields.next().unwrap_or_default();
         let _traceback = fields.next();
         let message = fields.next().unwrap_or_default();
+        // Untrusted text: control characters replaced, at most 1024 characters.
         let text = |b: &[u8]| {
-            qbackup_format::paths::escape(b)
+            String::from_utf8_lossy(b)
                 .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
                 .take(1024)
                 .collect::<String>()
         };
