@@ -30,7 +30,7 @@ if ! command -v cargo > /dev/null; then
     . "$HOME/.cargo/env"
 fi
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
-# Static with glibc (README "Install"; glibc against musl: bench/static-bench.py --musl). The
+# Static with glibc (README "Install"; why not musl: bench/static-bench.py). The
 # RPM spec passes the same flags. `--target` keeps RUSTFLAGS off build scripts and
 # proc-macros, which must stay dynamic.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TRIPLE" \
