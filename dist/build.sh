@@ -6,7 +6,7 @@
 # - static binaries (glibc, `crt-static`: no shared library, runs on any x86-64 Linux
 #   kernel, e.g. a rescue system): target/$TRIPLE/release/qbackup-{verify,pack};
 # - man pages and bash/zsh/fish completions generated from the clap definitions
-#   (`qbackup-dist`): target/dist/{man,completions}/;
+#   (`qbackup-dist`): target/$TRIPLE/release/dist/{man,completions}/;
 # - --deb: the Debian package, from those files (cargo-deb metadata in packer/Cargo.toml):
 #   target/$TRIPLE/debian/qbackup-tools_*.deb;
 # - --rpm: the RPM for dom0, built by rpmbuild from a source tarball and a tarball of
@@ -30,15 +30,16 @@ if ! command -v cargo > /dev/null; then
     . "$HOME/.cargo/env"
 fi
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
-# Static with glibc (README "Install"; musl measured slower: bench/static-bench.py). The RPM
-# spec passes the same flags. `--target` keeps RUSTFLAGS off build scripts and proc-macros, which must stay dynamic.
+# Static with glibc (README "Install"; why not musl: bench/static-bench.py). The
+# RPM spec passes the same flags. `--target` keeps RUSTFLAGS off build scripts and
+# proc-macros, which must stay dynamic.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TRIPLE" \
     --bin qbackup-verify --bin qbackup-pack --bin qbackup-dist
 BIN="target/$TRIPLE/release"
-rm -rf target/dist
-"$BIN/qbackup-dist" target/dist > /dev/null
+rm -rf "$BIN/dist"
+"$BIN/qbackup-dist" "$BIN/dist" > /dev/null
 echo "static binaries: $BIN/qbackup-verify $BIN/qbackup-pack"
-echo "man pages and completions: target/dist/"
+echo "man pages and completions: $BIN/dist/"
 
 if [ "$deb" = 1 ]; then
     cargo deb --no-build --target "$TRIPLE" -p qbackup-pack

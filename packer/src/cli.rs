@@ -205,7 +205,7 @@ pub struct Create {
     #[arg(long, conflicts_with = "no_progress")]
     pub progress_json: bool,
     /// Print what would be backed up, the estimated archive size and time, and the free
-    /// space at --out; write nothing (README "Size and space").
+    /// space at --out; write nothing (README "qbackup-pack create").
     #[arg(long)]
     pub dry_run: bool,
     /// With --dry-run: the estimate as one JSON document on stdout.

@@ -5,8 +5,8 @@
 //! (QubesOS/qubes-issues#5699): a thin volume's size says nothing of its data, and the
 //! size says nothing of how well the data compresses, nor of the KDF run per chunk in
 //! format 4. Here the data is measured: regular files by SEEK_DATA/SEEK_HOLE (exact), block
-//! devices by sampling ([`SAMPLES`] windows of [`SAMPLE_LEN`] bytes, all-zero blocks
-//! being holes, as the writer skips them). The samples are compressed with the chosen
+//! devices by sampling (up to [`SAMPLES`] windows of [`SAMPLE_LEN`] bytes per volume and
+//! [`SAMPLE_BUDGET`] in all, all-zero blocks being holes, as the writer skips them). The samples are compressed with the chosen
 //! filter and level; their ratio and CPU rate estimate the compressed size and the
 //! compression time; one KDF run at the chosen cost times the key derivation (format 4
 //! runs one per chunk). The result is an estimate, with an upper bound
@@ -26,8 +26,11 @@ use crate::pipeline::{Format, Layout, Reads};
 use crate::progress::Progress;
 use crate::Failure;
 
-/// Sample windows read per volume.
+/// Sample windows read per volume, at most.
 pub const SAMPLES: u64 = 16;
+/// Sample bytes read and compressed for a whole archive, at most (but one window per
+/// volume): the check before every `create --out FILE` stays around a second.
+pub const SAMPLE_BUDGET: u64 = 64 << 20;
 /// Bytes per sample window.
 pub const SAMPLE_LEN: u64 = 1 << 20;
 /// Zero-block granularity of block devices (as `source::scan_runs`).
@@ -98,8 +101,13 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Failure + '_ {
     move |e| Failure::io(format!("{}: {e}", path.display()))
 }
 
-/// Measure one volume or small file, sampling its data into `s`.
-fn measure(path: &Path, setup: &Setup<'_>, s: &mut Samples) -> Result<(u64, u64, bool), Failure> {
+/// Measure one volume or small file, sampling up to `windows` windows of its data into `s`.
+fn measure(
+    path: &Path,
+    setup: &Setup<'_>,
+    windows: u64,
+    s: &mut Samples,
+) -> Result<(u64, u64, bool), Failure> {
     let mut f = File::open(path).map_err(io(path))?;
     let block_dev = f
         .metadata()
@@ -119,7 +127,7 @@ fn measure(path: &Path, setup: &Setup<'_>, s: &mut Samples) -> Result<(u64, u64,
         return Ok((size, 0, false));
     }
     let (mut zero, mut seen) = (0u64, 0u64);
-    let windows = SAMPLES.min(data.div_ceil(SAMPLE_LEN));
+    let windows = windows.clamp(1, SAMPLES).min(data.div_ceil(SAMPLE_LEN));
     let mut buf = vec![0u8; SAMPLE_LEN as usize];
     for k in 0..windows {
         // The k-th window, spread evenly over the data runs.
@@ -172,13 +180,22 @@ fn measure(path: &Path, setup: &Setup<'_>, s: &mut Samples) -> Result<(u64, u64,
 pub fn estimate(layout: &Layout<'_>, setup: &Setup<'_>) -> Result<Estimate, Failure> {
     let mut s = Samples::default();
     let mut files = Vec::new();
-    for (path, vm, reads) in layout.planned() {
+    let planned = layout.planned();
+    let sources = planned
+        .iter()
+        .map(|(_, _, r)| match r {
+            Reads::Sources(v) => v.iter().flatten().count() as u64,
+            _ => 0,
+        })
+        .sum::<u64>();
+    let windows = SAMPLE_BUDGET / SAMPLE_LEN / sources.max(1);
+    for (path, vm, reads) in planned {
         let (mut logical, mut data, mut sampled) = (0u64, 0u64, false);
         match reads {
             Reads::Inline(n) => (logical, data) = (n as u64, n as u64),
             Reads::Sources(sources) => {
                 for p in sources.into_iter().flatten() {
-                    let (l, d, smp) = measure(p, setup, &mut s)?;
+                    let (l, d, smp) = measure(p, setup, windows, &mut s)?;
                     logical += l;
                     data += d;
                     sampled |= smp;
@@ -454,7 +471,8 @@ mod tests {
             p: 1,
         };
         let mut s = Samples::default();
-        let (size, stored, sampled) = measure(&p, &setup(&params, Format::V4), &mut s).unwrap();
+        let (size, stored, sampled) =
+            measure(&p, &setup(&params, Format::V4), SAMPLES, &mut s).unwrap();
         assert_eq!(size, 64 << 20);
         assert!(!sampled);
         // SEEK_DATA may round to the file system's blocks, never to the whole file.

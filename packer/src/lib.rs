@@ -480,3 +480,25 @@ impl From<Error> for Failure {
         Failure::Error(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `failed` event names the class of the exit-code table (README "JSON output").
+    #[test]
+    fn failures_name_their_class() {
+        assert_eq!(Failure::Usage("x".into()).class_name(), "usage");
+        assert_eq!(
+            Failure::Error(Error::limit("too big")).class_name(),
+            "limit-exceeded"
+        );
+        let verify = |code| Failure::Verify {
+            code,
+            report: String::new(),
+        };
+        assert_eq!(verify(12).class_name(), "mac-failure");
+        assert_eq!(verify(12).exit_code(), 12);
+        assert_eq!(verify(1).class_name(), "verifier-failed");
+    }
+}
