@@ -431,6 +431,7 @@ mod tests {
   <server address="10.0.0.1" proto="any"/>
 </QubesFirewallRules>"#;
 
+    /// FW-3.
     #[test]
     fn r3_becomes_dns_icmp_exceptions_and_policy() {
         let lines: Vec<String> = parse_xml(R3).unwrap().iter().map(Rule::line).collect();
@@ -447,6 +448,7 @@ mod tests {
         );
     }
 
+    /// FW-4, FW-2.
     #[test]
     fn r4_properties_become_lines() {
         let xml = br#"<firewall version="2"><rules>

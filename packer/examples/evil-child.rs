@@ -110,10 +110,14 @@ fn qubes_scenario(scenario: &str) -> Option<(Vec<u8>, bool)> {
         }],
     };
     let good_end = VmEnd {
-        firewall: Firewall::Rules(vec![
-            "action=accept dsthost=qubes-os.org".into(),
-            "action=drop".into(),
-        ]),
+        firewall: if scenario == "qubes-fw-unreadable" {
+            Firewall::Unreadable("firewall.xml: rule 1: invalid proto".into())
+        } else {
+            Firewall::Rules(vec![
+                "action=accept dsthost=qubes-os.org".into(),
+                "action=drop".into(),
+            ])
+        },
         notes: Some("restored notes\nline two".into()),
         menu_items: Some(vec!["firefox.desktop".into(), "xterm.desktop".into()]),
     };
@@ -127,8 +131,13 @@ fn qubes_scenario(scenario: &str) -> Option<(Vec<u8>, bool)> {
     };
     e.manifest(&qubes_manifest(name)).unwrap();
     match scenario {
-        "qubes-good" | "qubes-slow" | "qubes-die" | "qubes-host-name" | "qubes-size-lie"
-        | "qubes-smuggle" => {
+        "qubes-good"
+        | "qubes-slow"
+        | "qubes-die"
+        | "qubes-host-name"
+        | "qubes-size-lie"
+        | "qubes-smuggle"
+        | "qubes-fw-unreadable" => {
             e.config(0, &good_config).unwrap();
             // 3 MiB of data in an 8 MiB image: holes before and after.
             e.begin(&begin(0, "private.img", 8 << 20, private.len() as u64))

@@ -2,7 +2,11 @@
 //! (`examples/evil-child.rs qubes-*`) and the mock qubesd (SPEC.md QRS-8): every attack on
 //! the settings a restore applies is refused with no Admin API call made on its behalf,
 //! and an interrupted restore (SIGINT, the child killed, a failing import) leaves every VM
-//! it created tagged as incomplete and says which.
+//! it created tagged as incomplete and says which. The restore reads qubesd and the
+//! import script from the mock's environment (QAPI-4) and never parses the archive itself
+//! (DEV-25); VMs carry the in-progress tag until complete (DEV-26), failures set the exit
+//! code (DEV-27), settings outside CFG-1 are never sent (DEV-28), devices only on request
+//! (DEV-29), a broken plan stops before acting (DEV-31).
 
 use std::fs;
 use std::process::{Child, Command, Output, Stdio};
@@ -199,6 +203,36 @@ fn conflicts_and_loops_are_refused_before_acting() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("loop"), "{}", stderr(&o));
     assert!(c.changes().is_empty(), "{:?}", c.changes());
+}
+
+/// DEV-30, QRS-6: a firewall the verifier could not convert blocks the VM's network
+/// (`action=drop`) and fails the VM, which keeps its in-progress tag.
+#[test]
+fn an_unreadable_firewall_blocks_the_network() {
+    let c = Case::new();
+    let o = c.run("qubes-fw-unreadable", &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let r = report(&o);
+    assert_eq!(r["vms"][0]["status"], "failed", "{r}");
+    assert!(r["vms"][0]["errors"].to_string().contains("blocked"), "{r}");
+    assert_eq!(c.mock.host().vms["work"].firewall, ["action=drop"]);
+    assert!(c.tags("work").contains(&IN_PROGRESS.to_owned()));
+}
+
+/// DEV-32, QRS-3: `--pool` creates the VM with admin.vm.CreateInPool and `pool=`.
+#[test]
+fn pool_choice_uses_create_in_pool() {
+    let c = Case::new();
+    let o = c.run("qubes-good", &["--pool", "varlibqubes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let create = c
+        .mock
+        .calls()
+        .into_iter()
+        .find(|x| x.method.starts_with("admin.vm.CreateInPool."))
+        .expect("a CreateInPool call");
+    assert_eq!(create.method, "admin.vm.CreateInPool.AppVM");
+    assert_eq!(create.payload, b"name=work label=red pool=varlibqubes");
 }
 
 /// QRS-8: a firewall line smuggling a second rule is refused; the VM, already created,

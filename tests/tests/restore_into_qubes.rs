@@ -33,6 +33,14 @@
 //! host; a run with `--verify-only` makes no call that changes the host, imports nothing and
 //! writes no home.
 //!
+//! Requirements checked here: QRS-3 … QRS-7 (order, volumes of save_on_stop volumes
+//! only, firewall/notes/menu items at the VM's end, the JSON report), FW-3 and FW-4 (the R3
+//! and R4 firewall.xml become upstream's rule lines), XML-5 (R3 attributes, services,
+//! PCI devices and the synthesised DispVM templates give upstream's calls), CFG-3 (what the
+//! verifier leaves out, e.g. `created-by-*`), QAPI-1 (every call goes through qubesd's
+//! framing on the mock), and the deliberate differences DEV-25 … DEV-33 in the table below
+//! (dom0's home through the confined writer, DEV-33).
+//!
 //! Upstream's test runs the restore library with its defaults `use_default_template` /
 //! `use_default_netvm` = True; qbackup (like `qvm-backup-restore`) stops before acting when
 //! a template is missing unless told `--ignore-missing`, so the runs pass it.

@@ -1070,6 +1070,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// XML-5: R3 attributes as upstream's core2 reader translates them.
 #[test]
 fn r3_config_as_upstreams_core2_reader() {
     let x = parse(R3).unwrap();

@@ -236,6 +236,7 @@ fn value_of(reply: &str) -> String {
 mod tests {
     use super::*;
 
+    /// QAPI-2: requests outside the grammar never reach the socket.
     #[test]
     fn framing_characters_never_reach_the_socket() {
         // The check runs before any connection: a missing socket is never touched.
