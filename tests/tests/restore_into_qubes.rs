@@ -33,7 +33,7 @@
 //! host; a run with `--verify-only` makes no call that changes the host, imports nothing and
 //! writes no home.
 //!
-//! Requirements checked here: QRS-3 … QRS-7 (order, volumes of save_on_stop volumes
+//! Requirements checked here: QRS-3, QRS-4, QRS-6, QRS-7 (order, volumes of save_on_stop volumes
 //! only, firewall/notes/menu items at the VM's end, the JSON report), FW-3 and FW-4 (the R3
 //! and R4 firewall.xml become upstream's rule lines), XML-5 (R3 attributes, services,
 //! PCI devices and the synthesised DispVM templates give upstream's calls), CFG-3 (what the
