@@ -100,6 +100,7 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
         None => None,
     };
     let mut dispvm_templates: Vec<(String, Option<String>)> = Vec::new();
+    let mut notes = Vec::new();
     let mut vms = Vec::with_capacity(elements.len().saturating_add(1));
     // R2 had no dom0 element; upstream synthesises one. qid 0 is never shared: only
     // the QubesAdminVm dom0 may have it (below), and names are unique.
@@ -191,7 +192,7 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
         let mut config = if class == "AdminVM" {
             VmConfig::default()
         } else {
-            config(el, kind, template.is_none())?
+            config(el, kind, template.is_none(), &name, &mut notes)
         };
         // XML-5: a DispVM netvm other than the default netvm names a DispVM template
         // `disp-NETVM` / `disp-no-netvm`, synthesised below when no VM has that name.
@@ -274,7 +275,7 @@ pub(super) fn parse(root: &Node) -> Result<QubesXml> {
         vms,
         dispvm_templates,
         labels: Vec::new(),
-        notes: Vec::new(),
+        notes,
     })
 }
 
@@ -295,7 +296,10 @@ const SERVICE_FEATURES: [(&str, &str); 3] = [
 /// devices of dom0 (`00:1f.3` → port `00_1f.3`, `no-strict-reset` unless
 /// `pci_strictreset`). Booleans are written as upstream's client sends them: properties
 /// `True`/`False`, features `1`/`""`.
-fn config(el: &Node, kind: &str, no_template: bool) -> Result<VmConfig> {
+///
+/// A `services` or `pcidevs` literal this reader cannot read only loses those settings,
+/// with a note: they matter to a restore, not to what the archive holds.
+fn config(el: &Node, kind: &str, no_template: bool, vm: &str, notes: &mut Vec<String>) -> VmConfig {
     let mut c = VmConfig::default();
     for (attr, default) in [
         ("include_in_backups", Some("True")),
@@ -342,7 +346,14 @@ fn config(el: &Node, kind: &str, no_template: bool) -> Result<VmConfig> {
         c.features.push(("internal".into(), "1".into()));
     }
     if let Some(services) = el.attr("services").filter(|s| !s.is_empty()) {
-        for (service, on) in python_bool_dict(services)? {
+        let parsed = python_bool_dict(services).unwrap_or_else(|e| {
+            notes.push(format!(
+                "VM {vm}: services not restored: {} (XML-5)",
+                e.message()
+            ));
+            Vec::new()
+        });
+        for (service, on) in parsed {
             let feature = SERVICE_FEATURES
                 .iter()
                 .find(|(s, _)| *s == service)
@@ -354,7 +365,14 @@ fn config(el: &Node, kind: &str, no_template: bool) -> Result<VmConfig> {
     }
     if let Some(pcidevs) = el.attr("pcidevs").filter(|s| !s.is_empty()) {
         let strict = el.attr("pci_strictreset").is_none_or(|v| v != "False");
-        for dev in python_str_list(pcidevs)? {
+        let parsed = python_str_list(pcidevs).unwrap_or_else(|e| {
+            notes.push(format!(
+                "VM {vm}: pcidevs not restored: {} (XML-5)",
+                e.message()
+            ));
+            Vec::new()
+        });
+        for dev in parsed {
             c.devices.push(Device {
                 bus: "pci".into(),
                 backend: "dom0".into(),
@@ -368,7 +386,7 @@ fn config(el: &Node, kind: &str, no_template: bool) -> Result<VmConfig> {
             });
         }
     }
-    Ok(c)
+    c
 }
 
 /// Items of a Python literal `{…}` or `[…]`, split at top-level commas; quotes may be

@@ -167,7 +167,7 @@ pub fn parse(untrusted: &[u8]) -> Result<QubesXml> {
     };
     check_unique(&parsed.vms)?;
     check_dom0_home(&parsed.vms)?;
-    parsed.notes = shared_qid_notes(&parsed.vms);
+    parsed.notes.extend(shared_qid_notes(&parsed.vms));
     Ok(parsed)
 }
 

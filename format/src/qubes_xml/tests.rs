@@ -1181,3 +1181,17 @@ fn config_round_trips_through_the_r4_writer() {
         }
     }
 }
+
+/// XML-5: a `services` or `pcidevs` literal outside what R3 writes loses only those
+/// settings, with a note; the file still parses.
+#[test]
+fn unreadable_r3_services_are_a_note() {
+    let xml = br#"<QubesVmCollection default_template="1" default_netvm="none"><QubesTemplateVm qid="1" name="t" services="{'a': Maybe}" pcidevs="[x]"/></QubesVmCollection>"#;
+    let x = parse(xml).unwrap();
+    let t = x.vm("t").unwrap();
+    assert_eq!(t.config.features, pairs(&[("qrexec", "1"), ("gui", "1")]));
+    assert!(t.config.devices.is_empty());
+    assert_eq!(x.notes.len(), 2, "{:?}", x.notes);
+    assert!(x.notes[0].contains("services not restored"));
+    assert!(x.notes[1].contains("pcidevs not restored"));
+}
