@@ -109,6 +109,18 @@ impl Rule {
     /// for TCP/UDP, an ICMP type only for ICMP) and at most LIM-55 bytes. Anything else is
     /// Malformed.
     pub fn parse_line(untrusted: &str) -> Result<Rule> {
+        Rule::parse_options(untrusted, true)
+    }
+
+    /// FW-5: a line of qubesd's `admin.vm.firewall.Get` reply, which lists the options in
+    /// qubesd's own order (`action=drop expire=… dst4=… proto=udp`), each once, the
+    /// comment last. Checked as [`Rule::parse_line`] checks, but in any order and with
+    /// qubesd's spellings (`dst4=0.0.0.0/0`, `dstports=443-443`).
+    pub fn parse_qubesd_line(line: &str) -> Result<Rule> {
+        Rule::parse_options(line, false)
+    }
+
+    fn parse_options(untrusted: &str, canonical: bool) -> Result<Rule> {
         let bad = |why: &str| {
             Error::malformed(format!(
                 "firewall rule {:?}: {why} (FW-2)",
@@ -127,7 +139,13 @@ impl Rule {
         };
         let mut rule: Option<Rule> = None;
         let mut last = 0usize;
-        for opt in opts.split(' ') {
+        let mut seen = [false; 8];
+        let mut options: Vec<&str> = opts.split(' ').collect();
+        if !canonical {
+            // qubesd's order differs; the action must still come first to build the rule.
+            options.sort_by_key(|o| !o.starts_with("action="));
+        }
+        for opt in options {
             let Some((key, value)) = opt.split_once('=') else {
                 return Err(bad("an option without `=`"));
             };
@@ -141,9 +159,10 @@ impl Rule {
                 "expire" => 7,
                 _ => return Err(bad("an unknown option")),
             };
-            if rank <= last {
+            if (canonical && rank <= last) || seen[rank] {
                 return Err(bad("options repeated or out of order"));
             }
+            seen[rank] = true;
             last = rank;
             if rank == 1 {
                 rule = Some(Rule::new(match value {
@@ -160,19 +179,26 @@ impl Rule {
                 "proto" => r.proto = Some(parse_proto(value).ok_or_else(|| bad("proto"))?),
                 "dst4" | "dst6" | "dsthost" => {
                     let host = parse_host(value).ok_or_else(|| bad("destination"))?;
-                    let fits = matches!(
-                        (key, &host),
-                        ("dst4", Host::V4(_, 1..))
-                            | ("dst6", Host::V6(_, 1..))
-                            | ("dsthost", Host::Name(_))
-                    );
+                    let fits = match (key, &host) {
+                        ("dst4", Host::V4(_, len)) | ("dst6", Host::V6(_, len)) => {
+                            *len > 0 || !canonical
+                        }
+                        ("dsthost", Host::Name(_)) => true,
+                        // qubesd names every destination `dsthost=` in its XML only.
+                        ("dsthost", _) => !canonical,
+                        _ => false,
+                    };
                     if !fits {
                         return Err(bad("destination of the wrong kind"));
                     }
                     r.dsthost = Some(host);
                 }
                 "dstports" => {
-                    let (lo, hi) = value.split_once('-').ok_or_else(|| bad("dstports"))?;
+                    let (lo, hi) = match value.split_once('-') {
+                        Some(range) => range,
+                        None if !canonical => (value, value),
+                        None => return Err(bad("dstports")),
+                    };
                     r.dstports = Some(port_range(lo, hi).ok_or_else(|| bad("dstports"))?);
                 }
                 "icmptype" => r.icmptype = Some(decimal(value).ok_or_else(|| bad("icmptype"))?),
@@ -186,7 +212,7 @@ impl Rule {
             rule.comment = Some(c.to_owned());
         }
         rule.check().map_err(&bad)?;
-        if rule.line() != untrusted {
+        if canonical && rule.line() != untrusted {
             return Err(bad("not in canonical form"));
         }
         Ok(rule)
@@ -266,6 +292,61 @@ fn parse_host(s: &str) -> Option<Host> {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
         });
     name_ok.then(|| Host::Name(addr.to_owned()))
+}
+
+/// FW-5: an R4 `firewall.xml` (version 2) holding `rules`, as qubesd saves one: no
+/// declaration, no policy element (R4's policy is always drop), each rule's options in
+/// qubesd's order (`action`, `comment`, `expire`, `dsthost`, `proto`, `specialtarget`,
+/// `dstports`, `icmptype`), every destination named `dsthost` with its prefix length, one
+/// port as `443`. [`parse_xml`] reads it back to the same rules.
+pub fn write_xml(rules: &[Rule]) -> Vec<u8> {
+    let mut out = b"<firewall version=\"2\">\n  <rules>\n".to_vec();
+    for r in rules {
+        out.extend_from_slice(b"    <rule>\n      <properties>\n");
+        let mut prop = |name: &str, value: &str| {
+            out.extend_from_slice(b"        <property name=\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\">");
+            crate::qubes_xml::escape(&mut out, value);
+            out.extend_from_slice(b"</property>\n");
+        };
+        prop(
+            "action",
+            match r.action {
+                Action::Accept => "accept",
+                Action::Drop => "drop",
+            },
+        );
+        if let Some(c) = &r.comment {
+            prop("comment", c);
+        }
+        if let Some(e) = r.expire {
+            prop("expire", &e.to_string());
+        }
+        match &r.dsthost {
+            Some(Host::V4(a, len)) => prop("dsthost", &format!("{a}/{len}")),
+            Some(Host::V6(a, len)) => prop("dsthost", &format!("{a}/{len}")),
+            Some(Host::Name(n)) => prop("dsthost", n),
+            None => {}
+        }
+        if let Some(p) = r.proto {
+            prop("proto", proto_name(p));
+        }
+        if r.dns {
+            prop("specialtarget", "dns");
+        }
+        match r.dstports {
+            Some((lo, hi)) if lo == hi => prop("dstports", &lo.to_string()),
+            Some((lo, hi)) => prop("dstports", &format!("{lo}-{hi}")),
+            None => {}
+        }
+        if let Some(t) = r.icmptype {
+            prop("icmptype", &t.to_string());
+        }
+        out.extend_from_slice(b"      </properties>\n    </rule>\n");
+    }
+    out.extend_from_slice(b"  </rules>\n</firewall>\n");
+    out
 }
 
 /// FW-3, FW-4: the rules of a `firewall.xml` of either generation, at most LIM-54.
@@ -423,6 +504,46 @@ fn r4_rules(root: &dom::Node) -> Result<Vec<Rule>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// FW-5: qubesd's lines (its own option order) → firewall.xml → the same rules.
+    #[test]
+    fn qubesd_lines_round_trip_through_firewall_xml() {
+        let lines = [
+            "action=accept specialtarget=dns",
+            "action=accept proto=icmp icmptype=8",
+            "action=accept dst4=192.168.0.0/24 proto=tcp dstports=80-80",
+            "action=accept dsthost=qubes-os.org proto=tcp dstports=443-1024",
+            "action=accept expire=1700000000 proto=udp dstports=53-53",
+            "action=accept dst6=2001:db8::/64",
+            "action=drop dst4=10.1.2.3/32 comment=free text with spaces",
+            "action=drop",
+        ];
+        let rules: Vec<Rule> = lines
+            .iter()
+            .map(|l| Rule::parse_qubesd_line(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        let xml = write_xml(&rules);
+        let text = String::from_utf8(xml.clone()).unwrap();
+        assert!(text.contains("<property name=\"dstports\">80</property>"));
+        assert!(text.contains("<property name=\"dsthost\">10.1.2.3/32</property>"));
+        assert_eq!(parse_xml(&xml).unwrap(), rules);
+        // The canonical lines the restore sends are the same rules again.
+        for r in &rules {
+            assert_eq!(&Rule::parse_line(&r.line()).unwrap(), r);
+        }
+        // Repeated options and unknown ones are refused in any order.
+        for bad in [
+            "proto=tcp action=accept proto=udp",
+            "action=accept bogus=1",
+            "action=accept dstports=80",
+            "proto=tcp",
+        ] {
+            assert!(Rule::parse_qubesd_line(bad).is_err(), "{bad}");
+        }
+        // qubesd's option order is accepted there, never by the canonical parser.
+        assert!(Rule::parse_line("action=drop expire=5 proto=udp").is_err());
+        assert!(Rule::parse_qubesd_line("action=drop expire=5 proto=udp").is_ok());
+    }
 
     const R3: &[u8] = br#"<?xml version="1.0"?>
 <QubesFirewallRules dns="allow" icmp="allow" policy="deny" yumProxy="allow">

@@ -154,14 +154,31 @@ pub struct Create {
     #[arg(long, value_name = "PLAN.json", conflicts_with = "qubes_dir")]
     pub plan: Option<PathBuf>,
     /// A directory laid out like dom0's /var/lib/qubes, with an R4 qubes.xml.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "from_qubes")]
     pub qubes_dir: Option<PathBuf>,
-    /// With --qubes-dir: also back up this dom0 home directory.
-    #[arg(long, value_name = "DIR", requires = "qubes_dir")]
+    /// Back up this Qubes R4 host (run in dom0, as root to read the volumes): qubes and
+    /// their settings from qubesd (the Admin API), volume data from the storage pools
+    /// (lvm_thin, file-reflink, file), as `qvm-backup` does (README "Backing up a Qubes
+    /// system").
+    #[arg(long, conflicts_with = "plan")]
+    pub from_qubes: bool,
+    /// With --qubes-dir: also back up this dom0 home directory. With --from-qubes: back
+    /// up this directory as dom0's home (default: the home of the first member of group
+    /// `qubes`).
+    #[arg(long, value_name = "DIR")]
     pub dom0_home: Option<PathBuf>,
-    /// With --qubes-dir: the VMs to back up (default: every VM with files under DIR).
-    #[arg(value_name = "VM", requires = "qubes_dir")]
+    /// The VMs to back up. --qubes-dir: default every VM with files under DIR;
+    /// --from-qubes: default every qube with `include_in_backups` (dom0: its home).
+    #[arg(value_name = "VM")]
     pub vms: Vec<String>,
+    /// With --from-qubes: do not back up this qube (repeatable; `dom0`: its home).
+    #[arg(
+        short = 'x',
+        long = "exclude",
+        value_name = "VM",
+        requires = "from_qubes"
+    )]
+    pub exclude: Vec<String>,
     /// Output file (written as FILE.partial, renamed on success), or `-` for stdout.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,

@@ -184,7 +184,10 @@ pub fn estimate(layout: &Layout<'_>, setup: &Setup<'_>) -> Result<Estimate, Fail
     let sources = planned
         .iter()
         .map(|(_, _, r)| match r {
-            Reads::Sources(v) => v.iter().flatten().count() as u64,
+            Reads::Sources(v) => v
+                .iter()
+                .filter(|d| matches!(d, crate::plan::Data::File(_)))
+                .count() as u64,
             _ => 0,
         })
         .sum::<u64>();
@@ -194,7 +197,16 @@ pub fn estimate(layout: &Layout<'_>, setup: &Setup<'_>) -> Result<Estimate, Fail
         match reads {
             Reads::Inline(n) => (logical, data) = (n as u64, n as u64),
             Reads::Sources(sources) => {
-                for p in sources.into_iter().flatten() {
+                for source in sources {
+                    let p = match source {
+                        crate::plan::Data::File(p) => p,
+                        crate::plan::Data::Bytes(b) => {
+                            logical += b.len() as u64;
+                            data += b.len() as u64;
+                            continue;
+                        }
+                        crate::plan::Data::Empty => continue,
+                    };
                     let (l, d, smp) = measure(p, setup, windows, &mut s)?;
                     logical += l;
                     data += d;

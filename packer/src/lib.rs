@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod cli;
 pub mod compress;
 pub mod estimate;
+pub mod from_qubes;
 pub mod kdf;
 pub mod output;
 pub mod params;
@@ -176,16 +177,36 @@ fn backup_id(secs: u64) -> String {
 
 /// `qbackup-pack create`.
 pub fn run(c: Create) -> Result<(), Failure> {
-    let plan = match (&c.plan, &c.qubes_dir) {
-        (Some(p), None) => {
+    let plan = match (&c.plan, &c.qubes_dir, c.from_qubes) {
+        (Some(p), None, false) => {
+            if !c.vms.is_empty() || c.dom0_home.is_some() {
+                return Err(Failure::Usage(
+                    "with --plan, the VMs and dom0_home are in the plan file".into(),
+                ));
+            }
             let text = std::fs::read(p)
                 .map_err(|e| Failure::Usage(format!("plan {}: {e}", p.display())))?;
             plan::from_json(&text)?
         }
-        (None, Some(d)) => plan::from_qubes_dir(d, &c.vms, c.dom0_home.as_deref())?,
+        (None, Some(d), false) => plan::from_qubes_dir(d, &c.vms, c.dom0_home.as_deref())?,
+        (None, None, true) => {
+            if c.format == 3 {
+                return Err(Failure::Usage(
+                    "--from-qubes reads an R4 host: format 3 (R3) cannot describe it".into(),
+                ));
+            }
+            from_qubes::plan(
+                &qubesd::Qubesd::from_env(),
+                &from_qubes::Selection {
+                    vms: &c.vms,
+                    exclude: &c.exclude,
+                    dom0_home: c.dom0_home.as_deref(),
+                },
+            )?
+        }
         _ => {
             return Err(Failure::Usage(
-                "give --plan PLAN.json or --qubes-dir DIR".into(),
+                "give one of --plan PLAN.json, --qubes-dir DIR, --from-qubes".into(),
             ))
         }
     };

@@ -259,7 +259,13 @@ fn v3_files<'p>(
         }
     }
     for f in &vp.files {
-        if let (true, Some(p)) = (f.name == "firewall.xml", &f.path) {
+        if let crate::plan::Data::Bytes(_) = f.data {
+            return Err(Failure::Usage(format!(
+                "VM {}: format 3 cannot hold the {} made from qubesd's settings",
+                vm.name, f.name
+            )));
+        }
+        if let (true, Some(p)) = (f.name == "firewall.xml", f.path()) {
             // Upstream reads a v3 firewall.xml with its R3 parser only.
             let mut head = Vec::new();
             File::open(p)
@@ -303,8 +309,8 @@ pub struct Layout<'p> {
 pub enum Reads<'a> {
     /// Bytes made in memory (qubes.xml).
     Inline(usize),
-    /// Volumes and small files, `None` for the empty placeholder.
-    Sources(Vec<Option<&'a std::path::Path>>),
+    /// Volumes and small files.
+    Sources(Vec<&'a crate::plan::Data>),
     /// dom0's home directory, whole.
     Tree(&'a std::path::Path),
 }
@@ -317,8 +323,8 @@ impl<'p> Layout<'p> {
             .map(|f| {
                 let reads = match &f.what {
                     What::Xml(x) => Reads::Inline(x.len()),
-                    What::Source(s) => Reads::Sources(vec![s.path.as_deref()]),
-                    What::Dir(v) => Reads::Sources(v.iter().map(|s| s.path.as_deref()).collect()),
+                    What::Source(s) => Reads::Sources(vec![&s.data]),
+                    What::Dir(v) => Reads::Sources(v.iter().map(|s| &s.data).collect()),
                     What::Home(home, _) => Reads::Tree(home),
                 };
                 (f.path.as_str(), f.vm.as_str(), reads)
@@ -335,7 +341,7 @@ impl<'p> Layout<'p> {
 pub fn prepare(plan: &Plan, format: Format) -> Result<Layout<'_>, Failure> {
     // qubes.xml with the backup features (XML-3); sizes bound the stored bytes (WRT-5).
     let v3 = format == Format::V3;
-    let mut plan_notes = Vec::new();
+    let mut plan_notes = plan.notes.clone();
     let mut files: Vec<ArchiveFile<'_>> = Vec::new();
     let mut total = 0u64;
     let mut xml_vms: Vec<Vm> = Vec::new();
@@ -370,12 +376,14 @@ pub fn prepare(plan: &Plan, format: Format) -> Result<Layout<'_>, Failure> {
         };
         let (mut bytes, mut entries) = (0u64, 0u64);
         for f in &kept {
-            if let Some(p) = &f.path {
-                let logical = source::logical_size(p)
+            let logical = match &f.data {
+                crate::plan::Data::Empty => 0,
+                crate::plan::Data::Bytes(b) => b.len() as u64,
+                crate::plan::Data::File(p) => source::logical_size(p)
                     .map_err(io_err(p.display()))
-                    .map_err(Failure::Error)?;
-                bytes = bytes.saturating_add(logical);
-            }
+                    .map_err(Failure::Error)?,
+            };
+            bytes = bytes.saturating_add(logical);
             entries += 1;
         }
         if v3 && vp.vm.class == "TemplateVM" {
@@ -578,9 +586,14 @@ fn file_stream(
             .and_then(|()| enc.write_all(&END_OF_ARCHIVE))
             .map_err(ctx)?;
         }
-        What::Source(src) => match &src.path {
-            None => source::write_file_tar(&f.path, None, &mut enc, progress).map_err(ctx)?,
-            Some(p) => {
+        What::Source(src) => match &src.data {
+            crate::plan::Data::Empty => {
+                source::write_file_tar(&f.path, None, &mut enc, progress).map_err(ctx)?
+            }
+            crate::plan::Data::Bytes(b) => {
+                source::write_bytes_tar(&f.path, b, s.mtime, &mut enc, progress).map_err(ctx)?
+            }
+            crate::plan::Data::File(p) => {
                 let (file, layout): (File, source::Layout) =
                     source::open(p, progress).map_err(|e| {
                         Failure::Error(Error::new(ErrorClass::Io, format!("{}: {e}", p.display())))
@@ -594,7 +607,7 @@ fn file_stream(
         What::Dir(srcs) => {
             let mut opened = Vec::with_capacity(srcs.len());
             for src in srcs {
-                opened.push(match &src.path {
+                opened.push(match src.path() {
                     Some(p) => Some(source::open(p, progress).map_err(|e| {
                         Failure::Error(Error::new(ErrorClass::Io, format!("{}: {e}", p.display())))
                     })?),

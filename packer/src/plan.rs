@@ -23,8 +23,28 @@ const CLASSES: [&str; 4] = ["AppVM", "TemplateVM", "StandaloneVM", "DispVM"];
 pub struct Source {
     /// File name inside the VM's directory (`private.img`, `firewall.xml`, `empty`).
     pub name: String,
-    /// Where to read it; `None` for the zero-length `empty` placeholder.
-    pub path: Option<PathBuf>,
+    pub data: Data,
+}
+
+/// Where a [`Source`]'s bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// The zero-length `empty` placeholder (VER-2).
+    Empty,
+    /// A regular file or block device, read (holes skipped) when the archive is written.
+    File(PathBuf),
+    /// Made in memory (`--from-qubes`: `firewall.xml` from qubesd's rules, `notes.txt`).
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    /// The file it reads, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.data {
+            Data::File(p) => Some(p),
+            Data::Empty | Data::Bytes(_) => None,
+        }
+    }
 }
 
 /// One VM to back up.
@@ -44,6 +64,9 @@ pub struct Plan {
     pub others: Vec<Vm>,
     /// dom0's home directory and its user name.
     pub dom0_home: Option<(PathBuf, String)>,
+    /// What the user should know about how the plan was read (e.g. a running VM's
+    /// volumes backed up as of its last start, FQ-3).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,7 +113,7 @@ fn usage(msg: impl Into<String>) -> Failure {
 }
 
 /// Volume names become member names `<volume>.img`: `[A-Za-z0-9_-]{1,64}`.
-fn check_volume_name(vm: &str, name: &str) -> Result<(), Failure> {
+pub(crate) fn check_volume_name(vm: &str, name: &str) -> Result<(), Failure> {
     let ok = (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -105,7 +128,7 @@ fn check_volume_name(vm: &str, name: &str) -> Result<(), Failure> {
 }
 
 /// A volume must be a regular file or a block device; a small file a regular file.
-fn check_source(vm: &str, path: &Path, allow_device: bool) -> Result<(), Failure> {
+pub(crate) fn check_source(vm: &str, path: &Path, allow_device: bool) -> Result<(), Failure> {
     let md = fs::metadata(path)
         .map_err(|e| usage(format!("VM {vm}: cannot use {}: {e}", path.display())))?;
     let ft = md.file_type();
@@ -120,7 +143,7 @@ fn check_source(vm: &str, path: &Path, allow_device: bool) -> Result<(), Failure
     }
 }
 
-fn home_user(home: &Path) -> Result<String, Failure> {
+pub(crate) fn home_user(home: &Path) -> Result<String, Failure> {
     let md = fs::metadata(home).map_err(|e| usage(format!("dom0 home {}: {e}", home.display())))?;
     if !md.is_dir() {
         return Err(usage(format!(
@@ -231,7 +254,7 @@ pub fn from_json(text: &[u8]) -> Result<Plan, Failure> {
             volumes.push(f.name.clone());
             files.push(Source {
                 name: format!("{}.img", f.name),
-                path: Some(f.path.clone()),
+                data: Data::File(f.path.clone()),
             });
         }
         for f in &v.files {
@@ -249,7 +272,7 @@ pub fn from_json(text: &[u8]) -> Result<Plan, Failure> {
             check_source(&v.name, &f.path, false)?;
             files.push(Source {
                 name: f.name.clone(),
-                path: Some(f.path.clone()),
+                data: Data::File(f.path.clone()),
             });
         }
         vms.push(finish_vm(
@@ -285,6 +308,7 @@ pub fn from_json(text: &[u8]) -> Result<Plan, Failure> {
         vms,
         others: vec![dom0_vm()],
         dom0_home,
+        notes: Vec::new(),
     })
 }
 
@@ -293,7 +317,7 @@ fn finish_vm(vm: Vm, mut files: Vec<Source>) -> VmPlan {
     if files.is_empty() {
         files.push(Source {
             name: "empty".into(),
-            path: None,
+            data: Data::Empty,
         });
     }
     VmPlan { vm, files }
@@ -364,7 +388,7 @@ pub fn from_qubes_dir(
             if p.exists() {
                 files.push(Source {
                     name: format!("{v}.img"),
-                    path: Some(p),
+                    data: Data::File(p),
                 });
             } else {
                 missing.push(p);
@@ -375,7 +399,7 @@ pub fn from_qubes_dir(
             if p.is_file() {
                 files.push(Source {
                     name: small.into(),
-                    path: Some(p),
+                    data: Data::File(p),
                 });
             }
         }
@@ -396,7 +420,7 @@ pub fn from_qubes_dir(
             )));
         }
         for f in &files {
-            if let Some(p) = &f.path {
+            if let Some(p) = f.path() {
                 check_source(&vm.name, p, f.name.ends_with(".img"))?;
             }
         }
@@ -417,5 +441,6 @@ pub fn from_qubes_dir(
         vms,
         others,
         dom0_home,
+        notes: Vec::new(),
     })
 }

@@ -213,6 +213,28 @@ pub fn write_file_tar(
     out.write_all(&END_OF_ARCHIVE)
 }
 
+/// The inner tar of a small file made in memory (`--from-qubes`), named `name`.
+pub fn write_bytes_tar(
+    name: &str,
+    bytes: &[u8],
+    mtime: u64,
+    out: &mut dyn Write,
+    progress: &Progress,
+) -> io::Result<()> {
+    let meta = Meta {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime,
+    };
+    let len = bytes.len() as u64;
+    out.write_all(&tar::regular(name, len, &meta).map_err(to_io)?)?;
+    out.write_all(bytes)?;
+    progress.advance(len);
+    out.write_all(&[0u8; 512][..padding(len)])?;
+    out.write_all(&END_OF_ARCHIVE)
+}
+
 /// The inner tar of an R3 template directory (`vm9/.`, TAR-11, WRT-6): the directory
 /// entry `vm9/./`, then each file as `vm9/./NAME` (as R3.2's `tar -C DIR .` with its
 /// name transform wrote them).

@@ -35,7 +35,8 @@
 //!
 //! # Simplifications
 //!
-//! Every qube but dom0 is halted and stays so (no start or shutdown methods). Property
+//! Qubes are halted unless a test marks one running ([`Vm::running`]; no start or
+//! shutdown methods). Property
 //! defaults are fixed values ([`Host`] holds the global ones) where qubesd derives some
 //! from the template or the machine. Firewall rules are checked coarsely and returned as
 //! set; qubesd returns them re-serialised in its own option order (e.g. `dstports=443`

@@ -18,8 +18,8 @@ use crate::limits::{
     MAX_QUBES_XML_LEN, MAX_XML_ATTRIBUTES, MAX_XML_DEPTH, MAX_XML_ELEMENTS, MAX_XML_VALUE_LEN,
 };
 
-/// Deepest element kept in the tree: `qubes/domains/domain/properties/property`.
-const KEEP_DEPTH: usize = 5;
+/// Deepest element kept in the tree: `qubes/domains/domain/devices/device/option`.
+const KEEP_DEPTH: usize = 6;
 
 /// One element: name, attributes in document order, children, and text (`None` when the
 /// element is empty or has child elements, like lxml's `.text` for qubes.xml shapes).

@@ -29,6 +29,7 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use write::escape;
 pub use write::{write_r3, write_r4};
 
 use crate::bail;

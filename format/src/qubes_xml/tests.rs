@@ -1159,6 +1159,11 @@ fn r4_config_keeps_everything_but_identity_and_backup_keys() {
         (net.devices[0].bus.as_str(), net.devices[0].port.as_str()),
         ("pci", "00_19.0")
     );
+    // The `<option>` children six levels deep are kept (CFG-1).
+    assert_eq!(
+        net.devices[0].options,
+        pairs(&[("no-strict-reset", "True")])
+    );
     let work = &x.vm("work").unwrap().config;
     assert_eq!(
         work.features,

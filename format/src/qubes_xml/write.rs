@@ -25,7 +25,8 @@ const STANDARD_LABELS: [(&str, &str); 8] = [
     ("black", "0x000000"),
 ];
 
-fn escape(out: &mut Vec<u8>, s: &str) {
+/// XML-escapes `s` for element text and attribute values.
+pub(crate) fn escape(out: &mut Vec<u8>, s: &str) {
     for c in s.chars() {
         match c {
             '&' => out.extend_from_slice(b"&amp;"),

@@ -10,6 +10,7 @@
 //! qubes-rpc directory (tests run against a mock qubesd).
 
 pub mod import;
+pub mod read;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -48,6 +49,14 @@ impl std::fmt::Display for CallError {
 }
 
 impl std::error::Error for CallError {}
+
+impl CallError {
+    /// qubesd has no such method: another release's Admin API (QAPI-5).
+    pub fn is_no_such_method(&self) -> bool {
+        matches!(self, CallError::Refused { kind, message }
+            if kind == "ProtocolError" && message.starts_with("no such method"))
+    }
+}
 
 pub type CallResult<T> = std::result::Result<T, CallError>;
 

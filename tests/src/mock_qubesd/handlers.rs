@@ -59,7 +59,11 @@ enum Method {
     VmList,
     LabelList,
     PoolList,
-    Create { class: VmClass, in_pool: bool },
+    PoolInfo,
+    Create {
+        class: VmClass,
+        in_pool: bool,
+    },
     Remove,
     PropertyList,
     PropertyGet,
@@ -81,6 +85,8 @@ enum Method {
     VolumeInfo,
     DeviceAssign(String),
     DeviceAttach(String),
+    /// R4.3 `Assigned`, R4.2 `List`.
+    DeviceAssigned(String),
     ImportBegin,
     ImportEnd,
 }
@@ -102,6 +108,79 @@ fn global_property(host: &super::Host, arg: &str) -> Result<String, Fail> {
     }
 }
 
+/// `admin.pool.Info` (`qubes/api/admin.py` `pool_info`): the pool's config sorted by key,
+/// then `size=` and `usage=`.
+fn pool_info(host: &super::Host, arg: &str) -> Result<String, Fail> {
+    let pool = host.pools.get(arg).ok_or_else(|| {
+        Fail::exc(
+            "PermissionDenied",
+            format!("Argument not in pools: '{arg}'"),
+        )
+    })?;
+    let mut config = std::collections::BTreeMap::from([
+        ("name", arg.to_string()),
+        ("revisions_to_keep", pool.revisions_to_keep.to_string()),
+        ("ephemeral_volatile", "False".to_string()),
+    ]);
+    match pool.driver {
+        Driver::LvmThin => {
+            config.insert("driver", "lvm_thin".into());
+            config.insert("volume_group", pool.location.clone());
+            config.insert("thin_pool", "vm-pool".into());
+        }
+        Driver::File | Driver::FileReflink | Driver::LinuxKernel => {
+            let driver = match pool.driver {
+                Driver::File => "file",
+                Driver::FileReflink => "file-reflink",
+                _ => "linux-kernel",
+            };
+            config.insert("driver", driver.into());
+            config.insert("dir_path", pool.location.clone());
+        }
+    }
+    let mut out: String = config.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    out.push_str("size=107374182400\nusage=1073741824\n");
+    Ok(out)
+}
+
+/// `admin.vm.device.BUS.Assigned` (R4.3: `BACKEND+PORT:DEVID` and the quoted
+/// properties, options as `_KEY`) or `.List` (R4.2: `BACKEND+PORT KEY=VALUE …
+/// persistent=yes`) of the persistent assignments.
+fn device_list(host: &super::Host, dest: &str, bus: &str) -> String {
+    let quote = |v: &str| v.replace('\\', "\\\\").replace('\'', "\\'");
+    host.vms[dest]
+        .devices
+        .iter()
+        .filter(|d| d.bus == bus)
+        .map(|d| match host.release {
+            Release::R4_3 => {
+                let mut line = format!(
+                    "{}+{}:{} device_id='{}' port_id='{}' devclass='{bus}' \
+                     backend_domain='{}' mode='{}' frontend_domain='{dest}'",
+                    d.backend,
+                    d.port,
+                    d.device_id,
+                    quote(&d.device_id),
+                    quote(&d.port),
+                    quote(&d.backend),
+                    d.mode
+                );
+                for (k, v) in &d.options {
+                    line.push_str(&format!(" _{k}='{}'", quote(v)));
+                }
+                line + "\n"
+            }
+            Release::R4_2 => {
+                let mut line = format!("{}+{}", d.backend, d.port);
+                for (k, v) in &d.options {
+                    line.push_str(&format!(" {k}={v}"));
+                }
+                line + " persistent=yes\n"
+            }
+        })
+        .collect()
+}
+
 /// Device classes (`qubes.devices` entry points of a typical dom0).
 const BUSES: &[&str] = &["block", "mic", "pci", "usb"];
 
@@ -120,6 +199,7 @@ fn lookup(api: Api, release: Release, name: &str) -> Option<(Method, Spec)> {
         "admin.label.List" => (LabelList, spec(N, N, Y)),
         "admin.property.Get" => (GlobalPropertyGet, spec(Y, N, Y)),
         "admin.pool.List" => (PoolList, spec(N, N, Y)),
+        "admin.pool.Info" => (PoolInfo, spec(Y, N, Y)),
         "admin.vm.Remove" => (Remove, spec(N, N, None)),
         "admin.vm.property.List" => (PropertyList, spec(N, N, None)),
         "admin.vm.property.Get" => (PropertyGet, spec(Y, N, None)),
@@ -169,6 +249,8 @@ fn lookup(api: Api, release: Release, name: &str) -> Option<(Method, Spec)> {
                     "Attach" if r43 => (DeviceAttach(bus.into()), spec(Y, None, None)),
                     // R4.2 declared Attach without checks.
                     "Attach" => (DeviceAttach(bus.into()), spec(None, None, None)),
+                    "Assigned" if r43 => (DeviceAssigned(bus.into()), spec(None, N, None)),
+                    "List" if !r43 => (DeviceAssigned(bus.into()), spec(None, N, None)),
                     _ => return None,
                 }
             }
@@ -473,6 +555,7 @@ impl State {
             Method::LabelList => Ok(host.labels.iter().map(|l| format!("{l}\n")).collect()),
             Method::GlobalPropertyGet => global_property(host, arg),
             Method::PoolList => Ok(host.pools.keys().map(|p| format!("{p}\n")).collect()),
+            Method::PoolInfo => pool_info(host, arg),
             Method::Create { class, in_pool } => {
                 self.create(class, in_pool, req.src, arg, payload).map(done)
             }
@@ -552,6 +635,7 @@ impl State {
             Method::VolumeInfo => self.volume_info(dest, arg),
             Method::DeviceAssign(bus) => self.device_assign(dest, &bus, arg, payload).map(done),
             Method::DeviceAttach(bus) => self.device_attach(dest, &bus, arg, payload).map(done),
+            Method::DeviceAssigned(bus) => Ok(device_list(host, dest, &bus)),
             Method::ImportBegin => self.import_begin(dest, arg, payload),
             Method::ImportEnd => self.import_end(dest, arg, payload).map(done),
         }
@@ -564,7 +648,7 @@ impl State {
             .iter()
             .filter(|(name, _)| dest == "dom0" || *name == dest)
             .map(|(name, vm)| {
-                let state = if vm.class == VmClass::AdminVM {
+                let state = if vm.class == VmClass::AdminVM || vm.running {
                     "Running"
                 } else {
                     "Halted"

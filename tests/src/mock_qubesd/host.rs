@@ -152,6 +152,9 @@ pub struct Vm {
     pub firewall: Vec<String>,
     pub notes: String,
     pub devices: Vec<Assignment>,
+    /// Reported as `state=Running` by `admin.vm.List` (dom0 always is); nothing else
+    /// changes (a test sets it to model a running qube).
+    pub running: bool,
 }
 
 /// Where `admin.vm.CreateInPool` puts the new volumes.
@@ -204,6 +207,7 @@ impl Host {
             firewall: Vec::new(),
             notes: String::new(),
             devices: Vec::new(),
+            running: false,
         };
         let pool = |driver, location: &str, revisions_to_keep| Pool {
             driver,
@@ -328,6 +332,7 @@ impl Host {
             firewall: vec!["action=accept".into()],
             notes: String::new(),
             devices: Vec::new(),
+            running: false,
         };
         for spec in volume_specs(class) {
             let volume = self.new_volume(name, class, template, &spec, pools)?;

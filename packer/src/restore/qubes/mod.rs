@@ -387,7 +387,21 @@ impl QubesSink {
                 }
                 let method = format!("admin.vm.device.{}.Assign", d.bus);
                 let arg = format!("{backend}+{}+_", d.port);
-                self.call(i, &v.name, &method, &arg, payload.as_bytes());
+                match self.q.call(&v.name, &method, &arg, payload.as_bytes()) {
+                    Ok(_) => {}
+                    // QRS-3: R4.1/R4.2 have no Assign; a persistent Attach assigns there.
+                    Err(e) if e.is_no_such_method() => {
+                        let mut legacy = String::new();
+                        for (k, val) in &d.options {
+                            legacy.push_str(&format!("{k}={val} "));
+                        }
+                        legacy.push_str("persistent=True");
+                        let method = format!("admin.vm.device.{}.Attach", d.bus);
+                        let arg = format!("{backend}+{}", d.port);
+                        self.call(i, &v.name, &method, &arg, legacy.as_bytes());
+                    }
+                    Err(e) => self.fail(i, format!("{method} {arg}: {e}")),
+                }
             }
         }
         for (i, v) in plan.vms.iter().enumerate() {
