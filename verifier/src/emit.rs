@@ -62,7 +62,7 @@ impl<W: Write + Send> Emitter<W> {
     /// `select`: the VMs asked for (`None`: all), as the driver's `Settings::select`.
     pub fn new(out: W, select: Option<Vec<String>>) -> Emitter<W> {
         Emitter {
-            enc: Encoder::new(out),
+            enc: Encoder::gathering(out),
             select,
             vms: HashMap::new(),
             ends: Vec::new(),

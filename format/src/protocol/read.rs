@@ -19,9 +19,11 @@ pub struct Decoder<R: Read> {
     input: R,
     checker: Checker,
     transcript: Sha256,
-    /// Payload of the current record; grows with bytes actually received, never beyond
-    /// the per-type bound (LIM-28, LIM-29).
+    /// Holds the current record's payload in `..len`; grows with bytes actually
+    /// received, never beyond the per-type bound (LIM-28, LIM-29), and is reused from
+    /// record to record.
     buf: Vec<u8>,
+    len: usize,
     /// The open file's digest so far (PROTO-7).
     hasher: Option<RecordDigest>,
     failed: bool,
@@ -35,6 +37,7 @@ impl<R: Read> Decoder<R> {
             checker: Checker::new(),
             transcript: Sha256::new(),
             buf: Vec::new(),
+            len: 0,
             hasher: None,
             failed: false,
             ended: false,
@@ -134,17 +137,31 @@ impl<R: Read> Decoder<R> {
                 "protocol: record type {record_type:#04x} of {len} bytes is shorter than {min}"
             )));
         }
-        self.buf.clear();
-        let got = (&mut self.input)
-            .take(len as u64)
-            .read_to_end(&mut self.buf)
-            .map_err(|e| Error::from_read(e, "protocol: reading"))?;
-        if got != len {
-            return Err(Error::truncated(format!(
-                "protocol: stream ends {} bytes into a record of {len}",
-                got
-            )));
+        // The payload is read straight into `buf`, in as few reads as the pipe allows;
+        // `buf` grows (to twice what arrived, at least 64 KiB) only when the bytes received
+        // filled it.
+        let mut got = 0;
+        while got < len {
+            if got == self.buf.len() {
+                self.buf
+                    .resize(got.saturating_mul(2).max(64 << 10).min(len), 0);
+            }
+            let end = len.min(self.buf.len());
+            let Some(slot) = self.buf.get_mut(got..end) else {
+                break;
+            };
+            match self.input.read(slot) {
+                Ok(0) => {
+                    return Err(Error::truncated(format!(
+                        "protocol: stream ends {got} bytes into a record of {len}"
+                    )))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::from_read(e, "protocol: reading")),
+            }
         }
+        self.len = len;
         let hashed = if record_type == t::DATA {
             DATA_PREFIX
         } else {
@@ -154,14 +171,14 @@ impl<R: Read> Decoder<R> {
         if record_type != t::SUMMARY {
             self.transcript.update(header);
             self.transcript
-                .update(self.buf.get(..hashed).unwrap_or(&[]));
+                .update(self.buf.get(..hashed.min(self.len)).unwrap_or(&[]));
         }
         Ok(Some(pending))
     }
 
     /// Parses the payload in `buf` and runs it through the state machine.
     fn check(&mut self, record_type: u8) -> Result<Pending> {
-        let mut c = Cursor::new(&self.buf);
+        let mut c = Cursor::new(self.buf.get(..self.len).unwrap_or(&[]));
         let pending = match record_type {
             t::HELLO => {
                 let version = codec::get_hello(&mut c)?;
@@ -252,7 +269,7 @@ impl<R: Read> Decoder<R> {
             Pending::Begin(b) => Record::Begin(b),
             Pending::Data(offset) => Record::Data {
                 offset,
-                bytes: self.buf.get(DATA_PREFIX..).unwrap_or(&[]),
+                bytes: self.buf.get(DATA_PREFIX..self.len).unwrap_or(&[]),
             },
             Pending::End(digest) => Record::End { digest },
             Pending::Summary(s) => Record::Summary(s),
