@@ -90,7 +90,7 @@ def build_v3(arch, src, stage):
 
 
 QUBES_XML_R3 = """<?xml version='1.0' encoding='utf-8'?>
-<QubesVmCollection default_netvm="" default_template="" updatevm="" clockvm="">
+<QubesVmCollection default_netvm="None" default_template="None" updatevm="None" clockvm="None">
 <QubesTemplateVm qid="1" name="tmpl" label="black" template_qid="none" netvm_qid="none"
  uses_default_netvm="False"/>
 <QubesAppVm qid="3" name="work" label="red" template_qid="1" netvm_qid="none"
