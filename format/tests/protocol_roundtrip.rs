@@ -470,15 +470,7 @@ fn large_runs_are_split_into_bounded_records() {
     })
     .unwrap();
     e.config(0, &VmConfig::default()).unwrap();
-    e.begin(&Begin {
-        vm: 0,
-        name: "private.img".into(),
-        kind: FileKind::Regular,
-        mode: 0o600,
-        size,
-        data_bytes: size - 5,
-    })
-    .unwrap();
+    e.begin(&private_img(size, size - 5)).unwrap();
     let data = vec![7u8; (size - 5) as usize];
     e.data(5, &data).unwrap();
     let sent = e.end().unwrap();
@@ -540,15 +532,7 @@ fn gathering_encoder_fills_records_and_splits_at_gaps() {
         sent.push(((6 << 20) + i * piece.len() as u64, piece.clone()));
     }
     let data_bytes: u64 = sent.iter().map(|(_, b)| b.len() as u64).sum();
-    e.begin(&Begin {
-        vm: 0,
-        name: "private.img".into(),
-        kind: FileKind::Regular,
-        mode: 0o600,
-        size,
-        data_bytes,
-    })
-    .unwrap();
+    e.begin(&private_img(size, data_bytes)).unwrap();
     for (offset, bytes) in &sent {
         e.data(*offset, bytes).unwrap();
     }
@@ -582,4 +566,16 @@ fn gathering_encoder_fills_records_and_splits_at_gaps() {
             .collect()
     };
     assert_eq!(flatten(&got), flatten(&sent));
+}
+
+/// VM 0's `private.img` of `size` bytes holding `data_bytes` of data.
+fn private_img(size: u64, data_bytes: u64) -> Begin {
+    Begin {
+        vm: 0,
+        name: "private.img".into(),
+        kind: FileKind::Regular,
+        mode: 0o600,
+        size,
+        data_bytes,
+    }
 }
