@@ -1082,7 +1082,7 @@ fn config_order_rules() {
         for next in [
             raw(t::BEGIN, &begin),
             raw(t::VM_END, &end_payload(2, &VmEnd::default())),
-            raw(t::END, &[0; 32]),
+            raw(t::END, &[0; 16]),
             raw(t::DATA, &[0; 9]),
         ] {
             let (n, err) = refused(&with(s.clone(), &next));

@@ -311,7 +311,7 @@ fn every_truncation_and_extension_is_an_error() {
     }
     assert_eq!(class(&with(good.clone(), &[0])), ErrorClass::Malformed);
     assert_eq!(
-        class(&with(good, &raw(t::END, &[0; 32]))),
+        class(&with(good, &raw(t::END, &[0; 16]))),
         ErrorClass::Malformed
     );
 }
@@ -319,20 +319,21 @@ fn every_truncation_and_extension_is_an_error() {
 /// PROTO-1: version and magic; PROTO-2: unknown types, fixed lengths, trailing bytes.
 #[test]
 fn hello_and_framing_rules() {
-    // Earlier versions (3: no config or vmend records) and later ones.
-    for version in [1u16, 2, 3, 5, u16::MAX] {
+    // Earlier versions (3: no config or vmend records; 4: BLAKE3 file digests) and later
+    // ones.
+    for version in [1u16, 2, 3, 4, 6, u16::MAX] {
         let mut p = b"QBKPSTRM".to_vec();
         p.extend_from_slice(&version.to_be_bytes());
         assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Unsupported);
     }
     let mut p = b"QBKPSTRX".to_vec();
-    p.extend_from_slice(&4u16.to_be_bytes());
+    p.extend_from_slice(&5u16.to_be_bytes());
     assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Malformed);
     assert_eq!(class(&raw(t::MANIFEST, &[0; 4])), ErrorClass::Malformed);
     assert_eq!(class(&[]), ErrorClass::Truncated);
     // Hello with a trailing payload byte: a fixed-size record of the wrong length.
     let mut p = b"QBKPSTRM".to_vec();
-    p.extend_from_slice(&[0, 4, 0]);
+    p.extend_from_slice(&[0, 5, 0]);
     assert_eq!(class(&raw(t::HELLO, &p)), ErrorClass::Malformed);
     let hello = prefix_hello();
     assert_eq!(
@@ -346,7 +347,7 @@ fn hello_and_framing_rules() {
     // An end record of 31 bytes; a summary of 61.
     let good = prefix().into_inner();
     assert_eq!(
-        class(&with(good.clone(), &raw(t::END, &[0; 31]))),
+        class(&with(good.clone(), &raw(t::END, &[0; 15]))),
         ErrorClass::Malformed
     );
     assert_eq!(
@@ -949,22 +950,22 @@ fn end_rules() {
     e.begin(&reg(0, "private.img", 9000, 300)).unwrap();
     e.data(0, &[1; 299]).unwrap();
     assert_eq!(e.end().unwrap_err().class(), ErrorClass::MissingData);
-    let s = with(e.into_inner(), &raw(t::END, &[0; 32]));
+    let s = with(e.into_inner(), &raw(t::END, &[0; 16]));
     assert_eq!(class(&s), ErrorClass::MissingData);
     let mut e = prefix();
     e.begin(&reg(0, "private.img", 9000, 300)).unwrap();
     e.data(0, &[1; 300]).unwrap();
-    let s = with(e.into_inner(), &raw(t::END, &[0; 32]));
+    let s = with(e.into_inner(), &raw(t::END, &[0; 16]));
     assert_eq!(class(&s), ErrorClass::MacFailure);
     // End outside a file, and before the configs.
     assert_eq!(
-        class(&with(prefix().into_inner(), &raw(t::END, &[0; 32]))),
+        class(&with(prefix().into_inner(), &raw(t::END, &[0; 16]))),
         ErrorClass::Malformed
     );
     assert_eq!(
         class(&with(
             manifest_only(&manifest()).into_inner(),
-            &raw(t::END, &[0; 32])
+            &raw(t::END, &[0; 16])
         )),
         ErrorClass::Malformed
     );
@@ -1006,7 +1007,7 @@ fn error_record_ends_the_stream() {
     assert_eq!(err.class(), ErrorClass::MacFailure);
     assert_eq!(err.message(), "chunk vm3/private.img.004?[2J failed");
     // Nothing may follow it.
-    let s = with(s, &raw(t::END, &[0; 32]));
+    let s = with(s, &raw(t::END, &[0; 16]));
     let mut d = Decoder::new(&s[..]);
     while !matches!(d.read_record().unwrap(), Some(Record::Error { .. })) {}
     assert_eq!(d.read_record().unwrap_err().class(), ErrorClass::Malformed);

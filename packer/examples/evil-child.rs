@@ -415,7 +415,7 @@ fn main() {
         "lying-hash" => {
             raw(&mut out, 0x03, &raw_begin(0, "root.img", 4, 4));
             raw(&mut out, 0x04, &raw_data(0, b"evil"));
-            raw(&mut out, 0x05, &[0u8; 32]);
+            raw(&mut out, 0x05, &[0u8; 16]);
         }
         "endless" => {
             raw(&mut out, 0x03, &raw_begin(0, "root.img", 4 << 20, 4 << 20));

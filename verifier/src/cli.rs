@@ -48,7 +48,7 @@ pub enum Command {
     },
     /// Show what the sandbox enforces on this machine; exit 0 if all of it can be (else 21).
     SandboxCheck,
-    /// Write verified VM data to stdout as a protocol v2 stream (SPEC.md §21) for
+    /// Write verified VM data to stdout as the protocol stream of SPEC.md §21 for
     /// `qbackup-pack restore`; the report goes to stderr. Operands: `[VM...] ARCHIVE`
     /// (the last operand is the archive, `-` for stdin; VMs default to all).
     #[command(override_usage = "qbackup-verify emit [OPTIONS] [VM]... <ARCHIVE|->")]

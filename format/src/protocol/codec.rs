@@ -18,7 +18,7 @@ use crate::vm_config::{
 /// Length of the record header: type byte and big-endian length.
 pub(crate) const HEADER_LEN: usize = 5;
 pub(crate) const HELLO_LEN: usize = 10;
-pub(crate) const END_LEN: usize = 32;
+pub(crate) const END_LEN: usize = super::FILE_DIGEST_LEN;
 pub(crate) const SUMMARY_LEN: usize = 4 + 8 + 8 + 8 + 32;
 /// Offset field of a data record.
 pub(crate) const DATA_PREFIX: usize = 8;
@@ -86,7 +86,12 @@ impl<'a> Cursor<'a> {
     pub(crate) fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_be_bytes(self.array()?))
     }
-    pub(crate) fn digest(&mut self) -> Result<[u8; 32]> {
+    /// A SHA-256 (the summary's transcript, PROTO-8).
+    pub(crate) fn sha256(&mut self) -> Result<[u8; 32]> {
+        self.array()
+    }
+    /// A file digest (PROTO-7).
+    pub(crate) fn file_digest(&mut self) -> Result<super::FileDigest> {
         self.array()
     }
 
@@ -553,7 +558,7 @@ pub(crate) fn get_summary(c: &mut Cursor<'_>) -> Result<super::Summary> {
         files: c.u64()?,
         logical_bytes: c.u64()?,
         data_bytes: c.u64()?,
-        transcript: c.digest()?,
+        transcript: c.sha256()?,
     })
 }
 

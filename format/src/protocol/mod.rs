@@ -31,7 +31,12 @@ pub const MAGIC: [u8; 8] = *b"QBKPSTRM";
 
 /// PROTO-1: the protocol version this crate speaks. A reader accepts exactly the versions
 /// it implements; any change to the wire format or the state machine takes a new number.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
+
+/// PROTO-7: length of the file digest an `end` record carries.
+pub const FILE_DIGEST_LEN: usize = 16;
+/// PROTO-7: the file digest ([`RecordDigest`]).
+pub type FileDigest = [u8; FILE_DIGEST_LEN];
 
 /// Record type bytes (PROTO-2).
 pub mod record_type {
@@ -157,7 +162,7 @@ pub enum Record<'a> {
     /// The file is complete and its digest ([`RecordDigest`]) matched what the decoder
     /// computed itself (PROTO-7): the consumer may commit it now.
     End {
-        digest: [u8; 32],
+        digest: FileDigest,
     },
     /// Manifest VM `vm` is complete: all its files were sent (PROTO-15); what the
     /// restore sets last, checked against CFG-2.

@@ -222,7 +222,7 @@ impl<R: Read> Decoder<R> {
                 Pending::Data(offset)
             }
             t::END => {
-                let digest = c.digest()?;
+                let digest = c.file_digest()?;
                 c.finish()?;
                 self.checker.end()?;
                 let got = self.hasher.take().map(RecordDigest::finish);
@@ -286,7 +286,7 @@ enum Pending {
     VmEnd(u32, super::VmEnd),
     Begin(super::Begin),
     Data(u64),
-    End([u8; 32]),
+    End(super::FileDigest),
     Summary(super::Summary),
     Error(ErrorClass, String),
 }

@@ -259,7 +259,7 @@ impl<W: Write> Encoder<W> {
 
     /// PROTO-7: closes the file; returns the digest it sent ([`RecordDigest`] of the data
     /// records written).
-    pub fn end(&mut self) -> Result<[u8; 32]> {
+    pub fn end(&mut self) -> Result<super::FileDigest> {
         self.ready()?;
         self.checker.end()?;
         let digest = self

@@ -579,7 +579,7 @@ pub enum ProtoRecord {
     Config(u32, VmConfig),
     Begin(Begin),
     Data(u64, Vec<u8>),
-    End([u8; 32]),
+    End(qbackup_format::protocol::FileDigest),
     Summary(Summary),
     Error(ErrorClass, String),
     VmEnd(u32, VmEnd),
@@ -973,7 +973,7 @@ pub fn protocol_roundtrip(data: &[u8]) {
             }
             2 => match e.end() {
                 Ok(d) => (ProtoRecord::End(d), true),
-                Err(_) => (ProtoRecord::End([0; 32]), false),
+                Err(_) => (ProtoRecord::End(Default::default()), false),
             },
             3 => match e.summary() {
                 Ok(s) => (ProtoRecord::Summary(s), true),
