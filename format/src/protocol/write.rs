@@ -217,7 +217,10 @@ impl<W: Write> Encoder<W> {
                 self.flush_data()?;
             }
             if self.pending.is_empty() {
-                self.pending.reserve_exact(DATA_HEAD + MAX_PROTO_DATA_LEN);
+                if self.gather {
+                    // Once: `clear` keeps the capacity for every later record.
+                    self.pending.reserve_exact(DATA_HEAD + MAX_PROTO_DATA_LEN);
+                }
                 self.pending.resize(DATA_HEAD, 0);
                 self.pending_offset = offset;
             }
