@@ -4,9 +4,12 @@
 //! the binaries.
 
 pub mod binaries;
+pub mod fault_proxy;
 pub mod manifest;
 pub mod mock_qubesd;
+pub mod seaweed;
 pub mod signals;
+pub mod slurm;
 pub mod sources;
 pub mod tree;
 
