@@ -22,7 +22,7 @@ import argparse, os, shutil, subprocess, sys, tempfile, threading, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from benchlib import OUT, PASS, ROOT, make_image, sh  # noqa: E402
+from benchlib import OUT, PASS, ROOT, make_image, sh, write_plan  # noqa: E402
 
 REL = os.path.join(ROOT, "target", "release")
 
@@ -39,9 +39,7 @@ def build_archives(n, size_mib, chunk_mib, log_n):
     img = os.path.join(d, "private.img")
     make_image(img, size_mib, 40)
     plan = os.path.join(d, "plan.json")
-    with open(plan, "w") as f:
-        f.write('{"vms": [{"name": "work", "class": "AppVM", "label": "red", "qid": 3, '
-                f'"volumes": [{{"name": "private", "path": "{img}"}}]}}]}}')
+    write_plan(plan, img)
     for a in names:
         subprocess.run([os.path.join(REL, "qbackup-pack"), "create", "--no-progress",
                         "--plan", plan, "--passphrase-file", passf, "--scrypt-log-n",

@@ -24,6 +24,13 @@ def sh(cmd, **kw):
     subprocess.run(cmd, shell=True, check=True, executable="/bin/bash", **kw)
 
 
+def write_plan(path, img):
+    """A backup plan (packer/PLAN.md): one AppVM `work` whose private volume is `img`."""
+    with open(path, "w") as f:
+        f.write('{"vms": [{"name": "work", "class": "AppVM", "label": "red", "qid": 3, '
+                f'"volumes": [{{"name": "private", "path": "{img}"}}]}}]}}')
+
+
 def make_image(path, size_mib, random_percent):
     """A sparse VM image of twice `size_mib` logical MiB: `random_percent` of the data is
     pseudo-random (deterministic AES-CTR), the rest compressible log-like text, the other

@@ -21,7 +21,7 @@ Usage: bench/static-bench.py [--size-mib 512] [--log-n 14] [--runs 5]
 import argparse, os, statistics, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import OUT, PASS, ROOT, make_image, sh  # noqa: E402
+from benchlib import OUT, PASS, ROOT, make_image, sh, write_plan  # noqa: E402
 
 TARGET_PERCENT = 5.0
 
@@ -39,9 +39,7 @@ def archive(size_mib, log_n, pack):
     img = os.path.join(OUT, "static-bench.img")
     make_image(img, size_mib, 40)
     plan = os.path.join(OUT, "static-bench-plan.json")
-    with open(plan, "w") as f:
-        f.write('{"vms": [{"name": "work", "class": "AppVM", "label": "red", '
-                f'"volumes": [{{"name": "private", "path": "{img}"}}], "files": []}}]}}')
+    write_plan(plan, img)
     env = dict(os.environ, QBACKUP_PASSPHRASE=PASS)
     subprocess.run([pack, "create", "--plan", plan, "--out", path, "--scrypt-log-n", str(log_n),
                     "--no-progress", "--no-space-check"], env=env, check=True)

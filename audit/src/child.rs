@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::interrupt;
 use crate::location::hex;
 use crate::progress::Counters;
-use crate::record::Verdict;
+use crate::record::{Check, Verdict};
 use crate::s3::ReadError;
 
 /// The verifier's JSON report is read up to this size (LIM-64); a larger one is an
@@ -47,17 +47,10 @@ pub struct Budget {
     pub kdf_memory_mib: u64,
 }
 
-/// What verifying one archive came to (the parts of an attempt the child decides).
+/// What verifying one archive came to, and what the scheduler must act on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
-    pub verdict: Verdict,
-    pub class: Option<String>,
-    pub exit_code: Option<i32>,
-    pub message: Option<String>,
-    pub backup_id: Option<String>,
-    pub bytes: u64,
-    pub sha256: Option<String>,
-    pub kdfs: Option<u64>,
+    pub check: Check,
     /// The verifier refused a KDF above its share of the memory budget: worth one more
     /// try with the whole budget.
     pub kdf_budget_refusal: bool,
@@ -65,21 +58,18 @@ pub struct Outcome {
     pub sandbox_unavailable: bool,
 }
 
-impl Outcome {
-    fn error(verdict: Verdict, class: &str, message: String, bytes: u64) -> Outcome {
+impl From<Check> for Outcome {
+    fn from(check: Check) -> Outcome {
         Outcome {
-            verdict,
-            class: Some(class.to_string()),
-            exit_code: None,
-            message: Some(message),
-            backup_id: None,
-            bytes,
-            sha256: None,
-            kdfs: None,
+            check,
             kdf_budget_refusal: false,
             sandbox_unavailable: false,
         }
     }
+}
+
+fn failure(verdict: Verdict, class: &str, message: String, bytes: u64) -> Outcome {
+    Check::without_verdict(verdict, class, message, bytes).into()
 }
 
 /// Live verifier children, to stop them on SIGINT/SIGTERM.
@@ -141,7 +131,7 @@ pub fn verify(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return Outcome::error(
+            return failure(
                 Verdict::Error,
                 "verifier",
                 format!("starting {}: {e}", verifier.program.display()),
@@ -226,20 +216,14 @@ fn feed_and_wait(child: &mut Child, source: &mut dyn Read, counters: &Counters) 
 
     if let Some(e) = source_error {
         return match e.get_ref().and_then(|i| i.downcast_ref::<ReadError>()) {
-            Some(ReadError::Changed(m)) => {
-                Outcome::error(Verdict::Changed, "changed", m.clone(), bytes)
-            }
-            Some(ReadError::Storage(m)) => {
-                Outcome::error(Verdict::Error, "storage", m.clone(), bytes)
-            }
-            None => Outcome::error(Verdict::Error, "storage", format!("reading: {e}"), bytes),
+            Some(ReadError::Changed(m)) => failure(Verdict::Changed, "changed", m.clone(), bytes),
+            Some(ReadError::Storage(m)) => failure(Verdict::Error, "storage", m.clone(), bytes),
+            None => failure(Verdict::Error, "storage", format!("reading: {e}"), bytes),
         };
     }
     let status = match status {
         Ok(s) => s,
-        Err(e) => {
-            return Outcome::error(Verdict::Error, "verifier", format!("waiting: {e}"), bytes)
-        }
+        Err(e) => return failure(Verdict::Error, "verifier", format!("waiting: {e}"), bytes),
     };
     let code = status.code();
     if interrupt::requested() || code == Some(EXIT_INTERRUPTED) || code.is_none() {
@@ -248,7 +232,7 @@ fn feed_and_wait(child: &mut Child, source: &mut dyn Read, counters: &Counters) 
         } else {
             format!("the verifier was stopped ({status})")
         };
-        return Outcome::error(Verdict::Incomplete, "interrupted", what, bytes);
+        return failure(Verdict::Incomplete, "interrupted", what, bytes);
     }
     let doc: Option<Value> = serde_json::from_slice(&report).ok();
     let field = |path: &[&str]| -> Option<String> {
@@ -261,7 +245,7 @@ fn feed_and_wait(child: &mut Child, source: &mut dyn Read, counters: &Counters) 
     let backup_id = field(&["archive", "backup_id"]);
     let kdfs = doc.as_ref().and_then(kdf_count);
     let sha256 = complete.then(|| hex(&hasher.finalize()));
-    let base = Outcome {
+    let base = Check {
         verdict: Verdict::Ok,
         class: None,
         exit_code: code,
@@ -270,51 +254,56 @@ fn feed_and_wait(child: &mut Child, source: &mut dyn Read, counters: &Counters) 
         bytes,
         sha256,
         kdfs,
-        kdf_budget_refusal: false,
-        sandbox_unavailable: false,
     };
     let tail = || stderr.trim().lines().last().unwrap_or("").to_string();
+    let judged = |verdict: Verdict, class: String, message: String| Check {
+        verdict,
+        class: Some(class),
+        message: Some(message),
+        ..base.clone()
+    };
     match code {
-        Some(0) if doc.as_ref().and_then(|d| d["ok"].as_bool()) == Some(true) && complete => base,
-        Some(0) => Outcome {
-            verdict: Verdict::Error,
-            class: Some("verifier".into()),
-            message: Some("the verifier exited 0 without a complete report".into()),
-            ..base
-        },
+        Some(0) if doc.as_ref().and_then(|d| d["ok"].as_bool()) == Some(true) && complete => {
+            base.into()
+        }
+        Some(0) => judged(
+            Verdict::Error,
+            "verifier".into(),
+            "the verifier exited 0 without a complete report".into(),
+        )
+        .into(),
         Some(c @ 10..=19) => {
             let class = field(&["error", "class"]).unwrap_or_else(|| format!("exit-{c}"));
             let message = field(&["error", "message"]).unwrap_or_else(tail);
-            let kdf_budget_refusal =
-                class == "limit-exceeded" && message.contains("--max-kdf-memory");
             Outcome {
-                verdict: Verdict::Failed,
-                class: Some(class),
-                message: Some(message),
-                kdf_budget_refusal,
-                ..base
+                kdf_budget_refusal: class == "limit-exceeded"
+                    && message.contains("--max-kdf-memory"),
+                ..judged(Verdict::Failed, class, message).into()
             }
         }
-        Some(c) => Outcome {
-            verdict: Verdict::Error,
-            class: Some(
-                if c == EXIT_IO {
-                    "verifier-io"
-                } else {
-                    "verifier"
-                }
-                .into(),
-            ),
-            message: Some(format!("the verifier exited {c}: {}", tail())),
-            sandbox_unavailable: c == EXIT_SANDBOX,
-            ..base
-        },
+        Some(c) => {
+            let class = if c == EXIT_IO {
+                "verifier-io"
+            } else {
+                "verifier"
+            };
+            Outcome {
+                sandbox_unavailable: c == EXIT_SANDBOX,
+                ..judged(
+                    Verdict::Error,
+                    class.into(),
+                    format!("the verifier exited {c}: {}", tail()),
+                )
+                .into()
+            }
+        }
         // Killed by a signal: handled above.
-        None => Outcome {
-            verdict: Verdict::Incomplete,
-            class: Some("interrupted".into()),
-            ..base
-        },
+        None => judged(
+            Verdict::Incomplete,
+            "interrupted".into(),
+            "interrupted".into(),
+        )
+        .into(),
     }
 }
 

@@ -41,9 +41,9 @@ impl Verdict {
     }
 }
 
-/// One attempt.
+/// What verifying an archive found: the verifier's side of an attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Attempt {
+pub struct Check {
     pub verdict: Verdict,
     /// The verifier's error class (`Failed`), or `changed`/`storage`/`verifier`/`interrupted`.
     pub class: Option<String>,
@@ -57,6 +57,29 @@ pub struct Attempt {
     pub sha256: Option<String>,
     /// scrypt KDFs the archive cost (v4), from the verifier's report: for estimates.
     pub kdfs: Option<u64>,
+}
+
+impl Check {
+    /// An attempt that says nothing about the archive's bytes beyond `bytes` read.
+    pub fn without_verdict(verdict: Verdict, class: &str, message: String, bytes: u64) -> Check {
+        Check {
+            verdict,
+            class: Some(class.to_string()),
+            exit_code: None,
+            message: Some(message),
+            backup_id: None,
+            bytes,
+            sha256: None,
+            kdfs: None,
+        }
+    }
+}
+
+/// One attempt: what it found, when, where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    #[serde(flatten)]
+    pub check: Check,
     pub started_ms: u64,
     pub started_at: String,
     pub duration_seconds: f64,
@@ -106,7 +129,11 @@ impl Record {
     pub fn of_attempt(location: &str, version: &Version, attempt: Attempt) -> Record {
         let mut r = Record::pending(location, version, attempt.started_ms);
         r.attempts = 1;
-        r.verified = attempt.verdict.is_definitive().then(|| attempt.clone());
+        r.verified = attempt
+            .check
+            .verdict
+            .is_definitive()
+            .then(|| attempt.clone());
         r.last = Some(attempt);
         r
     }
@@ -114,7 +141,7 @@ impl Record {
     /// Whether this version verified OK within `max_age_ms` of `now_ms`.
     pub fn fresh(&self, now_ms: u64, max_age_ms: u64) -> bool {
         self.verified.as_ref().is_some_and(|v| {
-            v.verdict == Verdict::Ok && now_ms.saturating_sub(v.finished_ms()) < max_age_ms
+            v.check.verdict == Verdict::Ok && now_ms.saturating_sub(v.finished_ms()) < max_age_ms
         })
     }
 
@@ -158,14 +185,16 @@ pub(crate) mod tests {
 
     pub fn attempt(verdict: Verdict, started_ms: u64) -> Attempt {
         Attempt {
-            verdict,
-            class: (verdict == Verdict::Failed).then(|| "mac-failure".into()),
-            exit_code: Some(0),
-            message: None,
-            backup_id: None,
-            bytes: 10,
-            sha256: None,
-            kdfs: Some(3),
+            check: Check {
+                verdict,
+                class: (verdict == Verdict::Failed).then(|| "mac-failure".into()),
+                exit_code: Some(0),
+                message: None,
+                backup_id: None,
+                bytes: 10,
+                sha256: None,
+                kdfs: Some(3),
+            },
             started_ms,
             started_at: crate::clock::utc(started_ms),
             duration_seconds: 2.0,
@@ -184,8 +213,11 @@ pub(crate) mod tests {
         let cut = Record::of_attempt("s3://b/k", &v, attempt(Verdict::Incomplete, 5000));
         for merged in [ok.merge(&cut), cut.merge(&ok)] {
             assert_eq!(merged.attempts, 2);
-            assert_eq!(merged.last.as_ref().unwrap().verdict, Verdict::Incomplete);
-            assert_eq!(merged.verified.as_ref().unwrap().verdict, Verdict::Ok);
+            assert_eq!(
+                merged.last.as_ref().unwrap().check.verdict,
+                Verdict::Incomplete
+            );
+            assert_eq!(merged.verified.as_ref().unwrap().check.verdict, Verdict::Ok);
             assert_eq!(merged.first_seen_ms, 1000);
         }
         assert!(ok.fresh(3000, 10_000));
@@ -193,7 +225,7 @@ pub(crate) mod tests {
         assert!(!cut.fresh(6000, 10_000));
         let failed = Record::of_attempt("s3://b/k", &v, attempt(Verdict::Failed, 9000));
         let m = ok.merge(&failed);
-        assert_eq!(m.verified.unwrap().verdict, Verdict::Failed);
+        assert_eq!(m.verified.unwrap().check.verdict, Verdict::Failed);
         assert!(!failed.fresh(9500, 10_000), "only OK verdicts are fresh");
     }
 }

@@ -59,7 +59,7 @@ pub fn summarise(records: &Records, now_ms: u64, stale_after_ms: u64) -> Vec<Ent
                 .iter()
                 .any(|r| r.verified.is_some());
             let status = match &current.verified {
-                Some(a) if a.verdict == Verdict::Failed => Status::Failing,
+                Some(a) if a.check.verdict == Verdict::Failed => Status::Failing,
                 Some(a) if now_ms.saturating_sub(a.finished_ms()) >= stale_after_ms => {
                     Status::Stale
                 }
@@ -82,9 +82,10 @@ pub fn summarise(records: &Records, now_ms: u64, stale_after_ms: u64) -> Vec<Ent
 fn attempt_json(a: &Option<Attempt>) -> Value {
     a.as_ref().map_or(Value::Null, |a| {
         json!({
-            "verdict": a.verdict.as_str(), "class": a.class, "message": a.message,
-            "at": clock::utc(a.finished_ms()), "backup_id": a.backup_id, "bytes": a.bytes,
-            "sha256": a.sha256, "host": a.host, "shard": a.shard,
+            "verdict": a.check.verdict.as_str(), "class": a.check.class,
+            "message": a.check.message, "at": clock::utc(a.finished_ms()),
+            "backup_id": a.check.backup_id, "bytes": a.check.bytes, "sha256": a.check.sha256,
+            "host": a.host, "shard": a.shard,
         })
     })
 }
@@ -132,19 +133,21 @@ pub fn to_text(entries: &[Entry]) -> String {
         let detail = match (&e.current.verified, &e.current.last) {
             (Some(v), _) => format!(
                 "{} {} at {}{}",
-                v.verdict.as_str(),
-                v.class.as_deref().unwrap_or(""),
+                v.check.verdict.as_str(),
+                v.check.class.as_deref().unwrap_or(""),
                 clock::utc(v.finished_ms()),
-                v.message
+                v.check
+                    .message
                     .as_deref()
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default()
             ),
             (None, Some(l)) => format!(
                 "last attempt {} at {}{}",
-                l.verdict.as_str(),
+                l.check.verdict.as_str(),
                 clock::utc(l.finished_ms()),
-                l.message
+                l.check
+                    .message
                     .as_deref()
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default()

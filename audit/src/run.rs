@@ -20,7 +20,7 @@ use crate::ledger::{Ledger, Records};
 use crate::location::{Location, Version};
 use crate::passphrases::Passphrases;
 use crate::progress::{Counters, Reporter};
-use crate::record::{Attempt, Record, Verdict};
+use crate::record::{Attempt, Check, Record, Verdict};
 use crate::s3::Storage;
 use crate::select::{select, Task};
 use crate::shard::Shard;
@@ -266,18 +266,12 @@ fn verify_one(s: &Shared, slot: usize, task: Task, est: f64, budget: Budget, sha
     let started_ms = clock::now_ms();
     let started = Instant::now();
     let outcome = match s.opts.passphrases.for_location(&location) {
-        None => Outcome {
-            verdict: Verdict::Error,
-            class: Some("no-passphrase".into()),
-            exit_code: None,
-            message: Some(format!("no rule of the passphrase map matches {location}")),
-            backup_id: None,
-            bytes: 0,
-            sha256: None,
-            kdfs: None,
-            kdf_budget_refusal: false,
-            sandbox_unavailable: false,
-        },
+        None => Outcome::from(Check::without_verdict(
+            Verdict::Error,
+            "no-passphrase",
+            format!("no rule of the passphrase map matches {location}"),
+            0,
+        )),
         Some(pass) => verify_source(s, &c.location, &c.version, pass, budget),
     };
     lock(&s.counters.running).remove(&slot);
@@ -285,28 +279,22 @@ fn verify_one(s: &Shared, slot: usize, task: Task, est: f64, budget: Budget, sha
         lock(&s.solo).push((task, est));
         return;
     }
+    let check = outcome.check;
+    if outcome.sandbox_unavailable {
+        lock(&s.summary).fatal = Some(format!(
+            "the verifier's sandbox cannot be enforced here: {}",
+            check.message.as_deref().unwrap_or("")
+        ));
+        s.stop.store(true, Ordering::SeqCst);
+    }
     let attempt = Attempt {
-        verdict: outcome.verdict,
-        class: outcome.class.clone(),
-        exit_code: outcome.exit_code,
-        message: outcome.message.clone(),
-        backup_id: outcome.backup_id.clone(),
-        bytes: outcome.bytes,
-        sha256: outcome.sha256.clone(),
-        kdfs: outcome.kdfs,
+        check,
         started_ms,
         started_at: clock::utc(started_ms),
         duration_seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         host: s.host.clone(),
         shard: s.opts.shard.to_string(),
     };
-    if outcome.sandbox_unavailable {
-        lock(&s.summary).fatal = Some(format!(
-            "the verifier's sandbox cannot be enforced here: {}",
-            outcome.message.as_deref().unwrap_or("")
-        ));
-        s.stop.store(true, Ordering::SeqCst);
-    }
     let record = Record::of_attempt(&location, &c.version, attempt.clone());
     let stored = match s.ledger.write(&record) {
         Ok(r) => r,
@@ -317,9 +305,10 @@ fn verify_one(s: &Shared, slot: usize, task: Task, est: f64, budget: Budget, sha
             record
         }
     };
+    let check = &attempt.check;
     {
         let mut sum = lock(&s.summary);
-        match outcome.verdict {
+        match check.verdict {
             Verdict::Ok => sum.ok += 1,
             Verdict::Failed => sum.failed += 1,
             Verdict::Incomplete => sum.incomplete += 1,
@@ -329,19 +318,24 @@ fn verify_one(s: &Shared, slot: usize, task: Task, est: f64, budget: Budget, sha
     }
     let counters = &s.counters;
     counters.archives_done.fetch_add(1, Ordering::Relaxed);
-    if let Some(k) = outcome.kdfs {
+    if let Some(k) = check.kdfs {
         counters.kdfs_done.fetch_add(k, Ordering::Relaxed);
-        if outcome.verdict == Verdict::Ok {
+        if check.verdict == Verdict::Ok {
             let mut m = lock(&s.model);
             m.1.push(Sample {
                 kdfs: k,
-                bytes: outcome.bytes,
+                bytes: check.bytes,
                 seconds: attempt.duration_seconds,
             });
             m.0 = Model::fit(&m.1);
         }
     }
     print_line(&location, &c.version, &attempt, stored.attempts);
+}
+
+/// An attempt that found nothing about the archive.
+fn unverified(verdict: Verdict, class: &str, message: String) -> Outcome {
+    Check::without_verdict(verdict, class, message, 0).into()
 }
 
 /// Open the archive at its listed version and verify it; a file that is replaced or
@@ -353,94 +347,62 @@ fn verify_source(
     pass: &Path,
     budget: Budget,
 ) -> Outcome {
-    let changed = |m: String| Outcome {
-        verdict: Verdict::Changed,
-        class: Some("changed".into()),
-        exit_code: None,
-        message: Some(m),
-        backup_id: None,
-        bytes: 0,
-        sha256: None,
-        kdfs: None,
-        kdf_budget_refusal: false,
-        sandbox_unavailable: false,
+    let verify = |source: &mut dyn Read| {
+        child::verify(
+            source,
+            pass,
+            &s.opts.verifier,
+            budget,
+            &s.counters,
+            &s.children,
+        )
     };
     match (location, version) {
-        (Location::File(path), _) => {
+        (Location::File(path), Version::File { size, mtime_ns, .. }) => {
             let mut f = match File::open(path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return changed(format!("{} was removed", path.display()))
+                    let m = format!("{} was removed", path.display());
+                    return unverified(Verdict::Changed, "changed", m);
                 }
                 Err(e) => {
-                    let mut o = changed(format!("opening {}: {e}", path.display()));
-                    o.verdict = Verdict::Error;
-                    o.class = Some("storage".into());
-                    return o;
+                    let m = format!("opening {}: {e}", path.display());
+                    return unverified(Verdict::Error, "storage", m);
                 }
             };
-            let now = f.metadata().map(|m| file_version(&m));
-            if now.as_ref().ok() != Some(version) {
-                return changed(format!("{} changed since it was listed", path.display()));
+            if f.metadata().map(|m| file_version(&m)).ok().as_ref() != Some(version) {
+                let m = format!("{} changed since it was listed", path.display());
+                return unverified(Verdict::Changed, "changed", m);
             }
-            let mut outcome = child::verify(
-                &mut f as &mut dyn Read,
-                pass,
-                &s.opts.verifier,
-                budget,
-                &s.counters,
-                &s.children,
-            );
-            let after = f.metadata().map(|m| (m.size(), m.mtime(), m.mtime_nsec()));
-            let before = match version {
-                Version::File { size, mtime_ns, .. } => Some((*size, *mtime_ns)),
-                Version::S3 { .. } => None,
-            };
-            let same = match (after, before) {
-                (Ok((size, s_, ns)), Some((bsize, bns))) => {
-                    size == bsize && s_.saturating_mul(1_000_000_000).saturating_add(ns) == bns
-                }
-                _ => false,
-            };
-            if !same && outcome.verdict != Verdict::Incomplete {
-                outcome = Outcome {
-                    bytes: outcome.bytes,
-                    ..changed(format!("{} was modified while it was read", path.display()))
-                };
+            let outcome = verify(&mut f);
+            let unchanged = f.metadata().is_ok_and(|m| {
+                let now_ns = m
+                    .mtime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(m.mtime_nsec());
+                m.size() == *size && now_ns == *mtime_ns
+            });
+            if unchanged || outcome.check.verdict == Verdict::Incomplete {
+                outcome
+            } else {
+                let m = format!("{} was modified while it was read", path.display());
+                Check::without_verdict(Verdict::Changed, "changed", m, outcome.check.bytes).into()
             }
-            outcome
         }
         (Location::S3 { bucket, key }, Version::S3 { etag, size }) => {
-            let storage = match &s.storage {
-                Some(st) => st,
-                None => {
-                    let mut o = changed("no S3 client".into());
-                    o.verdict = Verdict::Error;
-                    return o;
-                }
+            let Some(storage) = &s.storage else {
+                return unverified(Verdict::Error, "storage", "no S3 client".into());
             };
             match storage.open(bucket, key, etag, *size) {
-                Ok(mut r) => child::verify(
-                    &mut r,
-                    pass,
-                    &s.opts.verifier,
-                    budget,
-                    &s.counters,
-                    &s.children,
-                ),
-                Err(e) => {
-                    let mut o = changed(e);
-                    o.verdict = Verdict::Error;
-                    o.class = Some("storage".into());
-                    o
-                }
+                Ok(mut r) => verify(&mut r),
+                Err(e) => unverified(Verdict::Error, "storage", e),
             }
         }
-        (Location::S3 { .. }, Version::File { .. }) => {
-            let mut o = changed("an object with a file's version".into());
-            o.verdict = Verdict::Error;
-            o
-        }
+        _ => unverified(
+            Verdict::Error,
+            "storage",
+            format!("{location}: a version of another kind of storage"),
+        ),
     }
 }
 
@@ -461,11 +423,11 @@ fn samples(records: &Records) -> Vec<Sample> {
     records
         .values()
         .filter_map(|r| r.verified.as_ref())
-        .filter(|a| a.verdict == Verdict::Ok)
+        .filter(|a| a.check.verdict == Verdict::Ok)
         .filter_map(|a| {
             Some(Sample {
-                kdfs: a.kdfs?,
-                bytes: a.bytes,
+                kdfs: a.check.kdfs?,
+                bytes: a.check.bytes,
                 seconds: a.duration_seconds,
             })
         })
@@ -477,7 +439,7 @@ fn expected_kdfs(t: &Task) -> u64 {
     t.previous
         .as_ref()
         .and_then(|r| r.verified.as_ref().or(r.last.as_ref()))
-        .and_then(|a| a.kdfs)
+        .and_then(|a| a.check.kdfs)
         .unwrap_or_else(|| assumed_kdfs(t.candidate.size()))
 }
 

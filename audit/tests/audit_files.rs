@@ -42,40 +42,19 @@ fn verdicts_ledger_max_age_and_report() {
     std::fs::write(arch.join("notes.txt"), "not an archive").unwrap();
     let pass = pass_file(d);
     let ledger = d.join("ledger");
-    let base = [
-        "run",
-        "--no-progress",
-        "--include",
-        "*.bin",
-        "--ledger",
-        &s(&ledger),
-        "--passphrase-file",
-        &s(&pass),
-        "--verifier",
-        &s(&verifier()),
-    ];
-    let with = |extra: &[&str]| -> Vec<String> {
-        base.iter()
-            .map(|x| x.to_string())
-            .chain(extra.iter().map(|x| x.to_string()))
-            .collect()
-    };
     let run = |extra: &[&str]| {
-        let args = with(extra);
-        audit(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+        let all = [&["--no-progress", "--include", "*.bin"], extra].concat();
+        audit_run(&s(&ledger), &pass, &all, &[])
     };
 
     let first = run(&[&s(&arch)]);
     assert_eq!(first.code, 10, "findings: {}", first.stderr);
-    assert_eq!(
-        first.verdicts(),
-        [
-            ("a.bin".into(), "ok".into()),
-            ("b.bin".into(), "ok".into()),
-            ("c.bin".into(), "ok".into()),
-            ("d.bin".into(), "failed".into())
-        ]
-    );
+    first.assert_verdicts(&[
+        ("a.bin", "ok"),
+        ("b.bin", "ok"),
+        ("c.bin", "ok"),
+        ("d.bin", "failed"),
+    ]);
     let d_line = first.line("/d.bin");
     assert_eq!(d_line["class"], "mac-failure");
     assert_eq!(d_line["exit_code"], 12);
@@ -98,7 +77,7 @@ fn verdicts_ledger_max_age_and_report() {
     // --max-age: the OK ones are fresh; the failing one is verified again.
     let second = run(&["--max-age", "1d", &s(&arch)]);
     assert_eq!(second.code, 10);
-    assert_eq!(second.verdicts(), [("d.bin".into(), "failed".into())]);
+    second.assert_verdicts(&[("d.bin", "failed")]);
     assert_eq!(second.line("/d.bin")["attempts"], 2);
 
     // A rewritten file is a new version: audited although its location is fresh.
@@ -125,13 +104,7 @@ fn verdicts_ledger_max_age_and_report() {
     assert_eq!(rep["counts"]["ok"], 2);
 
     let third = run(&["--max-age", "1d", &s(&arch)]);
-    assert_eq!(
-        third.verdicts(),
-        [
-            ("c.bin".into(), "ok".into()),
-            ("d.bin".into(), "failed".into())
-        ]
-    );
+    third.assert_verdicts(&[("c.bin", "ok"), ("d.bin", "failed")]);
     let rep = report_json(&ledger);
     assert_eq!(status_of(&rep, "/c.bin"), ("ok".to_string(), 2));
     let text = qbackup_tests::run_ok(
@@ -175,24 +148,15 @@ fn shards_split_the_archives() {
         let env: Vec<(String, String)> = env
             .map(|v| vec![("QBACKUP_SHARD".to_string(), v.to_string())])
             .unwrap_or_default();
-        let r = audit(
-            &[
-                "run",
-                "--no-progress",
-                "--include",
-                "*.bin",
-                "--shard",
-                shard,
-                "--ledger",
-                &s(&ledger),
-                "--passphrase-file",
-                &s(&pass),
-                "--verifier",
-                &s(&verifier()),
-                &s(d),
-            ],
-            &env,
-        );
+        let extra = [
+            "--no-progress",
+            "--include",
+            "*.bin",
+            "--shard",
+            shard,
+            &s(d),
+        ];
+        let r = audit_run(&s(&ledger), &pass, &extra, &env);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(r
             .lines
@@ -207,19 +171,7 @@ fn shards_split_the_archives() {
         (0..6).map(|i| format!("s{i}.bin")).collect::<Vec<_>>()
     );
     assert_eq!(dir_records(&ledger).len(), 6);
-    let bad = audit(
-        &[
-            "run",
-            "--shard",
-            "3/2",
-            "--ledger",
-            &s(&ledger),
-            "--passphrase-file",
-            &s(&pass),
-            &s(d),
-        ],
-        &[],
-    );
+    let bad = audit_run(&s(&ledger), &pass, &["--shard", "3/2", &s(d)], &[]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 }
 
@@ -233,21 +185,13 @@ fn an_interrupted_archive_is_recorded_incomplete() {
     make_archive(d, "slow", 2560, 15, 64 << 10);
     let pass = pass_file(d);
     let ledger = d.join("ledger");
-    let args = [
-        "run",
-        "--progress-json",
-        "--jobs",
-        "1",
-        "--ledger",
-        &s(&ledger),
-        "--passphrase-file",
-        &s(&pass),
-        "--verifier",
-        &s(&verifier()),
-        &s(&d.join("slow.bin")),
-    ];
+    let slow = s(&d.join("slow.bin"));
     let mut child = Command::new(AUDIT)
-        .args(args)
+        .args(run_args(
+            &s(&ledger),
+            &pass,
+            &["--progress-json", "--jobs", "1", &slow],
+        ))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -266,18 +210,14 @@ fn an_interrupted_archive_is_recorded_incomplete() {
     let out = child.wait_with_output().unwrap();
     let r = parse_run(out);
     assert_eq!(r.code, 75);
-    assert_eq!(r.verdicts(), [("slow.bin".into(), "incomplete".into())]);
+    r.assert_verdicts(&[("slow.bin", "incomplete")]);
     let rec = &dir_records(&ledger)[0];
     assert_eq!(rec["last"]["verdict"], "incomplete");
     assert!(rec["verified"].is_null());
-    let again = audit(
-        &args.map(|a| {
-            if a == "--progress-json" {
-                "--no-progress"
-            } else {
-                a
-            }
-        }),
+    let again = audit_run(
+        &s(&ledger),
+        &pass,
+        &["--no-progress", "--jobs", "1", &slow],
         &[],
     );
     assert_eq!(again.code, 0, "{}", again.stderr);
@@ -294,53 +234,17 @@ fn a_kdf_above_the_parallel_share_is_verified_alone() {
     make_archive(d, "k1", 64, 16, 1 << 20);
     make_archive(d, "k2", 64, 16, 1 << 20);
     let pass = pass_file(d);
-    let r = audit(
-        &[
-            "run",
-            "--no-progress",
-            "--include",
-            "*.bin",
-            "--jobs",
-            "2",
-            "--max-kdf-memory",
-            "100",
-            "--ledger",
-            &s(&d.join("ledger")),
-            "--passphrase-file",
-            &s(&pass),
-            "--verifier",
-            &s(&verifier()),
-            &s(d),
-        ],
-        &[],
-    );
+    let budget = |ledger: &str, jobs: &str, mib: &str, input: &Path| {
+        let input = s(input);
+        let extra = ["--no-progress", "--include", "*.bin", "--jobs", jobs];
+        let extra = [&extra[..], &["--max-kdf-memory", mib, &input]].concat();
+        audit_run(&s(&d.join(ledger)), &pass, &extra, &[])
+    };
+    let r = budget("ledger", "2", "100", d);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(
-        r.verdicts(),
-        [
-            ("k1.bin".into(), "ok".into()),
-            ("k2.bin".into(), "ok".into())
-        ]
-    );
+    r.assert_verdicts(&[("k1.bin", "ok"), ("k2.bin", "ok")]);
     // Below one KDF's need even alone: a finding of its class, as verify reports it.
-    let r = audit(
-        &[
-            "run",
-            "--no-progress",
-            "--jobs",
-            "1",
-            "--max-kdf-memory",
-            "32",
-            "--ledger",
-            &s(&d.join("ledger2")),
-            "--passphrase-file",
-            &s(&pass),
-            "--verifier",
-            &s(&verifier()),
-            &s(&d.join("k1.bin")),
-        ],
-        &[],
-    );
+    let r = budget("ledger2", "1", "32", &d.join("k1.bin"));
     assert_eq!(r.code, 10);
     assert_eq!(r.line("k1.bin")["class"], "limit-exceeded");
 }
@@ -367,22 +271,20 @@ fn a_misbehaving_verifier_is_an_infrastructure_error() {
     );
     let nosandbox = fake("nosandbox", "echo 'sandbox unavailable' >&2; exit 21");
     for (verifier, class) in [(huge, "verifier"), (nosandbox, "verifier")] {
-        let r = audit(
-            &[
-                "run",
-                "--no-progress",
-                "--ledger",
-                &s(&d.join("ledger")),
-                "--passphrase-file",
-                &s(&pass),
-                "--verifier",
-                &s(&verifier),
-                &s(&archive),
-            ],
-            &[],
-        );
+        let args = [
+            "run",
+            "--no-progress",
+            "--ledger",
+            &s(&d.join("ledger")),
+            "--passphrase-file",
+            &s(&pass),
+            "--verifier",
+            &s(&verifier),
+            &s(&archive),
+        ];
+        let r = audit(&args, &[]);
         assert_eq!(r.code, 69, "{}", r.stderr);
-        assert_eq!(r.verdicts(), [("x.bin".into(), "error".into())]);
+        r.assert_verdicts(&[("x.bin", "error")]);
         assert_eq!(r.line("x.bin")["class"], class);
     }
     let rec = &dir_records(&d.join("ledger"))[0];

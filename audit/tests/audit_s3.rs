@@ -88,15 +88,12 @@ fn audits_a_bucket_through_cuts_and_503s() {
         &env_via(&server, &proxy.endpoint()),
     );
     assert_eq!(r.code, 10, "{}\n{}", r.stderr, server.log());
-    assert_eq!(
-        r.verdicts(),
-        [
-            ("bad.bin".into(), "failed".into()),
-            ("one.bin".into(), "ok".into()),
-            ("three.bin".into(), "ok".into()),
-            ("two.bin".into(), "ok".into())
-        ]
-    );
+    r.assert_verdicts(&[
+        ("bad.bin", "failed"),
+        ("one.bin", "ok"),
+        ("three.bin", "ok"),
+        ("two.bin", "ok"),
+    ]);
     assert_eq!(r.line("bad.bin")["class"], "mac-failure");
     for (n, bytes) in &originals {
         let line = r.line(&format!("/{n}.bin"));
@@ -174,15 +171,12 @@ fn an_s3_ledger_loses_nothing_and_a_replaced_object_is_changed() {
     let r = parse_run(child.wait_with_output().unwrap());
     let err = drain.join().unwrap().join("\n");
     assert_eq!(r.code, 75, "{err}");
-    assert_eq!(
-        r.verdicts(),
-        [
-            ("0slow.bin".into(), "ok".into()),
-            ("1victim.bin".into(), "changed".into()),
-            ("2x.bin".into(), "ok".into()),
-            ("3y.bin".into(), "ok".into())
-        ]
-    );
+    r.assert_verdicts(&[
+        ("0slow.bin", "ok"),
+        ("1victim.bin", "changed"),
+        ("2x.bin", "ok"),
+        ("3y.bin", "ok"),
+    ]);
     assert!(r.line("1victim.bin")["message"]
         .as_str()
         .unwrap()

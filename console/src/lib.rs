@@ -13,6 +13,7 @@
 //! No format logic lives here: the format crate stays pure (no clock, no files).
 
 pub mod progress;
+pub mod utc;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -154,23 +154,15 @@ fn now() -> u64 {
 
 /// `YYYYMMDDTHHMMSS-PID` in UTC, like upstream's (which uses local time).
 fn backup_id(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let c = qbackup_console::utc::civil(secs);
     format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}-{}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
+        "{:04}{:02}{:02}T{:02}{:02}{:02}-{}",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
         std::process::id()
     )
 }

@@ -793,20 +793,9 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 /// (`YYYYMMDDTHHMMSSZ`, `YYYYMMDD`) in UTC.
 fn amz_date(t: SystemTime) -> (String, String) {
     let secs = t.duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
-    let days = i64::try_from(secs / 86400).expect("sane date");
-    let rem = secs % 86400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let d = format!("{year:04}{month:02}{day:02}");
-    let full = format!("{d}T{:02}{:02}{:02}Z", rem / 3600, rem / 60 % 60, rem % 60);
+    let c = qbackup_console::utc::civil(secs);
+    let d = format!("{:04}{:02}{:02}", c.year, c.month, c.day);
+    let full = format!("{d}T{:02}{:02}{:02}Z", c.hour, c.minute, c.second);
     (full, d)
 }
 

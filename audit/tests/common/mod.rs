@@ -84,6 +84,15 @@ impl Run {
             .unwrap_or_else(|| panic!("no line for {suffix}: {:#?}\n{}", self.lines, self.stderr))
     }
 
+    /// Whether the archives' verdicts are `want` (file name, verdict), in name order.
+    pub fn assert_verdicts(&self, want: &[(&str, &str)]) {
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(self.verdicts(), want, "{}", self.stderr);
+    }
+
     pub fn verdicts(&self) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = self
             .lines
@@ -97,6 +106,23 @@ impl Run {
         v.sort();
         v
     }
+}
+
+/// `run --ledger LEDGER --passphrase-file PASS --verifier V EXTRA...`.
+pub fn run_args(ledger: &str, pass: &Path, extra: &[&str]) -> Vec<String> {
+    let head = ["run", "--ledger", ledger, "--passphrase-file"];
+    head.iter()
+        .map(|x| x.to_string())
+        .chain([pass.display().to_string(), "--verifier".into()])
+        .chain([verifier().display().to_string()])
+        .chain(extra.iter().map(|x| x.to_string()))
+        .collect()
+}
+
+/// [`audit`] with [`run_args`].
+pub fn audit_run(ledger: &str, pass: &Path, extra: &[&str], env: &[(String, String)]) -> Run {
+    let args = run_args(ledger, pass, extra);
+    audit(&args.iter().map(String::as_str).collect::<Vec<_>>(), env)
 }
 
 /// Run `qbackup-audit ARGS` with `env` added.
