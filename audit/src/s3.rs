@@ -37,6 +37,9 @@ pub const MAX_STALLS: u32 = 8;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// Ledger records read at once (one small GET each).
+const PARALLEL_GETS: usize = 16;
+
 /// One request (connect, headers and one segment's body) may take this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -227,6 +230,36 @@ impl Storage {
                 .await
                 .map_err(|e| format!("reading s3://{bucket}/{key}: {e}"))?;
             Ok(Some((bytes.to_vec(), etag)))
+        })
+    }
+
+    /// Many objects' bytes, up to [`PARALLEL_GETS`] requests at a time, in `keys` order
+    /// (`None` where an object does not exist).
+    pub fn get_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let store = self.store(bucket)?;
+        self.runtime.block_on(async {
+            futures::stream::iter(keys.iter().map(|key| {
+                let store = store.clone();
+                async move {
+                    match store
+                        .get_opts(&ObjectPath::from(key.as_str()), GetOptions::default())
+                        .await
+                    {
+                        Ok(r) => r
+                            .bytes()
+                            .await
+                            .map(|b| Some(b.to_vec()))
+                            .map_err(|e| format!("reading s3://{bucket}/{key}: {e}")),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(format!("reading s3://{bucket}/{key}: {e}")),
+                    }
+                }
+            }))
+            .buffered(PARALLEL_GETS)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
         })
     }
 

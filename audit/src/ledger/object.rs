@@ -41,12 +41,22 @@ impl ObjectLedger {
             bucket: self.bucket.clone(),
             prefix: self.records.clone(),
         };
+        let objects: Vec<String> = self
+            .storage
+            .list(&url)?
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| key_of(k.rsplit('/').next().unwrap_or(k)).is_some())
+            .collect();
         let mut out = Records::new();
-        for o in self.storage.list(&url)? {
-            let name = o.key.rsplit('/').next().unwrap_or(&o.key);
-            let Some(key) = key_of(name) else { continue };
-            if let Some((bytes, _)) = self.storage.get(&self.bucket, &o.key)? {
-                let r = parse(&bytes, key, &format!("s3://{}/{}", self.bucket, o.key))?;
+        for (object, bytes) in objects
+            .iter()
+            .zip(self.storage.get_many(&self.bucket, &objects)?)
+        {
+            let key = key_of(object.rsplit('/').next().unwrap_or(object)).unwrap_or_default();
+            // Gone since the listing: nothing to know.
+            if let Some(bytes) = bytes {
+                let r = parse(&bytes, key, &format!("s3://{}/{object}", self.bucket))?;
                 out.insert(key.to_string(), r);
             }
         }
