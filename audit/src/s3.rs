@@ -111,6 +111,7 @@ impl Storage {
         if let Some(s) = stores.get(bucket) {
             return Ok(s.clone());
         }
+        refuse_metadata_service()?;
         let store: Arc<dyn ObjectStore> = Arc::new(
             AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
@@ -296,6 +297,33 @@ impl Storage {
             }
         })
     }
+}
+
+/// Without credentials in the environment the client asks the EC2 instance metadata
+/// service (169.254.169.254); `AWS_EC2_METADATA_DISABLED=true`, as in the AWS SDKs, forbids
+/// that: then missing credentials are an error here, and nothing leaves the machine.
+fn refuse_metadata_service() -> Result<(), String> {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let disabled =
+        std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let credentials = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_SKIP_SIGNATURE",
+    ]
+    .iter()
+    .any(|k| set(k));
+    if disabled && !credentials {
+        return Err(
+            "no S3 credentials in the environment (AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY), and AWS_EC2_METADATA_DISABLED=true forbids asking the \
+             instance metadata service"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn display(url: &S3Url) -> String {

@@ -105,6 +105,26 @@ fn audits_a_bucket_through_cuts_and_503s() {
         assert!(line["version"]["etag"].as_str().unwrap().starts_with('"'));
     }
     assert!(proxy.cuts() >= 3, "cuts: {}", proxy.cuts());
+    // No credentials, and the metadata service forbidden: an error, nothing asked of
+    // 169.254.169.254.
+    let env: Vec<(String, String)> = env_via(&server, &proxy.endpoint())
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("AWS_ACCESS_KEY") && !k.starts_with("AWS_SECRET"))
+        .collect();
+    let r = Command::new(AUDIT)
+        .args(run_args(
+            &s(&d.join("ledger")),
+            &pass,
+            &["s3://backups/site"],
+        ))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .envs(env)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(69), "{err}");
+    assert!(err.contains("AWS_EC2_METADATA_DISABLED"), "{err}");
     assert!(proxy.served_503() >= 1, "503s: {}", proxy.served_503());
 }
 
