@@ -7,12 +7,13 @@
 //! `AWS_ALLOW_HTTP`, …). The blocking side of this process (workers feeding verifiers)
 //! drives the async client on one small runtime.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
@@ -30,6 +31,9 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 /// whole segment.
 const PIECE_BYTES: usize = 1 << 20;
 const QUEUED_PIECES: usize = 16;
+
+/// Received bytes as the client gave them (no copy): about [`PIECE_BYTES`].
+type Piece = VecDeque<Bytes>;
 
 /// Give up on an object after this many failed requests in a row without a byte of
 /// progress (LIM-62); each wait doubles, from [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`].
@@ -174,7 +178,7 @@ impl Storage {
         size: u64,
     ) -> Result<ObjectReader, String> {
         let store = self.store(bucket)?;
-        let (tx, rx) = sync_channel::<Result<Vec<u8>, ReadError>>(QUEUED_PIECES);
+        let (tx, rx) = sync_channel::<Result<Piece, ReadError>>(QUEUED_PIECES);
         let this = self.clone();
         let (key, etag) = (key.to_string(), etag.to_string());
         let name = format!("s3://{bucket}/{key}");
@@ -207,8 +211,7 @@ impl Storage {
             .map_err(|e| format!("starting a reader thread: {e}"))?;
         Ok(ObjectReader {
             rx,
-            current: Vec::new(),
-            pos: 0,
+            current: Piece::new(),
             left: size,
         })
     }
@@ -339,12 +342,13 @@ async fn segment(
     etag: &str,
     size: u64,
     range: std::ops::Range<u64>,
-    tx: &SyncSender<Result<Vec<u8>, ReadError>>,
+    tx: &SyncSender<Result<Piece, ReadError>>,
 ) -> Result<bool, ReadError> {
     let want = range.end - range.start;
     // Bytes of this segment received so far (sent, or in `piece`).
     let mut got = 0u64;
-    let mut piece: Vec<u8> = Vec::with_capacity(PIECE_BYTES);
+    let mut piece = Piece::new();
+    let mut piece_len = 0usize;
     let mut stalls = 0u32;
     let mut last_error = String::new();
     while got < want {
@@ -398,13 +402,13 @@ async fn segment(
                                 )));
                             }
                             got += bytes.len() as u64;
-                            piece.extend_from_slice(&bytes);
-                            if piece.len() >= PIECE_BYTES {
-                                let full =
-                                    std::mem::replace(&mut piece, Vec::with_capacity(PIECE_BYTES));
+                            piece_len += bytes.len();
+                            piece.push_back(bytes);
+                            if piece_len >= PIECE_BYTES {
+                                piece_len = 0;
                                 // Blocks this reader thread only, while the verifier
                                 // catches up.
-                                if tx.send(Ok(full)).is_err() {
+                                if tx.send(Ok(std::mem::take(&mut piece))).is_err() {
                                     return Ok(false);
                                 }
                             }
@@ -432,9 +436,8 @@ async fn segment(
 
 /// The blocking side of [`Storage::open`].
 pub struct ObjectReader {
-    rx: Receiver<Result<Vec<u8>, ReadError>>,
-    current: Vec<u8>,
-    pos: usize,
+    rx: Receiver<Result<Piece, ReadError>>,
+    current: Piece,
     /// Bytes not yet handed out: a reader thread that stops early is an error, never an
     /// early end (which the verifier would report as a truncated archive).
     left: u64,
@@ -442,12 +445,12 @@ pub struct ObjectReader {
 
 impl Read for ObjectReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
+        while self.current.front().is_none_or(|b| b.is_empty()) {
+            if self.current.pop_front().is_some() {
+                continue;
+            }
             match self.rx.recv() {
-                Ok(Ok(seg)) => {
-                    self.current = seg;
-                    self.pos = 0;
-                }
+                Ok(Ok(piece)) => self.current = piece,
                 Ok(Err(e)) => return Err(io::Error::other(e)),
                 Err(_) if self.left == 0 => return Ok(0),
                 Err(_) => {
@@ -458,9 +461,11 @@ impl Read for ObjectReader {
                 }
             }
         }
-        let n = out.len().min(self.current.len() - self.pos);
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
+        let Some(front) = self.current.front_mut() else {
+            return Ok(0);
+        };
+        let n = out.len().min(front.len());
+        out[..n].copy_from_slice(&front.split_to(n));
         self.left = self.left.saturating_sub(n as u64);
         Ok(n)
     }
