@@ -216,49 +216,33 @@ impl Storage {
         })
     }
 
-    /// The object's bytes and ETag, or `None` when it does not exist.
-    pub fn get(&self, bucket: &str, key: &str) -> Result<Option<(Vec<u8>, String)>, String> {
+    /// A small object's bytes and ETag, or `None` when it does not exist; one larger
+    /// than `max` bytes is an error, refused before its body is read.
+    pub fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        max: u64,
+    ) -> Result<Option<Fetched>, String> {
         let store = self.store(bucket)?;
-        self.runtime.block_on(async {
-            let r = match store
-                .get_opts(&ObjectPath::from(key), GetOptions::default())
-                .await
-            {
-                Ok(r) => r,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(format!("reading s3://{bucket}/{key}: {e}")),
-            };
-            let etag = r.meta.e_tag.clone().unwrap_or_default();
-            let bytes = r
-                .bytes()
-                .await
-                .map_err(|e| format!("reading s3://{bucket}/{key}: {e}"))?;
-            Ok(Some((bytes.to_vec(), etag)))
-        })
+        self.runtime
+            .block_on(fetch_small(store.as_ref(), bucket, key, max))
     }
 
-    /// Many objects' bytes, up to [`PARALLEL_GETS`] requests at a time, in `keys` order
-    /// (`None` where an object does not exist).
-    pub fn get_many(&self, bucket: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
+    /// [`Storage::get`] of many objects, up to [`PARALLEL_GETS`] requests at a time, in
+    /// `keys` order.
+    pub fn get_many(
+        &self,
+        bucket: &str,
+        keys: &[String],
+        max: u64,
+    ) -> Result<Vec<Option<Fetched>>, String> {
         let store = self.store(bucket)?;
         self.runtime.block_on(async {
-            futures::stream::iter(keys.iter().map(|key| {
-                let store = store.clone();
-                async move {
-                    match store
-                        .get_opts(&ObjectPath::from(key.as_str()), GetOptions::default())
-                        .await
-                    {
-                        Ok(r) => r
-                            .bytes()
-                            .await
-                            .map(|b| Some(b.to_vec()))
-                            .map_err(|e| format!("reading s3://{bucket}/{key}: {e}")),
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(format!("reading s3://{bucket}/{key}: {e}")),
-                    }
-                }
-            }))
+            futures::stream::iter(
+                keys.iter()
+                    .map(|key| fetch_small(store.as_ref(), bucket, key, max)),
+            )
             .buffered(PARALLEL_GETS)
             .collect::<Vec<_>>()
             .await
@@ -327,6 +311,36 @@ fn refuse_metadata_service() -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// A small object's bytes and ETag.
+pub type Fetched = (Vec<u8>, String);
+
+/// See [`Storage::get`].
+async fn fetch_small(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    key: &str,
+    max: u64,
+) -> Result<Option<Fetched>, String> {
+    let err = |e: object_store::Error| format!("reading s3://{bucket}/{key}: {e}");
+    let r = match store
+        .get_opts(&ObjectPath::from(key), GetOptions::default())
+        .await
+    {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    if r.meta.size > max {
+        return Err(format!(
+            "s3://{bucket}/{key} is {} bytes, more than the {max} a ledger record may be",
+            r.meta.size
+        ));
+    }
+    let etag = r.meta.e_tag.clone().unwrap_or_default();
+    let bytes = r.bytes().await.map_err(err)?;
+    Ok(Some((bytes.to_vec(), etag)))
 }
 
 fn display(url: &S3Url) -> String {

@@ -69,3 +69,18 @@ fn a_record_of_another_key_or_schema_is_refused() {
         .unwrap_err();
     assert!(err.contains("schema 9"), "{err}");
 }
+
+/// LIM-65: a ledger record beyond the limit is refused, not read into memory whole.
+#[test]
+fn an_oversized_ledger_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = None;
+    let ledger =
+        qbackup_audit::ledger::Ledger::open(&dir.path().display().to_string(), &mut storage)
+            .unwrap();
+    let name = format!("{}.json", "a".repeat(32));
+    let big = vec![b' '; (qbackup_audit::ledger::MAX_RECORD_BYTES + 1) as usize];
+    std::fs::write(dir.path().join("records").join(name), big).unwrap();
+    let err = ledger.load().unwrap_err();
+    assert!(err.contains("bytes a record may be"), "{err}");
+}

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
-use super::{key_of, parse, Records};
+use super::{key_of, parse, Records, MAX_RECORD_BYTES};
 use crate::record::Record;
 
 pub struct DirLedger {
@@ -34,8 +34,7 @@ impl DirLedger {
             let Some(key) = name.to_str().and_then(key_of) else {
                 continue;
             };
-            let bytes = std::fs::read(e.path())
-                .map_err(|err| format!("ledger {}: {err}", e.path().display()))?;
+            let bytes = read_record(&e.path())?;
             let r = parse(&bytes, key, &e.path().display().to_string())?;
             out.insert(key.to_string(), r);
         }
@@ -62,11 +61,10 @@ impl DirLedger {
 
     fn read(&self, key: &str) -> Result<Option<Record>, String> {
         let p = self.path(key);
-        match std::fs::read(&p) {
-            Ok(b) => parse(&b, key, &p.display().to_string()).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("ledger {}: {e}", p.display())),
+        if !p.exists() {
+            return Ok(None);
         }
+        parse(&read_record(&p)?, key, &p.display().to_string()).map(Some)
     }
 
     /// Temporary name, data synced, renamed over the record, directory synced.
@@ -104,4 +102,23 @@ impl DirLedger {
         }
         Ok(f)
     }
+}
+
+/// A record file's bytes, at most [`MAX_RECORD_BYTES`] (LIM-65).
+fn read_record(p: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let err = |e: std::io::Error| format!("ledger {}: {e}", p.display());
+    let mut bytes = Vec::new();
+    File::open(p)
+        .map_err(err)?
+        .take(MAX_RECORD_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err(format!(
+            "ledger {}: more than the {MAX_RECORD_BYTES} bytes a record may be",
+            p.display()
+        ));
+    }
+    Ok(bytes)
 }

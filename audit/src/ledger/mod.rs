@@ -17,6 +17,10 @@ use crate::s3::{S3Url, Storage};
 pub use dir::DirLedger;
 pub use object::ObjectLedger;
 
+/// A ledger record is at most this long (LIM-65): a real one is about 2 KiB; an object
+/// ledger can be written by anyone who can write its bucket.
+pub const MAX_RECORD_BYTES: u64 = 1 << 20;
+
 /// Records by key.
 pub type Records = HashMap<String, Record>;
 

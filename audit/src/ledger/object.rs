@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{key_of, parse, Records};
+use super::{key_of, parse, Records, MAX_RECORD_BYTES};
 use crate::record::Record;
 use crate::s3::{S3Url, Storage};
 
@@ -49,13 +49,14 @@ impl ObjectLedger {
             .filter(|k| key_of(k.rsplit('/').next().unwrap_or(k)).is_some())
             .collect();
         let mut out = Records::new();
-        for (object, bytes) in objects
-            .iter()
-            .zip(self.storage.get_many(&self.bucket, &objects)?)
-        {
+        for (object, bytes) in objects.iter().zip(self.storage.get_many(
+            &self.bucket,
+            &objects,
+            MAX_RECORD_BYTES,
+        )?) {
             let key = key_of(object.rsplit('/').next().unwrap_or(object)).unwrap_or_default();
             // Gone since the listing: nothing to know.
-            if let Some(bytes) = bytes {
+            if let Some((bytes, _)) = bytes {
                 let r = parse(&bytes, key, &format!("s3://{}/{object}", self.bucket))?;
                 out.insert(key.to_string(), r);
             }
@@ -66,7 +67,7 @@ impl ObjectLedger {
     pub fn write(&self, new: &Record) -> Result<Record, String> {
         let object = self.object(&new.key);
         for _ in 0..MAX_CONFLICTS {
-            let (merged, etag) = match self.storage.get(&self.bucket, &object)? {
+            let (merged, etag) = match self.storage.get(&self.bucket, &object, MAX_RECORD_BYTES)? {
                 Some((bytes, etag)) => {
                     let origin = format!("s3://{}/{object}", self.bucket);
                     (parse(&bytes, &new.key, &origin)?.merge(new), Some(etag))
