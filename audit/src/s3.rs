@@ -218,12 +218,7 @@ impl Storage {
 
     /// A small object's bytes and ETag, or `None` when it does not exist; one larger
     /// than `max` bytes is an error, refused before its body is read.
-    pub fn get(
-        &self,
-        bucket: &str,
-        key: &str,
-        max: u64,
-    ) -> Result<Option<Fetched>, String> {
+    pub fn get(&self, bucket: &str, key: &str, max: u64) -> Result<Option<Fetched>, String> {
         let store = self.store(bucket)?;
         self.runtime
             .block_on(fetch_small(store.as_ref(), bucket, key, max))
