@@ -4,13 +4,15 @@
 #   dist/build.sh [--deb] [--rpm]
 #
 # - static binaries (glibc, `crt-static`: no shared library, runs on any x86-64 Linux
-#   kernel, e.g. a rescue system): target/$TRIPLE/release/qbackup-{verify,pack};
+#   kernel, e.g. a rescue system): target/$TRIPLE/release/qbackup-{verify,pack,audit};
 # - man pages and bash/zsh/fish completions generated from the clap definitions
 #   (`qbackup-dist`): target/$TRIPLE/release/dist/{man,completions}/;
 # - --deb: the Debian package, from those files (cargo-deb metadata in packer/Cargo.toml):
 #   target/$TRIPLE/debian/qbackup-tools_*.deb;
-# - --rpm: the RPM for dom0, built by rpmbuild from a source tarball and a tarball of
-#   vendored crates with `cargo build --offline --frozen` and an empty CARGO_HOME
+# - --rpm: the RPM for dom0, with qbackup-verify and qbackup-pack only (dom0 has no network,
+#   and its package carries no HTTP/TLS stack; qbackup-audit is in the Debian package).
+#   rpmbuild builds it from a source tarball of HEAD and a tarball of vendored crates with
+#   `cargo build --offline --frozen` and an empty CARGO_HOME
 #   (dist/qbackup-tools.spec): target/rpm/RPMS/x86_64/qbackup-tools-*.rpm. It compiles
 #   everything again in its own target directory: sharing this tree's saves nothing, as
 #   cargo fingerprints a crate by its source path (vendor/ there, the registry here) and
@@ -34,11 +36,11 @@ TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 # RPM spec passes the same flags. `--target` keeps RUSTFLAGS off build scripts and
 # proc-macros, which must stay dynamic.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TRIPLE" \
-    --bin qbackup-verify --bin qbackup-pack --bin qbackup-dist
+    --bin qbackup-verify --bin qbackup-pack --bin qbackup-audit --bin qbackup-dist
 BIN="target/$TRIPLE/release"
 rm -rf "$BIN/dist"
 "$BIN/qbackup-dist" "$BIN/dist" > /dev/null
-echo "static binaries: $BIN/qbackup-verify $BIN/qbackup-pack"
+echo "static binaries: $BIN/qbackup-verify $BIN/qbackup-pack $BIN/qbackup-audit"
 echo "man pages and completions: $BIN/dist/"
 
 if [ "$deb" = 1 ]; then

@@ -5,9 +5,10 @@
 #   (`sandbox-check` exits 0: the seccomp allowlist fits the static libc) and verify and
 #   extract the example archive with the same output as the dynamic build (README's first
 #   command, run here too);
-# - the .deb installs into an empty directory root with every file it must hold, and the
-#   installed binary verifies the example;
-# - the RPM (built offline from vendored crates) holds the same files;
+# - the .deb installs into an empty directory root with every file it must hold, the
+#   installed binary verifies the example, and the installed qbackup-audit audits it through
+#   the installed verifier;
+# - the RPM (built offline from vendored crates) holds the same files, less qbackup-audit;
 # - the README's recipes work (dist/recipes.py).
 #
 # Speed and memory of static against dynamic are measured by bench/static-bench.py.
@@ -37,7 +38,7 @@ cargo run --release -p qbackup-verify -- verify --passphrase-file "$PASSFILE" "$
 grep -q '^OK: ' "$tmp/readme.out" || fail "README's first command did not verify"
 pass "README's first command"
 
-for b in qbackup-verify qbackup-pack; do
+for b in qbackup-verify qbackup-pack qbackup-audit; do
     file -L "$S/$b" | grep -qE 'static-pie linked|statically linked' || fail "$S/$b is not static: $(file -L "$S/$b")"
     "$S/$b" --version | grep -qF "(git $REV)" || fail "$b --version lacks the revision $REV"
 done
@@ -83,25 +84,38 @@ pass "static extract matches $ARCHIVE.expect.json"
 # The README's recipes, run with the static binaries.
 python3 dist/recipes.py "$S" || fail "README recipes"
 
-# The files both packages must hold.
+# The files a package with the commands $@ must hold.
 expected_files() {
-    echo /usr/bin/qbackup-verify
-    echo /usr/bin/qbackup-pack
-    for sub in "" -verify -list -extract -emit -sandbox-check; do echo "/usr/share/man/man1/qbackup-verify$sub.1"; done
-    for sub in "" -create -restore; do echo "/usr/share/man/man1/qbackup-pack$sub.1"; done
-    for b in qbackup-verify qbackup-pack; do
+    local b sub
+    for b in "$@"; do
+        echo "/usr/bin/$b"
+        echo "/usr/share/man/man1/$b.1"
         echo "/usr/share/bash-completion/completions/$b"
         echo "/usr/share/fish/vendor_completions.d/$b.fish"
     done
+    for sub in -verify -list -extract -emit -sandbox-check; do echo "/usr/share/man/man1/qbackup-verify$sub.1"; done
+    for sub in -create -restore; do echo "/usr/share/man/man1/qbackup-pack$sub.1"; done
+    case " $* " in *" qbackup-audit "*)
+        for sub in -run -report; do echo "/usr/share/man/man1/qbackup-audit$sub.1"; done ;;
+    esac
 }
-# $1 root; $2 zsh completion directory; $3 documentation, $4 licence directory
+# $1 root; $2 zsh completion directory; $3 documentation, $4 licence directory; the rest,
+# the commands it holds
 check_tree() {
-    local root=$1 zsh=$2 doc=$3 lic=$4 f
-    { expected_files; for b in qbackup-verify qbackup-pack; do echo "$zsh/_$b"; done
+    local root=$1 zsh=$2 doc=$3 lic=$4 f b c owned
+    shift 4
+    { expected_files "$@"; for b in "$@"; do echo "$zsh/_$b"; done
       echo "$doc/README.md"; echo "$lic/LICENSE-MIT"; echo "$lic/LICENSE-APACHE"; } |
     while read -r f; do
         # Packagers may compress man pages and documentation.
         [ -e "$root$f" ] || [ -e "$root$f.gz" ] || fail "missing in $root: $f"
+    done
+    for f in "$root"/usr/bin/* "$root"/usr/share/man/man1/*; do
+        b=$(basename "$f" .gz)
+        b=${b%.1}
+        owned=0
+        for c in "$@"; do case "$b" in "$c" | "$c"-*) owned=1 ;; esac; done
+        [ "$owned" = 1 ] || fail "$root holds $f, of none of: $*"
     done
     "$root/usr/bin/qbackup-verify" verify --passphrase-file "$PASSFILE" "$ARCHIVE" > /dev/null ||
         fail "$root/usr/bin/qbackup-verify does not verify the example"
@@ -115,8 +129,13 @@ mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
 : > "$root/var/lib/dpkg/status"
 dpkg --root="$root" --log=/dev/null --force-script-chrootless -i "$deb" > /dev/null || fail "dpkg -i $deb"
 dpkg --root="$root" -s qbackup-tools | grep -q '^Status: install ok installed' || fail "dpkg does not list qbackup-tools"
-check_tree "$root" /usr/share/zsh/vendor-completions /usr/share/doc/qbackup-tools /usr/share/doc/qbackup-tools
-pass "$deb installs into an empty root"
+check_tree "$root" /usr/share/zsh/vendor-completions /usr/share/doc/qbackup-tools /usr/share/doc/qbackup-tools \
+    qbackup-verify qbackup-pack qbackup-audit
+# The installed audit, with the installed verifier beside it as its child (exit 0: verified).
+"$root/usr/bin/qbackup-audit" run --no-progress --ledger "$tmp/ledger" --passphrase-file "$PASSFILE" "$ARCHIVE" \
+    > "$tmp/audit.out" 2> "$tmp/audit.err" || fail "installed qbackup-audit exited $?: $(cat "$tmp/audit.err")"
+grep -q '"verdict":"ok"' "$tmp/audit.out" || fail "installed qbackup-audit: $(cat "$tmp/audit.out")"
+pass "$deb installs into an empty root; its qbackup-audit audits the example"
 
 # RPM: install into an empty root with its own rpm database.
 rpmfile=$(ls target/rpm/RPMS/*/qbackup-tools-*.rpm)
@@ -129,5 +148,5 @@ rpm --root "$root" --dbpath /var/lib/rpm -q qbackup-tools > /dev/null || fail "r
 # Fedora's %doc directory is NAME, Debian's rpm macros make it NAME-VERSION.
 doc=$(cd "$root" && ls -d usr/share/doc/qbackup-tools*) || fail "the RPM has no doc directory"
 lic=$(cd "$root" && ls -d usr/share/licenses/qbackup-tools*) || fail "the RPM has no licence directory"
-check_tree "$root" /usr/share/zsh/site-functions "/$doc" "/$lic"
+check_tree "$root" /usr/share/zsh/site-functions "/$doc" "/$lic" qbackup-verify qbackup-pack
 pass "$rpmfile installs into an empty root"

@@ -1,6 +1,6 @@
-//! `qbackup-dist DIR`: the man pages and shell completions of `qbackup-verify` and
-//! `qbackup-pack`, generated from their clap definitions (the only place the options are
-//! written), into
+//! `qbackup-dist DIR [COMMAND...]`: the man pages and shell completions of `qbackup-verify`,
+//! `qbackup-pack` and `qbackup-audit` (or only the COMMANDs named), generated from their clap
+//! definitions (the only place the options are written), into
 //!
 //! ```text
 //! DIR/man/man1/qbackup-verify.1, qbackup-verify-verify.1, …, qbackup-pack-restore.1
@@ -9,7 +9,8 @@
 //! DIR/completions/fish/qbackup-verify.fish      (fish's vendor_completions.d/)
 //! ```
 //!
-//! `dist/build.sh` runs it for the release binaries and the packages.
+//! `dist/build.sh` runs it for the release binaries and the Debian package; the dom0 RPM,
+//! which does not ship `qbackup-audit`, names `qbackup-verify qbackup-pack`.
 
 use std::path::{Path, PathBuf};
 
@@ -18,11 +19,20 @@ use clap_complete::Shell;
 
 fn main() {
     let mut args = std::env::args_os().skip(1);
-    let (Some(dir), None) = (args.next(), args.next()) else {
-        eprintln!("usage: qbackup-dist DIR");
+    let Some(dir) = args.next() else {
+        eprintln!("usage: qbackup-dist DIR [COMMAND...]");
         std::process::exit(2);
     };
-    match generate(Path::new(&dir)) {
+    // A name that is not UTF-8 names no command: `select` refuses it.
+    let names: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+    let cmds = match select(&names) {
+        Ok(cmds) => cmds,
+        Err(e) => {
+            eprintln!("qbackup-dist: {e}");
+            std::process::exit(2);
+        }
+    };
+    match generate(Path::new(&dir), cmds) {
         Ok(files) => {
             for f in files {
                 println!("{}", f.display());
@@ -36,19 +46,35 @@ fn main() {
 }
 
 /// The commands whose pages and completions are generated.
-fn commands() -> [clap::Command; 2] {
+fn commands() -> [clap::Command; 3] {
     [
         qbackup_verify::cli::Cli::command(),
         qbackup_pack::cli::Cli::command(),
+        qbackup_audit::cli::Cli::command(),
     ]
 }
 
-/// Write everything under `dir`; returns the files written.
-fn generate(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The commands named (all of them when none is), or the first unknown name.
+fn select(names: &[String]) -> Result<Vec<clap::Command>, String> {
+    let all = commands();
+    if let Some(unknown) = names
+        .iter()
+        .find(|n| !all.iter().any(|c| c.get_name() == n.as_str()))
+    {
+        return Err(format!("no command {unknown:?}"));
+    }
+    Ok(all
+        .into_iter()
+        .filter(|c| names.is_empty() || names.iter().any(|n| n == c.get_name()))
+        .collect())
+}
+
+/// Write everything for `cmds` under `dir`; returns the files written.
+fn generate(dir: &Path, cmds: Vec<clap::Command>) -> std::io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let man = dir.join("man/man1");
     std::fs::create_dir_all(&man)?;
-    for cmd in commands() {
+    for cmd in cmds {
         let name = cmd.get_name().to_string();
         written.extend(man_pages(cmd.clone(), &name, &man)?);
         for (shell, sub) in [
@@ -107,7 +133,7 @@ mod tests {
     #[test]
     fn pages_and_completions_cover_every_subcommand() {
         let dir = tempfile::tempdir().unwrap();
-        let files = generate(dir.path()).unwrap();
+        let files = generate(dir.path(), select(&[]).unwrap()).unwrap();
         let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
         for (bin, subs, option) in [
             (
@@ -116,6 +142,7 @@ mod tests {
                 "progress-json",
             ),
             ("qbackup-pack", &["create", "restore"][..], "dry-run"),
+            ("qbackup-audit", &["run", "report"][..], "max-duration"),
         ] {
             let top = read(&format!("man/man1/{bin}.1"));
             assert!(top.contains(qbackup_console::VERSION), "{bin}.1 version");
@@ -137,6 +164,21 @@ mod tests {
             }
         }
         assert!(read("man/man1/qbackup-verify-extract.1").contains("reserve"));
+        assert!(read("man/man1/qbackup-audit-run.1").contains("ledger"));
+        assert_eq!(files.len(), 3 + 5 + 2 + 2 + 3 * 3);
+    }
+
+    /// Naming commands generates theirs only (the dom0 RPM leaves `qbackup-audit` out).
+    #[test]
+    fn a_selection_generates_only_its_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["qbackup-verify".to_string(), "qbackup-pack".to_string()];
+        let files = generate(dir.path(), select(&names).unwrap()).unwrap();
         assert_eq!(files.len(), 2 + 5 + 2 + 2 * 3);
+        assert!(files
+            .iter()
+            .all(|f| !f.to_string_lossy().contains("qbackup-audit")));
+        let err = select(&["qbackup-audit".into(), "qbackup".into()]).unwrap_err();
+        assert!(err.contains("\"qbackup\""), "{err}");
     }
 }
