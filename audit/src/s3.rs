@@ -18,8 +18,8 @@ use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    ClientConfigKey, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
-    PutOptions, PutPayload, UpdateVersion,
+    BackoffConfig, ClientConfigKey, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt,
+    PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
 };
 
 /// One ranged GET reads at most this much (LIM-61): each request finishes well within
@@ -40,6 +40,15 @@ type Piece = VecDeque<Bytes>;
 pub const MAX_STALLS: u32 = 8;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Times the S3 client itself repeats one ranged GET of an archive after a 5xx or a failed
+/// connection, within [`CLIENT_RETRY_TIMEOUT`], before the audit counts a stall (LIM-66).
+/// Kept small: the audit's own loop (LIM-62) owns retrying archive reads, so a dead
+/// endpoint ends an object's read in about half a minute, not after eight times the
+/// client's default of 11 tries over up to 3 minutes. Listings and ledger records keep
+/// that default: nothing else retries them.
+pub const CLIENT_RETRIES: usize = 2;
+const CLIENT_RETRY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Ledger records read at once (one small GET each).
 const PARALLEL_GETS: usize = 16;
@@ -90,10 +99,19 @@ impl std::fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
-/// Clients by bucket, and the runtime that drives them.
+/// Clients by bucket and use, and the runtime that drives them.
 pub struct Storage {
     runtime: tokio::runtime::Runtime,
-    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    stores: Mutex<HashMap<(String, Use), Arc<dyn ObjectStore>>>,
+}
+
+/// What a client is for, which sets how it retries (LIM-66).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Use {
+    /// Ranged GETs of archives: retried by [`segment`]'s own loop.
+    ArchiveBytes,
+    /// Listings and ledger records: retried by the client.
+    Metadata,
 }
 
 impl Storage {
@@ -110,12 +128,25 @@ impl Storage {
         }))
     }
 
-    fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    fn store(&self, bucket: &str, usage: Use) -> Result<Arc<dyn ObjectStore>, String> {
         let mut stores = self.stores.lock().map_err(|_| "S3 client lock poisoned")?;
-        if let Some(s) = stores.get(bucket) {
+        let id = (bucket.to_string(), usage);
+        if let Some(s) = stores.get(&id) {
             return Ok(s.clone());
         }
         refuse_metadata_service()?;
+        let retry = match usage {
+            Use::ArchiveBytes => RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(1),
+                    base: 2.0,
+                },
+                max_retries: CLIENT_RETRIES,
+                retry_timeout: CLIENT_RETRY_TIMEOUT,
+            },
+            Use::Metadata => RetryConfig::default(),
+        };
         let store: Arc<dyn ObjectStore> = Arc::new(
             AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
@@ -125,17 +156,18 @@ impl Storage {
                     AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
                     format!("{}s", REQUEST_TIMEOUT.as_secs()),
                 )
+                .with_retry(retry)
                 .build()
                 .map_err(|e| format!("S3 bucket {bucket}: {e}"))?,
         );
-        stores.insert(bucket.to_string(), store.clone());
+        stores.insert(id, store.clone());
         Ok(store)
     }
 
     /// The object `url` names, if it names one, and every object below it as a folder
     /// (`s3://b/site` lists `site/…`, not `sitemap`), by key.
     pub fn list(&self, url: &S3Url) -> Result<Vec<Listed>, String> {
-        let store = self.store(&url.bucket)?;
+        let store = self.store(&url.bucket, Use::Metadata)?;
         let prefix = (!url.prefix.is_empty()).then(|| ObjectPath::from(url.prefix.as_str()));
         let listed = |meta: ObjectMeta| -> Result<Listed, String> {
             let key = meta.location.to_string();
@@ -177,7 +209,7 @@ impl Storage {
         etag: &str,
         size: u64,
     ) -> Result<ObjectReader, String> {
-        let store = self.store(bucket)?;
+        let store = self.store(bucket, Use::ArchiveBytes)?;
         let (tx, rx) = sync_channel::<Result<Piece, ReadError>>(QUEUED_PIECES);
         let this = self.clone();
         let (key, etag) = (key.to_string(), etag.to_string());
@@ -219,7 +251,7 @@ impl Storage {
     /// A small object's bytes and ETag, or `None` when it does not exist; one larger
     /// than `max` bytes is an error, refused before its body is read.
     pub fn get(&self, bucket: &str, key: &str, max: u64) -> Result<Option<Fetched>, String> {
-        let store = self.store(bucket)?;
+        let store = self.store(bucket, Use::Metadata)?;
         self.runtime
             .block_on(fetch_small(store.as_ref(), bucket, key, max))
     }
@@ -232,7 +264,7 @@ impl Storage {
         keys: &[String],
         max: u64,
     ) -> Result<Vec<Option<Fetched>>, String> {
-        let store = self.store(bucket)?;
+        let store = self.store(bucket, Use::Metadata)?;
         self.runtime.block_on(async {
             futures::stream::iter(
                 keys.iter()
@@ -255,7 +287,7 @@ impl Storage {
         data: Vec<u8>,
         etag: Option<&str>,
     ) -> Result<bool, String> {
-        let store = self.store(bucket)?;
+        let store = self.store(bucket, Use::Metadata)?;
         let mode = match etag {
             None => PutMode::Create,
             Some(e) => PutMode::Update(UpdateVersion {

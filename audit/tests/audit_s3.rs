@@ -42,8 +42,8 @@ fn env_via(server: &S3Server, endpoint: &str) -> Vec<(String, String)> {
 
 /// AUD-3: every archive of a bucket verified through a proxy that cuts responses short and
 /// answers 503: reads resume at the byte offset, pinned to the listed ETag; the SHA-256
-/// of what was read is the object's; the tampered one fails with its class. LIM-61,
-/// LIM-62: segments and stalls are bounded.
+/// of what was read is the object's; the tampered one fails with its class. LIM-61:
+/// segments are bounded.
 #[test]
 fn audits_a_bucket_through_cuts_and_503s() {
     let server = S3Server::start();
@@ -68,6 +68,7 @@ fn audits_a_bucket_through_cuts_and_503s() {
             status_503_every: 3,
             cut_after_bytes: 300 << 10,
             max_cuts: 6,
+            ..Faults::default()
         },
     );
     let pass = pass_file(d);
@@ -248,4 +249,49 @@ fn an_s3_ledger_loses_nothing_and_a_replaced_object_is_changed() {
         .unwrap();
     assert_eq!(victim["versions"], 2);
     assert_eq!(server.list("vault", "ledger/records/").len(), 5);
+}
+
+/// AUD-3, LIM-62, LIM-66: an object the server lists but never serves ends as an `error`
+/// of class `storage` after MAX_STALLS failed reads of (1 + CLIENT_RETRIES) requests each
+/// (a bounded number, never the client's default of up to 11 per read), exit 69; served
+/// again, the next run verifies it.
+#[test]
+fn an_object_that_is_never_served_is_a_bounded_storage_error() {
+    use qbackup_audit::s3::{CLIENT_RETRIES, MAX_STALLS};
+    let server = S3Server::start();
+    server.create_bucket("dead");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = std::fs::read(make_archive(d, "a", 300, 10, 1 << 20)).unwrap();
+    server.put("dead", "q/a.bin", &bytes);
+    let proxy = FaultProxy::start(
+        server.addr(),
+        Faults {
+            object_gets_503: true,
+            ..Faults::default()
+        },
+    );
+    let pass = pass_file(d);
+    let ledger = s(&d.join("ledger"));
+    let extra = ["--no-progress", "s3://dead/q/"];
+    let r = audit_run(&ledger, &pass, &extra, &env_via(&server, &proxy.endpoint()));
+    assert_eq!(r.code, 69, "{}", r.stderr);
+    r.assert_verdicts(&[("a.bin", "error")]);
+    let line = r.line("/a.bin");
+    assert_eq!(line["class"], "storage", "{line}");
+    let message = line["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{MAX_STALLS} requests in a row failed at byte 0")),
+        "{message}"
+    );
+    assert_eq!(
+        proxy.served_503(),
+        MAX_STALLS as usize * (1 + CLIENT_RETRIES),
+        "object GETs answered 503"
+    );
+    let r = audit_run(&ledger, &pass, &extra, &server.env());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.assert_verdicts(&[("a.bin", "ok")]);
+    assert_eq!(r.line("/a.bin")["attempts"], 2);
+    assert_eq!(r.line("/a.bin")["sha256"], hex_sha256(&bytes));
 }

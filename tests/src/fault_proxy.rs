@@ -14,7 +14,8 @@
 //! - 503: if `status_503_every > 0` and `n % status_503_every == 0`, the request head is
 //!   read (and a `Content-Length` body drained, unless the client waits for `100
 //!   Continue`) and answered `503 Slow Down` with an S3
-//!   XML `SlowDown` error, without contacting the target.
+//!   XML `SlowDown` error, without contacting the target. With `object_gets_503`, so is
+//!   every object GET (see below), as a server that lists but cannot serve.
 //! - cut: on a connection whose request is an object GET (method `GET`, path
 //!   `/<bucket>/<key>` with a non-empty key, no `list-type=` in the query) and whose
 //!   response status is 2xx, after `cut_after_bytes` bytes of the response *body* (bytes
@@ -40,6 +41,8 @@ pub struct Faults {
     /// S3 XML error body, Content-Length, Connection: close) after reading the request
     /// head, without contacting upstream. 0 = never.
     pub status_503_every: usize,
+    /// Every object GET (not a listing) is answered `503 Slow Down` the same way.
+    pub object_gets_503: bool,
     /// Cut (shutdown both directions) an object GET's connection after forwarding this
     /// many response body bytes from upstream to the client, for at most `max_cuts`
     /// connections in total. 0 = never.
@@ -241,7 +244,8 @@ fn handle(
     };
     let req = parse_request(&head);
 
-    if faults.status_503_every > 0 && n % faults.status_503_every == 0 {
+    let every = faults.status_503_every > 0 && n % faults.status_503_every == 0;
+    if every || (faults.object_gets_503 && is_object_get(&req.method, &req.target)) {
         // Drain the request body so the client reads our answer rather than a reset
         // (unless it waits for `100 Continue`, which it will not get).
         let mut left = if req.expect_continue {
@@ -397,9 +401,9 @@ mod tests {
         let p = FaultProxy::start(
             s.addr(),
             Faults {
-                status_503_every: 0,
                 cut_after_bytes: 1 << 20,
                 max_cuts: 1,
+                ..Faults::default()
             },
         );
         let c = s.client().via(p.addr());
@@ -458,5 +462,34 @@ mod tests {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(s.get(b, "obj2"), Some(big));
         assert_eq!((p.served_503(), p.cuts(), p.connections()), (2, 0, 4));
+    }
+
+    #[test]
+    fn fault_proxy_object_gets_503() {
+        let s = S3Server::start();
+        let b = "qb-get503";
+        s.create_bucket(b);
+        s.put(b, "obj", b"hello");
+        let p = FaultProxy::start(
+            s.addr(),
+            Faults {
+                object_gets_503: true,
+                ..Faults::default()
+            },
+        );
+        let c = s.client().via(p.addr());
+        // Listings and writes pass; every object GET is refused.
+        let r = c
+            .request("GET", b, "", &[("list-type", "2")], &[], b"")
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains("<Key>obj</Key>"));
+        let r = c.request("PUT", b, "obj2", &[], &[], b"x").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        for _ in 0..2 {
+            let r = c.request("GET", b, "obj", &[], &[], b"").unwrap();
+            assert_eq!(r.status, 503);
+        }
+        assert_eq!((p.served_503(), p.connections()), (2, 4));
     }
 }
