@@ -84,20 +84,24 @@ pass "static extract matches $ARCHIVE.expect.json"
 # The README's recipes, run with the static binaries.
 python3 dist/recipes.py "$S" || fail "README recipes"
 
+# The subcommands of command $1 (a man page each).
+subcommands() {
+    case $1 in
+        qbackup-verify) echo verify list extract emit sandbox-check ;;
+        qbackup-pack) echo create restore ;;
+        qbackup-audit) echo run report ;;
+    esac
+}
 # The files a package with the commands $@ must hold.
 expected_files() {
     local b sub
     for b in "$@"; do
         echo "/usr/bin/$b"
         echo "/usr/share/man/man1/$b.1"
+        for sub in $(subcommands "$b"); do echo "/usr/share/man/man1/$b-$sub.1"; done
         echo "/usr/share/bash-completion/completions/$b"
         echo "/usr/share/fish/vendor_completions.d/$b.fish"
     done
-    for sub in -verify -list -extract -emit -sandbox-check; do echo "/usr/share/man/man1/qbackup-verify$sub.1"; done
-    for sub in -create -restore; do echo "/usr/share/man/man1/qbackup-pack$sub.1"; done
-    case " $* " in *" qbackup-audit "*)
-        for sub in -run -report; do echo "/usr/share/man/man1/qbackup-audit$sub.1"; done ;;
-    esac
 }
 # $1 root; $2 zsh completion directory; $3 documentation, $4 licence directory; the rest,
 # the commands it holds
